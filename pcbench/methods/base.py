@@ -1,0 +1,84 @@
+"""The method contract: a module built from its config and the models' tap shapes, returning
+named, already-weighted loss terms. Plain PyTorch: no Ray, no MLflow."""
+
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat
+from torch import nn
+
+from pcbench.models import ModelInfo, TapModel
+
+
+class MethodConfig(BaseModel):
+    """Knobs shared by every method. Subclasses add theirs; unknown knobs are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    w_ce: NonNegativeFloat = 1.0
+
+
+class DistillConfig(MethodConfig):
+    """Knobs of every method that has a teacher: the logit KD term (off unless w_kd > 0)."""
+
+    w_kd: NonNegativeFloat = 0.0
+    temperature: PositiveFloat = 4.0
+
+
+@dataclass
+class Step:
+    """One training step as a method sees it. Teacher tensors carry no gradient."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    epoch: int
+    student_feats: dict[str, torch.Tensor]
+    teacher_feats: dict[str, torch.Tensor] | None
+    student: TapModel
+    teacher: TapModel | None
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+    """KL_T(z^T || z^S) = T^2 * KL(softmax(z^T/T) || softmax(z^S/T)), batch mean."""
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+class Method(nn.Module):
+    """Base: cross-entropy (+ KD when configured) plus the method's own `transfer` terms."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+    needs_teacher: ClassVar[bool] = True
+    # True when some trainable extra modules sit out some steps (DDP must then look for them).
+    sometimes_unused: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig, student: ModelInfo, teacher: ModelInfo | None):
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def taps(cls, config: MethodConfig, stages: Sequence[str]) -> set[str]:
+        """Tap names this method reads on both models (logits are always read); `stages` are
+        the models' stage taps."""
+        return set()
+
+    @property
+    def teacher_train_mode(self) -> bool:
+        """Whether the teacher runs with BatchNorm on batch statistics (default: eval mode)."""
+        return False
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        logits = step.student_feats["logits"]
+        terms = {"ce": cfg.w_ce * F.cross_entropy(logits, step.y)}
+        if step.teacher_feats is not None and getattr(cfg, "w_kd", 0.0) > 0:
+            terms["kd"] = cfg.w_kd * kd_loss(logits, step.teacher_feats["logits"], cfg.temperature)
+        terms.update(self.transfer(step))
+        return terms
+
+    def transfer(self, step: Step) -> dict[str, torch.Tensor]:
+        return {}

@@ -28,8 +28,11 @@ def create_model(name: str, num_classes: int, in_channels: int) -> TapModel:
 
 
 def tap_names(name: str) -> list[str]:
-    create_model(name, 1, 1)  # validates the name
-    return list(TapModel.TAP_NODES)
+    return list(create_model(name, 1, 1).TAP_NODES)
+
+
+def stage_taps(name: str) -> list[str]:
+    return create_model(name, 1, 1).stage_taps
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,187 @@
+"""Typed trial configuration. One `TrialConfig` describes one trial; YAML files and dotted
+`--set key=value` overrides build it, and every user error becomes a one-line `UserError`."""
+
+import hashlib
+import json
+from typing import Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
+                      SerializeAsAny, ValidationError, field_validator, model_validator)
+
+from pcbench.data import dataset_names
+from pcbench.errors import UserError
+from pcbench.methods import MethodConfig, get_method, method_names
+from pcbench.models import model_names, stage_taps, tap_names
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    name: str = "digits"
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)  # carved from training data
+    split_seed: int = 0  # fixed across trials: every trial is selected on the same split
+    batch_size: PositiveInt = 64
+    augment: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in dataset_names():
+            raise ValueError(f"unknown data set '{name}'; choose one of {', '.join(dataset_names())}")
+        return name
+
+
+class TrainConfig(_Section):
+    epochs: PositiveInt = 20
+    lr: PositiveFloat = 0.05
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: NonNegativeFloat = 5e-4
+    workers: PositiveInt = 1  # > 1: a DDP trial on Ray Train
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrialConfig(_Section):
+    data: DataConfig = DataConfig()
+    teacher: str = "cnn_large"
+    student: str = "cnn_small"
+    method: SerializeAsAny[MethodConfig]
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+    # Resolved by the driver from the teacher store; not part of what the trial *is*.
+    teacher_weights: str | None = None
+    teacher_sha256: str | None = None
+
+    @field_validator("teacher", "student")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in model_names():
+            raise ValueError(f"unknown model '{name}'; choose one of {', '.join(model_names())}")
+        return name
+
+    @model_validator(mode="after")
+    def _taps_exist(self) -> "TrialConfig":
+        method = get_method(self.method.name)
+        for role in ("student", "teacher") if method.needs_teacher else ("student",):
+            model = getattr(self, role)
+            valid = tap_names(model)
+            for tap in sorted(method.taps(self.method, stage_taps(model))):
+                if tap not in valid:
+                    raise ValueError(f"tap '{tap}' does not exist in {role} {model}; "
+                                     f"valid taps: {', '.join(valid)}")
+        return self
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "TrialConfig":
+        """Validate a plain dict (as read from YAML or received by a Ray worker)."""
+        data = dict(data)
+        method = data.get("method", "ce")
+        if isinstance(method, MethodConfig):
+            method = method.model_dump()
+        method = {"name": method} if isinstance(method, str) else dict(method)
+        config_class = get_method(str(method.get("name"))).Config
+        try:
+            data["method"] = config_class.model_validate(method)
+        except ValidationError as error:
+            raise UserError(describe(error, "method", config_class)) from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise UserError(describe(error)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.to_dict())
+
+    @property
+    def hash(self) -> str:
+        """Identifies the configuration: the same for every seed and teacher copy."""
+        body = self.model_dump(mode="json", exclude={"seed", "teacher_weights", "teacher_sha256"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def describe(error: ValidationError, prefix: str = "", config_class: type | None = None) -> str:
+    """The first validation problem as one line that names the fix."""
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "")
+    if first["type"] == "extra_forbidden" and config_class is not None:
+        knobs = ", ".join(k for k in config_class.model_fields if k != "name")
+        return (f"{loc}: not a knob of method '{config_class.model_fields['name'].default}'; "
+                f"its knobs are: {knobs}")
+    if first["type"] == "extra_forbidden":
+        return f"{loc}: unknown setting; check the spelling of the key"
+    message = first["msg"].removeprefix("Value error, ")
+    if not loc:
+        return message
+    return f"{loc}: {message} (got {first['input']!r}); set a valid value with --set {loc}=..."
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.get(part)
+        if isinstance(child, str):  # "method: pc" written as a bare name
+            child = {"name": child}
+        node[part] = child = dict(child or {})
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings to {key: value}; values are read as YAML (0.05, true, [a, b])."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set '{pair}' is not key=value; write it like --set method.tau=0.05")
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"--set {pair}: the value does not parse as YAML; quote it") from None
+    return overrides
+
+
+def build_config(base: dict[str, Any], overrides: dict[str, Any]) -> TrialConfig:
+    """Apply dotted overrides to a base dict and validate. A key may be scoped to one method
+    (`pc.tau=0.05`): it applies only when the trial's method is that one."""
+    tree = json.loads(json.dumps(base))
+    method = tree.get("method", "ce")
+    method_name = method if isinstance(method, str) else method.get("name")
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest and head in method_names() and head != "method":
+            if head != method_name:
+                continue
+            key = f"method.{rest}"
+        set_dotted(tree, key, value)
+    return TrialConfig.parse(tree)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}; check the path") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping at the top level")
+    return data
+

@@ -1,0 +1,205 @@
+"""One trial's training loop on one worker: build, train, evaluate, report.
+
+`train_trial(config, reporter)` runs the same way in a plain process, inside a Ray Tune trial
+and on every worker of a Ray Train DDP job: it detects torch.distributed, and everything
+Ray-specific sits behind the `Reporter` it is handed. No Ray or MLflow import here.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pcbench.config import TrialConfig
+from pcbench.data import Splits, load_dataset, random_shift, shard_batches
+from pcbench.methods import Method, Step, get_method
+from pcbench.models import ModelInfo, Tapped, TapModel, create_model, model_info
+
+MODEL_FILE = "model.pt"  # {'model': state_dict}: the RepDistiller checkpoint format
+TRAINER_FILE = "trainer.pt"  # method modules, optimizer, schedule, epoch
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        """Called once per epoch on every rank; `checkpoint_dir` is set on rank 0 only and is
+        deleted after the call returns, so keep a copy."""
+
+    def latest_checkpoint(self) -> str | None:
+        """A checkpoint directory to resume from, if the trial is being restarted."""
+
+
+class LocalReporter:
+    """Keeps the metric history and the latest checkpoint in `directory` (plain processes)."""
+
+    def __init__(self, directory: str | None = None, on_epoch=None):
+        self.history: list[dict[str, float]] = []
+        self.directory = directory
+        self.on_epoch = on_epoch
+
+    @property
+    def checkpoint_dir(self) -> str | None:
+        return os.path.join(self.directory, "checkpoint") if self.directory else None
+
+    def report(self, metrics, checkpoint_dir):
+        self.history.append(metrics)
+        if checkpoint_dir and self.directory:
+            staging = self.checkpoint_dir + ".tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, staging)
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            os.replace(staging, self.checkpoint_dir)
+        if self.on_epoch:
+            self.on_epoch(metrics)
+
+    def latest_checkpoint(self):
+        path = self.checkpoint_dir
+        return path if path and os.path.isdir(path) else None
+
+
+class Distiller(nn.Module):
+    """The trainable part of a trial: the student (tapped) and the method's extra modules.
+    One module, so one DDP wrapper synchronises both."""
+
+    def __init__(self, student: TapModel, method: Method, taps: set[str]):
+        super().__init__()
+        self.student = Tapped(student, taps)
+        self.method = method
+
+    def forward(self, x, y, epoch: int, teacher_feats, teacher: TapModel | None):
+        feats = self.student(x)
+        terms = self.method(Step(x, y, epoch, feats, teacher_feats, self.student.model, teacher))
+        return feats["logits"], terms
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def load_teacher(config: TrialConfig, splits: Splits) -> TapModel:
+    teacher = create_model(config.teacher, splits.num_classes, splits.input_shape[0])
+    state = torch.load(config.teacher_weights, map_location="cpu", weights_only=True)
+    teacher.load_state_dict(state["model"])
+    return teacher.requires_grad_(False)
+
+
+def _all_reduce(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+@torch.no_grad()
+def evaluate(model: Tapped, data, batch_size: int, rank: int, world: int) -> dict[str, float]:
+    """Accuracy and loss over the whole split, summed across ranks."""
+    model.eval()
+    device = data[0].device
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # correct, loss sum, count
+    for x, y in shard_batches(data, 1024, rank, world):
+        logits = model(x)["logits"]
+        totals += torch.stack([(logits.argmax(1) == y).sum().double(),
+                               nn.functional.cross_entropy(logits, y, reduction="sum").double(),
+                               torch.tensor(len(y), device=device, dtype=torch.float64)])
+    correct, loss, count = _all_reduce(totals).tolist()
+    return {"acc": correct / count, "loss": loss / count}
+
+
+def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
+                device: torch.device | None = None) -> dict[str, float]:
+    """Train one trial to the end (or until the caller stops it); return the last metrics."""
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.parse(config)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = device or pick_device(cfg.train.device)
+    torch.manual_seed(cfg.seed)  # identical initial models and path sampling on every rank
+
+    splits = load_dataset(cfg.data.name, cfg.data.val_fraction, cfg.data.split_seed).to(device)
+    method_class = get_method(cfg.method.name)
+    student = create_model(cfg.student, splits.num_classes, splits.input_shape[0])
+    student_info = model_info(student, splits.input_shape, cfg.student)
+    teacher, teacher_taps, teacher_info = None, None, None
+    taps = method_class.taps(cfg.method, student.stage_taps)
+    if method_class.needs_teacher:
+        teacher = load_teacher(cfg, splits)
+        teacher_info = model_info(teacher, splits.input_shape, cfg.teacher)
+        teacher_taps = Tapped(teacher, taps).to(device)
+    method = method_class(cfg.method, student_info, teacher_info)
+    distiller = Distiller(student, method, taps).to(device)
+    trainer = distiller
+    if world > 1:
+        trainer = DistributedDataParallel(distiller, find_unused_parameters=method.sometimes_unused)
+
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=cfg.train.lr,
+                                momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+    start_epoch = 0
+    if (resume := reporter.latest_checkpoint()) is not None:
+        start_epoch = _restore(resume, distiller, optimizer, schedule)
+
+    shuffle = torch.Generator(device=device)
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        started = time.perf_counter()
+        shuffle.manual_seed(cfg.seed * 100_003 + epoch)  # same order on every rank, resumable
+        distiller.train()
+        if teacher_taps is not None:
+            teacher_taps.train(method.teacher_train_mode)
+        sums: dict[str, torch.Tensor] = {}
+        steps = 0
+        for x, y in shard_batches(splits.train, cfg.data.batch_size, rank, world, shuffle):
+            if cfg.data.augment and splits.shift_pad:
+                x = random_shift(x, splits.shift_pad, shuffle)
+            with torch.no_grad():
+                teacher_feats = teacher_taps(x) if teacher_taps is not None else None
+            _, terms = trainer(x, y, epoch, teacher_feats, teacher)
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.detach()
+            steps += 1
+        lr = schedule.get_last_lr()[0]
+        schedule.step()
+
+        names = sorted(sums)
+        means = (_all_reduce(torch.stack([sums[n] for n in names]).double()) / (steps * world)).tolist()
+        val = evaluate(distiller.student, splits.val, 1024, rank, world)
+        metrics = {"epoch": epoch + 1, "train_loss": sum(means), "val_acc": val["acc"],
+                   "val_loss": val["loss"], "lr": lr}
+        metrics.update({f"loss/{n}": v for n, v in zip(names, means)})
+        if epoch + 1 == cfg.train.epochs:  # test data is for reporting only, at the end
+            test = evaluate(distiller.student, splits.test, 1024, rank, world)
+            metrics.update(test_acc=test["acc"], test_loss=test["loss"])
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        _report(reporter, metrics, rank, epoch, distiller, optimizer, schedule)
+    return metrics
+
+
+def _report(reporter: Reporter, metrics, rank, epoch, distiller: Distiller, optimizer, schedule):
+    if rank != 0:
+        reporter.report(metrics, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="pcbench-ckpt-") as directory:
+        torch.save({"model": distiller.student.model.state_dict()}, os.path.join(directory, MODEL_FILE))
+        torch.save({"method": distiller.method.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "epoch": epoch},
+                   os.path.join(directory, TRAINER_FILE))
+        reporter.report(metrics, directory)
+
+
+def _restore(directory: str, distiller: Distiller, optimizer, schedule) -> int:
+    device = next(distiller.parameters()).device
+    model = torch.load(os.path.join(directory, MODEL_FILE), map_location=device, weights_only=True)
+    state = torch.load(os.path.join(directory, TRAINER_FILE), map_location=device, weights_only=True)
+    distiller.student.model.load_state_dict(model["model"])
+    distiller.method.load_state_dict(state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    return state["epoch"] + 1

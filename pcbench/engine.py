@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pcbench.config import TrialConfig
 from pcbench.data import Splits, load_dataset, random_shift, shard_batches
 from pcbench.methods import Method, Step, get_method
-from pcbench.models import ModelInfo, Tapped, TapModel, create_model, model_info
+from pcbench.models import Tapped, TapModel, create_model, model_info
 
 MODEL_FILE = "model.pt"  # {'model': state_dict}: the RepDistiller checkpoint format
 TRAINER_FILE = "trainer.pt"  # method modules, optimizer, schedule, epoch
@@ -112,7 +112,7 @@ def evaluate(model: Tapped, data, batch_size: int, rank: int, world: int) -> dic
 
 
 def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
-                device: torch.device | None = None) -> dict[str, float]:
+                device: torch.device | None = None) -> dict[str, Any]:
     """Train one trial to the end (or until the caller stops it); return the last metrics."""
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.parse(config)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -143,7 +143,7 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
         start_epoch = _restore(resume, distiller, optimizer, schedule)
 
     shuffle = torch.Generator(device=device)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
         shuffle.manual_seed(cfg.seed * 100_003 + epoch)  # same order on every rank, resumable
@@ -178,6 +178,7 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
             test = evaluate(distiller.student, splits.test, 1024, rank, world)
             metrics.update(test_acc=test["acc"], test_loss=test["loss"])
         metrics["epoch_seconds"] = time.perf_counter() - started
+        metrics["device"] = device.type
         _report(reporter, metrics, rank, epoch, distiller, optimizer, schedule)
     return metrics
 

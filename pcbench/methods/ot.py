@@ -10,7 +10,7 @@ from typing import Literal, Sequence
 
 import ot
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveFloat
+from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
 from pcbench.methods import register
 from pcbench.methods.base import DistillConfig, Method, Step
@@ -24,6 +24,11 @@ class OTConfig(DistillConfig):
     epsilon: PositiveFloat = 0.05  # Sinkhorn regularisation, relative to the median cost
     normalize: Literal["none", "zscore"] = "none"
     spatial: Literal["pool", "flatten"] = "pool"
+
+    @field_validator("taps", mode="before")
+    @classmethod
+    def _comma_separated(cls, taps):
+        return [t.strip() for t in taps.split(",")] if isinstance(taps, str) else taps
 
 
 def neurons(f: torch.Tensor, spatial: str, normalize: str) -> torch.Tensor:

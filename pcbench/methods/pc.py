@@ -28,7 +28,7 @@ _EPS = 1e-12
 class PCConfig(DistillConfig):
     name: Literal["pc"] = "pc"
     weight: NonNegativeFloat = 1.0
-    tau: PositiveFloat = 0.05  # ranking sharpness, relative to each reference row's spread
+    tau: PositiveFloat = 0.5  # ranking sharpness, relative to each reference row's spread
     tap: str = "embedding"
     delta: Dissimilarity = "cosine"
     delta_student: Dissimilarity | None = None  # None: the same as the teacher's

@@ -1,0 +1,112 @@
+"""What the driver records about every trial, however it ran (Ray Tune or a plain process):
+an MLflow child run under the search's parent run, and rows for the Parquet store."""
+
+import json
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any, Protocol
+
+from pcbench.config import TrialConfig
+from pcbench.results import ResultsStore
+from pcbench.tracking import Tracker
+
+SCORING_RULE = "last_epoch"
+SELECTION_SPLIT = "val"
+_PACKAGES = ("pcbench", "torch", "torchvision", "ray", "optuna", "mlflow", "pot")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class TrialListener(Protocol):
+    def trial_started(self, trial_id: str, config: TrialConfig, knobs: dict[str, Any]) -> None: ...
+
+    def trial_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None: ...
+
+    def trial_finished(self, trial_id: str, error: str | None) -> None: ...
+
+
+class _Trial:
+    def __init__(self, config: TrialConfig, knobs: dict[str, Any], run_id: str):
+        self.config, self.knobs, self.run_id = config, knobs, run_id
+        self.started = time.monotonic()
+        self.epochs: list[dict[str, Any]] = []
+
+
+class SearchRecorder:
+    """A TrialListener that writes MLflow runs as trials go and Parquet rows on `flush`."""
+
+    def __init__(self, tracker: Tracker, parent_run_id: str, store: ResultsStore, search_id: str):
+        self.tracker, self.parent_run_id = tracker, parent_run_id
+        self.store, self.search_id = store, search_id
+        self.versions = package_versions()
+        self._trials: dict[str, _Trial] = {}
+        self._trial_rows: list[dict[str, Any]] = []
+        self._epoch_rows: list[dict[str, Any]] = []
+
+    def trial_started(self, trial_id, config, knobs):
+        tags = {"pcbench.method": config.method.name, "pcbench.teacher": config.teacher,
+                "pcbench.student": config.student, "pcbench.dataset": config.data.name,
+                "pcbench.seed": config.seed, "pcbench.teacher_sha256": config.teacher_sha256 or "",
+                "pcbench.config_hash": config.hash, "pcbench.trial_id": trial_id,
+                "pcbench.search_id": self.search_id}
+        params = {k: v for k, v in config.flat().items() if k not in ("teacher_weights",)}
+        run_id = self.tracker.start_run(f"{config.method.name}-{trial_id}", params, tags,
+                                        self.parent_run_id)
+        self.tracker.log_dict(run_id, config.to_dict(), "config.yaml")
+        self._trials[trial_id] = _Trial(config, knobs, run_id)
+
+    def trial_epoch(self, trial_id, metrics):
+        trial = self._trials[trial_id]
+        trial.epochs.append(metrics)
+        self.tracker.log_metrics(trial.run_id, metrics, step=int(metrics["epoch"]))
+
+    def trial_finished(self, trial_id, error):
+        trial = self._trials.pop(trial_id)
+        cfg, epochs = trial.config, trial.epochs
+        last = epochs[-1] if epochs else {}
+        planned = cfg.train.epochs
+        status = "error" if error else ("completed" if last.get("epoch") == planned else "stopped")
+        self.tracker.set_tags(trial.run_id, {"pcbench.status": status})
+        self.tracker.end_run(trial.run_id, "FAILED" if error else "FINISHED")
+        self._trial_rows.append({
+            "search_id": self.search_id, "trial_id": trial_id, "mlflow_run_id": trial.run_id,
+            "method": cfg.method.name, "dataset": cfg.data.name, "teacher": cfg.teacher,
+            "student": cfg.student, "seed": cfg.seed,
+            "knobs": json.dumps(trial.knobs, sort_keys=True),
+            "config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "val_acc": last.get("val_acc"),
+            "val_acc_best": max((e["val_acc"] for e in epochs), default=None),
+            "test_acc": last.get("test_acc"), "epochs_run": len(epochs), "epochs_planned": planned,
+            "wall_seconds": time.monotonic() - trial.started,
+            "train_seconds": sum(e.get("epoch_seconds", 0.0) for e in epochs),
+            "workers": cfg.train.workers, "device": last.get("device"),
+            "config_hash": cfg.hash, "teacher_sha256": cfg.teacher_sha256, "status": status,
+            "error": error, "scoring_rule": SCORING_RULE, "selection_split": SELECTION_SPLIT,
+            "versions": json.dumps(self.versions, sort_keys=True),
+            "finished_at": datetime.now(timezone.utc),
+        })
+        for e in epochs:
+            self._epoch_rows.append({
+                "search_id": self.search_id, "trial_id": trial_id, "method": cfg.method.name,
+                "epoch": int(e["epoch"]), "train_loss": e.get("train_loss"),
+                "loss_terms": json.dumps({k.removeprefix("loss/"): v for k, v in e.items()
+                                          if k.startswith("loss/")}, sort_keys=True),
+                "val_acc": e.get("val_acc"), "val_loss": e.get("val_loss"),
+                "test_acc": e.get("test_acc"), "lr": e.get("lr"),
+                "epoch_seconds": e.get("epoch_seconds"),
+            })
+
+    def flush(self, part: str) -> None:
+        """Write the rows gathered so far as one part of each table, then forget them."""
+        self.store.write("trials", self._trial_rows, part)
+        self.store.write("epochs", self._epoch_rows, part)
+        self._trial_rows, self._epoch_rows = [], []

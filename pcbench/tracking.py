@@ -1,0 +1,67 @@
+"""MLflow: an experiment per problem, a parent run per search, a child run per trial.
+
+All writes happen in the driver process (one SQLite writer locally; an `mlflow server` on a
+cluster)."""
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pcbench.errors import UserError
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def _local_artifact_root(uri: str) -> str | None:
+    """Artifacts of a local SQLite store go beside the database, not into the working dir."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+        except Exception as error:  # noqa: BLE001 - any store failure is the user's URI
+            raise UserError(f"cannot open the MLflow store {uri} ({type(error).__name__}); "
+                            f"check --tracking-uri or MLFLOW_TRACKING_URI") from None
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=_local_artifact_root(uri))
+
+    def start_run(self, name: str, params: dict[str, Any], tags: dict[str, str],
+                  parent_run_id: str | None = None) -> str:
+        tags = dict(tags)
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={k: str(v) for k, v in tags.items()})
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(run.info.run_id, params=items[start:start + 100])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+        now = int(time.time() * 1000)
+        numeric = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        if numeric:
+            self.client.log_batch(run_id, metrics=numeric)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)

@@ -1,0 +1,101 @@
+"""A search over one method's knobs: Ray Tune + OptunaSearch (seeded TPE) + ASHA on
+validation accuracy. Driver-side callbacks hand every trial event to the listeners
+(the MLflow/Parquet recorder, the progress display)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from pcbench.config import TrialConfig, build_config
+from pcbench.launch.trial import trial_resources, tune_trial
+from pcbench.recording import TrialListener
+from pcbench.spaces import SearchSpace
+
+METRIC, MODE = "val_acc", "max"
+
+
+@dataclass
+class SearchPlan:
+    """One method's search. With no space it is a single trial of the template (`pcbench run`)."""
+
+    name: str  # unique within the storage folder
+    template: TrialConfig  # teacher attached, overrides applied
+    space: SearchSpace | None
+    samples: int
+    concurrent: int
+    seed: int
+    storage: Path
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    grace_epochs: int | None = None  # ASHA's first rung; default: a third of the epochs
+
+
+class _Relay(tune.Callback):
+    """Driver side: turns Tune's trial events into TrialListener calls."""
+
+    def __init__(self, template: dict[str, Any], listeners: Sequence[TrialListener]):
+        self.template, self.listeners = template, listeners
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        config = build_config(self.template, trial.config)
+        for listener in self.listeners:
+            listener.trial_started(trial.trial_id, config, dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        metrics = {k: v for k, v in result.items() if k == "epoch" or k in _ENGINE_KEYS
+                   or k.startswith("loss/")}
+        for listener in self.listeners:
+            listener.trial_epoch(trial.trial_id, metrics)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        for listener in self.listeners:
+            listener.trial_finished(trial.trial_id, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = str(trial.error_file or "trial failed")
+        try:
+            error = Path(trial.error_file).read_text().strip().splitlines()[-1]
+        except (OSError, TypeError, IndexError):
+            pass
+        for listener in self.listeners:
+            listener.trial_finished(trial.trial_id, error)
+
+
+_ENGINE_KEYS = {"train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr",
+                "epoch_seconds", "device"}
+
+
+def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.ResultGrid:
+    template = plan.template.to_dict()
+    epochs = plan.template.train.epochs
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, template=template, cpus=plan.cpus_per_trial,
+                             gpus=plan.gpus_per_trial, storage=str(plan.storage)),
+        trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
+    if plan.space is None:
+        tune_config = tune.TuneConfig(num_samples=1, reuse_actors=True)
+    else:
+        searcher = OptunaSearch(
+            space=plan.space.distributions, metric=METRIC, mode=MODE, seed=plan.seed,
+            points_to_evaluate=[plan.space.first_point(plan.template)])
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                  grace_period=plan.grace_epochs or max(1, epochs // 3),
+                                  reduction_factor=2)
+        tune_config = tune.TuneConfig(
+            metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
+            num_samples=plan.samples, max_concurrent_trials=plan.concurrent, reuse_actors=True)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=plan.name, storage_path=str(plan.storage), verbose=0,
+            callbacks=[_Relay(template, listeners), JsonLoggerCallback()],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    return tuner.fit()

@@ -1,0 +1,76 @@
+"""A trial on Ray: the engine inside a Tune trial (one worker), or a TorchTrainer inside the
+Tune trial (DDP over gloo on CPU, nccl on GPU; metrics from rank 0 reach Tune)."""
+
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from ray import tune
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from pcbench.config import build_config
+from pcbench.engine import train_trial
+
+# A DDP trial's own process only coordinates its workers: it holds this much of its CPUs.
+COORDINATOR_CPUS = 0.1
+
+
+class TuneReporter:
+    def report(self, metrics, checkpoint_dir):
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    def latest_checkpoint(self):
+        checkpoint = tune.get_checkpoint()
+        return checkpoint.to_directory() if checkpoint else None
+
+
+class TrainReporter:
+    def report(self, metrics, checkpoint_dir):
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def latest_checkpoint(self):
+        checkpoint = ray.train.get_checkpoint()
+        return checkpoint.to_directory() if checkpoint else None
+
+
+def trial_resources(workers: int, cpus: float, gpus: float) -> dict[str, float]:
+    """What the Tune trial itself asks for: everything for one worker, a sliver for DDP."""
+    if workers == 1:
+        return {"cpu": cpus, "gpu": gpus}
+    return {"cpu": COORDINATOR_CPUS}
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    torch.set_num_threads(loop_config["threads"])
+    train_trial(loop_config["config"], TrainReporter(), device=ray.train.torch.get_device())
+
+
+def tune_trial(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float, gpus: float,
+               storage: str) -> None:
+    """The Tune trainable: the template with this trial's knobs applied."""
+    config = build_config(template, knobs)
+    workers = config.train.workers
+    if workers == 1:
+        torch.set_num_threads(max(1, int(cpus)))
+        train_trial(config, TuneReporter())
+        return
+    per_worker = (cpus - COORDINATOR_CPUS) / workers
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": config.to_dict(), "threads": max(1, int(per_worker))},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=gpus > 0,
+            resources_per_worker={"CPU": per_worker, **({"GPU": gpus / workers} if gpus else {})}),
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=tune.get_context().get_trial_id(),  # stable: a restarted trial resumes
+            storage_path=storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=1),
+        ),
+    )
+    trainer.fit()

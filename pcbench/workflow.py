@@ -1,0 +1,178 @@
+"""The steps behind `pcbench run | search | demo`: validate everything (no writes, no Ray),
+make sure the teacher exists, open the search's MLflow parent run, search each method on Ray
+(or run one trial in this process), record every trial, write the Parquet parts."""
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pcbench.config import TrialConfig, build_config
+from pcbench.errors import UserError
+from pcbench.methods import get_method
+from pcbench.recording import SearchRecorder, TrialListener
+from pcbench.results import ResultsStore
+from pcbench.spaces import SearchSpace, default_space_path, load_space
+from pcbench.teachers import TeacherStore, attach
+
+
+@dataclass
+class Request:
+    methods: list[str]
+    base: dict[str, Any] = field(default_factory=dict)  # from --dataset, --epochs, ...
+    overrides: dict[str, Any] = field(default_factory=dict)  # from --set
+    space_file: str | None = None
+    search: bool = True  # False: one trial of the configuration as given
+    samples: int = 1
+    concurrent: int = 1
+    seed: int = 0
+    results: Path = Path("pcbench-results")
+    teachers: Path = Path("pcbench-teachers")
+    tracking_uri: str = ""
+    experiment: str | None = None
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+@dataclass
+class Prepared:
+    method: str
+    template: TrialConfig
+    space: SearchSpace | None
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """The nearest existing ancestor must be a writable directory (nothing is created here)."""
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"{flag} {path} cannot be written ({probe} is not a writable folder); "
+                        f"pass a folder you can write to")
+
+
+def validate(request: Request) -> list[Prepared]:
+    """Every check a user's input can fail, before anything is written or Ray starts."""
+    if not request.methods:
+        raise UserError("no method given; name one with --method (see `pcbench methods`)")
+    if request.samples < 1:
+        raise UserError(f"--samples {request.samples} runs nothing; give 1 or more")
+    if request.concurrent < 1:
+        raise UserError(f"--concurrent {request.concurrent} runs nothing; give 1 or more")
+    if request.cpus_per_trial <= 0 or request.gpus_per_trial < 0:
+        raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    _check_writable(request.results, "--results")
+    _check_writable(request.teachers, "--teachers")
+    if request.tracking_uri.startswith("sqlite:///"):
+        _check_writable(Path(request.tracking_uri.removeprefix("sqlite:///")).parent, "--tracking-uri")
+    prepared = []
+    for method in dict.fromkeys(request.methods):
+        get_method(method)
+        base = {**request.base, "method": method}
+        if request.search:
+            space = load_space(request.space_file or default_space_path(method))
+            prepared.append(Prepared(method, space.validate(base, request.overrides), space))
+        else:
+            prepared.append(Prepared(method, build_config(base, request.overrides), None))
+    return prepared
+
+
+def experiment_name(template: TrialConfig) -> str:
+    return f"pcbench-{template.data.name}-{template.teacher}-to-{template.student}"
+
+
+def new_search_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _with_teacher(prepared: list[Prepared], store: TeacherStore, on_teacher) -> list[Prepared]:
+    out = []
+    for item in prepared:
+        template = item.template
+        if get_method(item.method).needs_teacher:
+            record = store.get(template.teacher, template.data.name)
+            if record is None:
+                on_teacher(template.teacher, template.data.name)
+                record = store.train(template.teacher, template.data.name)
+            template = attach(template, record)
+        out.append(Prepared(item.method, template, item.space))
+    return out
+
+
+def execute(request: Request, prepared: list[Prepared], listeners: Sequence[TrialListener] = (),
+            on_teacher: Callable[[str, str], None] = lambda model, dataset: None,
+            on_search: Callable[[Prepared], None] = lambda item: None, ray: bool = True) -> str:
+    """Run validated work; returns the search id. Trials land in MLflow and the results store."""
+    from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
+
+    prepared = _with_teacher(prepared, TeacherStore(request.teachers), on_teacher)
+    first = prepared[0].template
+    search_id = new_search_id()
+    tracker = Tracker(request.tracking_uri, request.experiment or experiment_name(first))
+    parent = tracker.start_run(
+        f"search-{search_id}",
+        {"methods": ",".join(p.method for p in prepared), "samples": request.samples,
+         "concurrent": request.concurrent, "seed": request.seed, "epochs": first.train.epochs,
+         "workers": first.train.workers, "dataset": first.data.name, "teacher": first.teacher,
+         "student": first.student, "ray": ray},
+        {"pcbench.search_id": search_id, "pcbench.kind": "search" if request.search else "run"})
+    recorder = SearchRecorder(tracker, parent, ResultsStore(request.results), search_id)
+    status = "FAILED"
+    try:
+        if ray:
+            _run_on_ray(request, prepared, [recorder, *listeners], recorder, search_id, on_search)
+        else:
+            for item in prepared:
+                on_search(item)
+                _run_here(item.template, request.results, [recorder, *listeners])
+                recorder.flush(f"{search_id}-{item.method}")
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        recorder.flush(f"{search_id}-interrupted")  # rows of trials that did finish
+        tracker.end_run(parent, status)
+    return search_id
+
+
+def _run_on_ray(request, prepared, listeners, recorder, search_id, on_search) -> None:
+    from pcbench.launch import SearchPlan, run_search, start_ray
+
+    start_ray(request.address)
+    storage = (request.results / "ray").resolve()
+    for item in prepared:
+        on_search(item)
+        plan = SearchPlan(
+            name=f"{search_id}-{item.method}", template=item.template, space=item.space,
+            samples=request.samples, concurrent=request.concurrent, seed=request.seed,
+            storage=storage, cpus_per_trial=request.cpus_per_trial,
+            gpus_per_trial=request.gpus_per_trial)
+        run_search(plan, listeners)
+        recorder.flush(f"{search_id}-{item.method}")
+
+
+def _run_here(config: TrialConfig, results: Path, listeners: Sequence[TrialListener]) -> None:
+    """One trial in this process: the same engine, no Ray."""
+    from pcbench.engine import LocalReporter, train_trial
+
+    trial_id = uuid.uuid4().hex[:8]
+    for listener in listeners:
+        listener.trial_started(trial_id, config, {})
+
+    def on_epoch(metrics: dict[str, Any]) -> None:
+        for listener in listeners:
+            listener.trial_epoch(trial_id, metrics)
+
+    error = None
+    try:
+        train_trial(config, LocalReporter(str(results.resolve() / "runs" / trial_id), on_epoch))
+    except Exception as exc:  # recorded on the trial, then raised
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        for listener in listeners:
+            listener.trial_finished(trial_id, error)

@@ -3,6 +3,7 @@
 All writes happen in the driver process (one SQLite writer locally; an `mlflow server` on a
 cluster)."""
 
+import logging
 import math
 import os
 import time
@@ -13,6 +14,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pcbench.errors import UserError
+
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema-migration chatter
 
 
 def default_tracking_uri() -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import optuna
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -17,6 +18,7 @@ from pcbench.recording import TrialListener
 from pcbench.spaces import SearchSpace
 
 METRIC, MODE = "val_acc", "max"
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
 
 
 @dataclass
@@ -40,6 +42,11 @@ class _Relay(tune.Callback):
 
     def __init__(self, template: dict[str, Any], listeners: Sequence[TrialListener]):
         self.template, self.listeners = template, listeners
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment state; listeners hold live clients
+        # and consoles, which belong to this driver process only.
+        return {"template": self.template, "listeners": ()}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config = build_config(self.template, trial.config)

@@ -10,6 +10,7 @@ from pcbench.methods.base import DistillConfig, Method, MethodConfig, Step
 __all__ = ["DistillConfig", "Method", "MethodConfig", "Step", "get_method", "method_names", "register"]
 
 _REGISTRY: dict[str, type[Method]] = {}
+_discovered = False
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -18,10 +19,12 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def _discover() -> None:
-    if not _REGISTRY:
+    global _discovered
+    if not _discovered:
         for module in pkgutil.iter_modules(__path__):
             if module.name != "base":
                 importlib.import_module(f"{__name__}.{module.name}")
+        _discovered = True
 
 
 def method_names() -> list[str]:

@@ -53,7 +53,7 @@ def ot_loss(cost: torch.Tensor, solver: str = "exact", epsilon: float = 0.05) ->
     b = torch.full((q,), 1.0 / q, dtype=cost.dtype, device=cost.device)
     if solver == "exact":
         return ot.emd2(a, b, cost)  # POT sets the envelope gradient: the optimal plan
-    reg = epsilon * cost.detach().median().clamp_min(1e-12)
+    reg = epsilon * cost.detach().flatten().quantile(0.5).clamp_min(1e-12)
     plan = ot.sinkhorn(a, b, cost.detach(), reg.item(), method="sinkhorn_log",
                        numItermax=5000, stopThr=1e-6)
     return (plan * cost).sum()

@@ -1,6 +1,7 @@
 """Leaderboard files: Parquet for tools, Markdown for READMEs, HTML for browsers."""
 
 import html
+import json
 import os
 from pathlib import Path
 
@@ -10,12 +11,20 @@ SHOWN = {"method": "method", "test_acc": "test acc", "val_acc": "val acc", "knob
          "trials": "trials", "completed": "completed", "compute_hours": "compute (h)"}
 
 
+def _knobs(text: str) -> str:
+    """{"method.tau": 0.18315...} -> tau=0.1832 (method knobs unprefixed, 4 significant digits)."""
+    knobs = json.loads(text) if text else {}
+    return ", ".join(f"{k.removeprefix('method.')}={v:.4g}" if isinstance(v, float)
+                     else f"{k.removeprefix('method.')}={v}" for k, v in sorted(knobs.items()))
+
+
 def _tables(board: pd.DataFrame):
     for (dataset, teacher, student, rule), rows in board.groupby(
             ["dataset", "teacher", "student", "scoring_rule"], sort=True):
         shown = rows[list(SHOWN)].rename(columns=SHOWN).copy()
         for column in ("test acc", "val acc"):
             shown[column] = shown[column].map(lambda v: f"{100 * v:.2f}")
+        shown["chosen knobs"] = shown["chosen knobs"].map(_knobs)
         shown["compute (h)"] = shown["compute (h)"].map(lambda v: f"{v:.3f}")
         title = f"{dataset}: {teacher} -> {student}"
         note = (f"Scoring: test accuracy at the {rule.replace('_', ' ')}; configuration chosen "

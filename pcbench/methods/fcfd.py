@@ -86,6 +86,9 @@ class FCFD(Method):
         n = len(self.stages)
         directions = ["s2t", "t2s"] if config.directions == "both" else [config.directions]
         self.mixed_paths = [(d, k) for d in directions for k in range(1, n)]
+        # Seeded from the trial's seed (set before construction), alike on every DDP rank so
+        # all ranks take the same paths; saved in checkpoints so a resumed trial goes on alike.
+        self.path_sampler = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
 
     @classmethod
     def taps(cls, config: FCFDConfig, stages: Sequence[str]) -> set[str]:
@@ -98,10 +101,15 @@ class FCFD(Method):
     def ramp(self, epoch: int) -> float:
         return min(1.0, (epoch + 1) / self.config.warmup)
 
+    def get_extra_state(self) -> torch.Tensor:
+        return self.path_sampler.get_state()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.path_sampler.set_state(state)
+
     def sample_paths(self) -> list[tuple[str, int]]:
-        # The global generator: seeded alike on every DDP rank, so all ranks take the same paths.
-        order = torch.randperm(len(self.mixed_paths))[: self.config.paths]
-        return [self.mixed_paths[i] for i in order.tolist()]
+        order = torch.randperm(len(self.mixed_paths), generator=self.path_sampler)
+        return [self.mixed_paths[i] for i in order[: self.config.paths].tolist()]
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -5,11 +5,13 @@ import json
 import time
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pcbench.config import TrialConfig
 from pcbench.results import ResultsStore
-from pcbench.tracking import Tracker
+
+if TYPE_CHECKING:  # MLflow is imported only where something is tracked
+    from pcbench.tracking import Tracker
 
 SCORING_RULE = "last_epoch"
 SELECTION_SPLIT = "val"
@@ -44,7 +46,7 @@ class _Trial:
 class SearchRecorder:
     """A TrialListener that writes MLflow runs as trials go and Parquet rows on `flush`."""
 
-    def __init__(self, tracker: Tracker, parent_run_id: str, store: ResultsStore, search_id: str):
+    def __init__(self, tracker: "Tracker", parent_run_id: str, store: ResultsStore, search_id: str):
         self.tracker, self.parent_run_id = tracker, parent_run_id
         self.store, self.search_id = store, search_id
         self.versions = package_versions()

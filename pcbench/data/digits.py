@@ -2,15 +2,15 @@
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-
 from pcbench.data.splits import Splits
 
 TEST_FRACTION = 0.2  # digits has no official test split; this one is fixed for every run
 
 
 def load(val_fraction: float, split_seed: int) -> Splits:
+    from sklearn.datasets import load_digits  # scikit-learn is slow to import; only when used
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0)[:, None]  # N, 1, 8, 8 in [0, 1]
     y = digits.target.astype(np.int64)

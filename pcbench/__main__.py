@@ -1,0 +1,3 @@
+from pcbench.cli import app
+
+app(prog_name="pcbench")

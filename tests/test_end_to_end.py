@@ -1,0 +1,111 @@
+"""The whole loop on a real local Ray instance, a real SQLite MLflow store and Parquet files."""
+
+import json
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from pcbench.cli import app
+
+SLICE = ["ce", "kd", "pc", "ot", "fcfd"]
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, teacher_store, local_ray):
+    root = tmp_path_factory.mktemp("work")
+    return {"results": root / "results", "uri": f"sqlite:///{root / 'mlflow.db'}",
+            "teachers": teacher_store.root}
+
+
+def _pcbench(workspace, *args):
+    common = ["--results", str(workspace["results"]), "--tracking-uri", workspace["uri"],
+              "--teachers", str(workspace["teachers"])]
+    result = CliRunner().invoke(app, [*args, *common])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def searched(workspace):
+    methods = [a for m in SLICE for a in ("--method", m)]
+    _pcbench(workspace, "search", *methods, "--samples", "2", "--concurrent", "2",
+             "--epochs", "3", "--seed", "1", "--experiment", "e2e")
+    return workspace
+
+
+def test_search_logs_one_parent_and_a_child_per_trial_with_histories(searched):
+    client = MlflowClient(searched["uri"])
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("pcbench.kind") == "search"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1 == 2 * len(SLICE)
+    assert sorted({r.data.tags["pcbench.method"] for r in children}) == sorted(SLICE)
+    for child in children:
+        tags, params = child.data.tags, child.data.params
+        assert tags["pcbench.dataset"] == "digits" and tags["pcbench.student"] == "cnn_small"
+        assert params["method.name"] == tags["pcbench.method"] and params["train.epochs"] == "3"
+        if tags["pcbench.method"] != "ce":
+            assert len(tags["pcbench.teacher_sha256"]) == 64
+        history = client.get_metric_history(child.info.run_id, "val_acc")
+        assert [m.step for m in history] == list(range(1, len(history) + 1))
+        assert client.get_metric_history(child.info.run_id, "loss/ce")
+        if tags["pcbench.status"] == "completed":
+            assert len(history) == 3 and "test_acc" in child.data.metrics
+        artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
+        assert "config.yaml" in artifacts
+
+
+def test_search_writes_trial_and_epoch_rows(searched):
+    trials = pd.read_parquet(searched["results"] / "trials")
+    epochs = pd.read_parquet(searched["results"] / "epochs")
+    assert len(trials) == 2 * len(SLICE) and set(trials.method) == set(SLICE)
+    assert set(trials.status) <= {"completed", "stopped"}
+    assert len(epochs) == trials.epochs_run.sum()
+    pc_trials = trials[trials.method == "pc"]
+    first = json.loads(pc_trials.sort_values("finished_at").iloc[0].knobs)
+    assert set(first) >= {"method.tau", "method.weight", "method.tap"}
+    assert (trials.selection_split == "val").all() and (trials.scoring_rule == "last_epoch").all()
+    terms = json.loads(epochs[epochs.method == "fcfd"].iloc[0].loss_terms)
+    assert set(terms) == {"ce", "kd", "mix", "feat"}
+
+
+def test_report_ranks_every_method_on_its_validation_choice(searched, tmp_path):
+    result = CliRunner().invoke(app, ["report", "--results", str(searched["results"]),
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    board = pd.read_parquet(tmp_path / "leaderboard.parquet")
+    assert sorted(board.method) == sorted(SLICE)
+    assert board.test_acc.notna().all() and (board.trials == 2).all()
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert all(f"| {m} |" in markdown for m in SLICE)
+
+
+def test_a_two_worker_trial_runs_as_ray_train_ddp(workspace):
+    _pcbench(workspace, "run", "--method", "fcfd", "--workers", "2", "--epochs", "2",
+             "--cpus-per-trial", "2")
+    trials = pd.read_parquet(workspace["results"] / "trials")
+    ddp = trials[trials.workers == 2]
+    assert len(ddp) == 1 and ddp.iloc[0].status == "completed" and ddp.iloc[0].epochs_run == 2
+    history = MlflowClient(workspace["uri"]).get_metric_history(ddp.iloc[0].mlflow_run_id, "val_acc")
+    assert len(history) == 2
+
+
+def test_no_ray_runs_the_same_engine_in_process(workspace):
+    _pcbench(workspace, "run", "--method", "pc", "--no-ray", "--epochs", "2")
+    trials = pd.read_parquet(workspace["results"] / "trials")
+    here = trials[json_field(trials.config, "method", "name") == "pc"]
+    assert (here.status == "completed").any()
+
+
+def json_field(column, *path):
+    def get(text):
+        value = json.loads(text)
+        for key in path:
+            value = value[key]
+        return value
+    return column.map(get)

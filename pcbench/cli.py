@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -20,8 +21,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 teacher_app = typer.Typer(no_args_is_help=True, help="Train and list stored teachers.")
 app.add_typer(teacher_app, name="teacher")
 console = Console(stderr=True)
-
-DEMO_METHODS = ["ce", "kd", "pc", "ot", "fcfd"]
 
 
 def user_errors(command):
@@ -183,17 +182,36 @@ def search(
             cpus_per_trial, gpus_per_trial)
 
 
+class DemoSuite(BaseModel):
+    """suites/demo.yaml: what `pcbench demo` searches, with an equal budget per method."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    teacher: str
+    student: str
+    methods: list[str]
+    samples: int
+    epochs: int
+    concurrent: int
+    seed: int
+
+
 @app.command()
 @user_errors
 def demo(
-    samples: Samples = 8, concurrent: Concurrent = 2,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per trial.")] = 20,
-    seed: Seed = 0, results: Results = Path("pcbench-results"),
-    teachers: Teachers = Path("pcbench-teachers"), tracking_uri: TrackingUri = None,
-    address: Address = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Trials per method.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per trial.")] = None,
+    results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
+    tracking_uri: TrackingUri = None, address: Address = None,
 ) -> None:
-    """The whole loop on the embedded default: search ce, kd, pc, ot, fcfd on digits, then report."""
-    _search(DEMO_METHODS, None, None, None, None, None, samples, concurrent, epochs, None, seed,
+    """The whole loop on the embedded default (suites/demo.yaml): search ce, kd, pc, ot and
+    fcfd on digits with an equal budget, then write the leaderboard."""
+    from pcbench import REPO_ROOT
+    from pcbench.config import load_yaml
+    suite = DemoSuite.model_validate(load_yaml(str(REPO_ROOT / "suites" / "demo.yaml")))
+    _search(suite.methods, suite.dataset, suite.teacher, suite.student, None, None,
+            suite.samples if samples is None else samples, suite.concurrent,
+            suite.epochs if epochs is None else epochs, None, suite.seed,
             results, teachers, tracking_uri, None, address, 1.0, 0.0)
     _report(results, None)
 

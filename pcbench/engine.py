@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pcbench.config import TrialConfig
 from pcbench.data import Splits, load_dataset, random_shift, shard_batches
-from pcbench.methods import Method, Step, get_method
+from pcbench.methods import DataInfo, Method, Step, get_method
 from pcbench.models import Tapped, TapModel, create_model, model_info
 
 MODEL_FILE = "model.pt"  # {'model': state_dict}: the RepDistiller checkpoint format
@@ -71,9 +71,10 @@ class Distiller(nn.Module):
         self.student = Tapped(student, taps)
         self.method = method
 
-    def forward(self, x, y, epoch: int, teacher_feats, teacher: TapModel | None):
+    def forward(self, x, y, index, epoch: int, teacher_feats, teacher: TapModel | None):
         feats = self.student(x)
-        terms = self.method(Step(x, y, epoch, feats, teacher_feats, self.student.model, teacher))
+        terms = self.method(Step(x, y, index, epoch, feats, teacher_feats, self.student.model,
+                                 teacher))
         return feats["logits"], terms
 
 
@@ -102,7 +103,7 @@ def evaluate(model: Tapped, data, batch_size: int, rank: int, world: int) -> dic
     model.eval()
     device = data[0].device
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # correct, loss sum, count
-    for x, y in shard_batches(data, 1024, rank, world):
+    for x, y, _ in shard_batches(data, 1024, rank, world):
         logits = model(x)["logits"]
         totals += torch.stack([(logits.argmax(1) == y).sum().double(),
                                nn.functional.cross_entropy(logits, y, reduction="sum").double(),
@@ -129,7 +130,8 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
         teacher = load_teacher(cfg, splits)
         teacher_info = model_info(teacher, splits.input_shape, cfg.teacher)
         teacher_taps = Tapped(teacher, taps).to(device)
-    method = method_class(cfg.method, student_info, teacher_info)
+    data_info = DataInfo(splits.num_classes, len(splits.train[1]))
+    method = method_class(cfg.method, student_info, teacher_info, data_info)
     distiller = Distiller(student, method, taps).to(device)
     trainer = distiller
     if world > 1:
@@ -152,12 +154,12 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
             teacher_taps.train(method.teacher_train_mode)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
-        for x, y in shard_batches(splits.train, cfg.data.batch_size, rank, world, shuffle):
+        for x, y, index in shard_batches(splits.train, cfg.data.batch_size, rank, world, shuffle):
             if cfg.data.augment and splits.shift_pad:
                 x = random_shift(x, splits.shift_pad, shuffle)
             with torch.no_grad():
                 teacher_feats = teacher_taps(x) if teacher_taps is not None else None
-            _, terms = trainer(x, y, epoch, teacher_feats, teacher)
+            _, terms = trainer(x, y, index, epoch, teacher_feats, teacher)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

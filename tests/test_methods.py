@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pcbench.methods import get_method, method_names
-from pcbench.methods.base import Step, kd_loss
+from pcbench.methods.base import DataInfo, Step, kd_loss
 from pcbench.methods.fcfd import FCFDConfig, batch_stats_only
 from pcbench.models import Tapped, create_model, model_info
 
@@ -27,7 +27,8 @@ def _fcfd(config: FCFDConfig):
     torch.manual_seed(0)
     student, teacher = create_model("cnn_small", 10, 1), create_model("cnn_large", 10, 1)
     teacher.eval().requires_grad_(False)
-    method = get_method("fcfd")(config, model_info(student, (1, 8, 8)), model_info(teacher, (1, 8, 8)))
+    method = get_method("fcfd")(config, model_info(student, (1, 8, 8)), model_info(teacher, (1, 8, 8)),
+                                DataInfo(10, 100))
     taps = set(student.stage_taps)
     return student, teacher, method, Tapped(student, taps), Tapped(teacher, taps)
 
@@ -36,7 +37,8 @@ def _step(student, teacher, s_taps, t_taps, epoch=0):
     x = torch.randn(16, 1, 8, 8)
     with torch.no_grad():
         t_feats = t_taps(x)
-    return Step(x, torch.randint(0, 10, (16,)), epoch, s_taps(x), t_feats, student, teacher)
+    return Step(x, torch.randint(0, 10, (16,)), torch.arange(16), epoch, s_taps(x), t_feats,
+                student, teacher)
 
 
 def test_every_mixed_path_produces_logits_of_the_right_shape():

@@ -43,8 +43,8 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch
 
 
 def shard_batches(data: Pair, batch_size: int, rank: int, world: int,
-                  generator: torch.Generator | None = None) -> Iterator[Pair]:
-    """This rank's batches. With a generator the order is shuffled, identically on every rank
+                  generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """This rank's batches as (x, y, sample indices). With a generator the order is shuffled, identically on every rank
     (same seed), and each rank takes every world-th sample, so ranks never overlap and all
     take the same number of steps."""
     x, y = data
@@ -54,4 +54,4 @@ def shard_batches(data: Pair, batch_size: int, rank: int, world: int,
     mine = order[rank::world]
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
-        yield x[idx], y[idx]
+        yield x[idx], y[idx], idx

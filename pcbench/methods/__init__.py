@@ -5,9 +5,9 @@ import importlib
 import pkgutil
 
 from pcbench.errors import UserError
-from pcbench.methods.base import DistillConfig, Method, MethodConfig, Step
+from pcbench.methods.base import DataInfo, DistillConfig, Method, MethodConfig, Step
 
-__all__ = ["DistillConfig", "Method", "MethodConfig", "Step", "get_method", "method_names", "register"]
+__all__ = ["DataInfo", "DistillConfig", "Method", "MethodConfig", "Step", "get_method", "method_names", "register"]
 
 _REGISTRY: dict[str, type[Method]] = {}
 _discovered = False

@@ -28,12 +28,21 @@ class DistillConfig(MethodConfig):
     temperature: PositiveFloat = 4.0
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method may know about the training data before training."""
+
+    num_classes: int
+    train_size: int
+
+
 @dataclass
 class Step:
     """One training step as a method sees it. Teacher tensors carry no gradient."""
 
     x: torch.Tensor
     y: torch.Tensor
+    index: torch.Tensor  # positions of the batch's samples in the training set
     epoch: int
     student_feats: dict[str, torch.Tensor]
     teacher_feats: dict[str, torch.Tensor] | None
@@ -56,7 +65,8 @@ class Method(nn.Module):
     # True when some trainable extra modules sit out some steps (DDP must then look for them).
     sometimes_unused: ClassVar[bool] = False
 
-    def __init__(self, config: MethodConfig, student: ModelInfo, teacher: ModelInfo | None):
+    def __init__(self, config: MethodConfig, student: ModelInfo, teacher: ModelInfo | None,
+                 data: DataInfo):
         super().__init__()
         self.config = config
 

@@ -14,7 +14,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step, kd_loss
+from pcbench.methods.base import DataInfo, DistillConfig, Method, Step, kd_loss
 from pcbench.models import ModelInfo
 
 
@@ -73,8 +73,8 @@ class FCFD(Method):
     Config = FCFDConfig
     sometimes_unused = True  # only the sampled paths' bridges take part in a step
 
-    def __init__(self, config: FCFDConfig, student: ModelInfo, teacher: ModelInfo):
-        super().__init__(config, student, teacher)
+    def __init__(self, config: FCFDConfig, student: ModelInfo, teacher: ModelInfo, data: DataInfo):
+        super().__init__(config, student, teacher, data)
         if len(student.stages) != len(teacher.stages):
             raise ValueError(f"FCFD needs as many stages in the student ({len(student.stages)}) "
                              f"as in the teacher ({len(teacher.stages)})")

@@ -2,14 +2,22 @@
 named, already-weighted loss terms. Plain PyTorch: no Ray, no MLflow."""
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Annotated, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, PositiveFloat
 from torch import nn
 
 from pcbench.models import ModelInfo, TapModel
+
+
+def _split_commas(value):
+    return [t.strip() for t in value.split(",")] if isinstance(value, str) else value
+
+
+# Several taps; also accepted as "stage2,stage3" (how search spaces and --set write a list).
+TapList = Annotated[list[str], BeforeValidator(_split_commas), Field(min_length=1)]
 
 
 class MethodConfig(BaseModel):

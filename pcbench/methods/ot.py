@@ -10,25 +10,20 @@ from typing import Literal, Sequence
 
 import ot
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
+from pydantic import NonNegativeFloat, PositiveFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step
+from pcbench.methods.base import DistillConfig, Method, Step, TapList
 
 
 class OTConfig(DistillConfig):
     name: Literal["ot"] = "ot"
     weight: NonNegativeFloat = 1.0
-    taps: list[str] = Field(default_factory=lambda: ["stage3"], min_length=1)
+    taps: TapList = ["stage3"]
     solver: Literal["exact", "sinkhorn"] = "exact"
     epsilon: PositiveFloat = 0.05  # Sinkhorn regularisation, relative to the median cost
     normalize: Literal["none", "zscore"] = "none"
     spatial: Literal["pool", "flatten"] = "pool"
-
-    @field_validator("taps", mode="before")
-    @classmethod
-    def _comma_separated(cls, taps):
-        return [t.strip() for t in taps.split(",")] if isinstance(taps, str) else taps
 
 
 def neurons(f: torch.Tensor, spatial: str, normalize: str) -> torch.Tensor:

@@ -1,0 +1,45 @@
+"""at: attention transfer (Zagoruyko & Komodakis, 2017). Spatial attention maps, the channel
+mean of |f|^p, L2-normalised, matched at each inner stage. RepDistiller's CIFAR weight: 1000."""
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import NonNegativeFloat, PositiveFloat
+
+from pcbench.methods import register
+from pcbench.methods.base import DistillConfig, Method, Step, TapList
+
+
+class ATConfig(DistillConfig):
+    name: Literal["at"] = "at"
+    weight: NonNegativeFloat = 1000.0
+    p: PositiveFloat = 2.0
+    taps: TapList | None = None  # None: every stage
+
+
+def attention(f: torch.Tensor, p: float) -> torch.Tensor:
+    return F.normalize(f.pow(p).mean(1).flatten(1))
+
+
+def at_loss(fs: torch.Tensor, ft: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    return (attention(fs, p) - attention(ft, p)).pow(2).mean()
+
+
+@register
+class AttentionTransfer(Method):
+    name = "at"
+    Config = ATConfig
+
+    @classmethod
+    def taps(cls, config: ATConfig, stages: Sequence[str]) -> set[str]:
+        return set(config.taps or stages)
+
+    def __init__(self, config, student, teacher, data):
+        super().__init__(config, student, teacher, data)
+        self.tap_list = list(config.taps or student.stages)
+
+    def transfer(self, step: Step) -> dict[str, torch.Tensor]:
+        loss = sum(at_loss(step.student_feats[t], step.teacher_feats[t], self.config.p)
+                   for t in self.tap_list)
+        return {"at": self.config.weight * loss}

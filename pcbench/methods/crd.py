@@ -1,0 +1,83 @@
+"""crd: contrastive representation distillation (Tian et al., 2020), as in RepDistiller.
+
+Student and teacher embeddings are projected to `feat_dim` and L2-normalised; each is
+contrasted against a momentum memory bank of the *other* network's embeddings of the whole
+training set: its own sample is the positive, `negatives` other samples are the negatives
+(NCE with noise distribution 1/N). The memory is N x feat_dim per network, so it grows with the
+data set and nothing else. Negatives are drawn uniformly from the other samples (RepDistiller's
+default draws them from the other classes; with many classes the two nearly coincide).
+"""
+
+import math
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import nn
+
+from pcbench.methods import register
+from pcbench.methods.base import DataInfo, DistillConfig, Method, Step
+from pcbench.models import ModelInfo
+
+_EPS = 1e-7
+
+
+class CRDConfig(DistillConfig):
+    name: Literal["crd"] = "crd"
+    weight: NonNegativeFloat = 0.8
+    tap: str = "embedding"
+    feat_dim: PositiveInt = 128
+    negatives: PositiveInt = 16384  # capped at the training-set size minus one
+    nce_temperature: PositiveFloat = 0.07
+    momentum: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+def nce_loss(scores: torch.Tensor, train_size: int) -> torch.Tensor:
+    """RepDistiller's ContrastLoss: column 0 holds the positive's score, the rest negatives'."""
+    k = scores.shape[1] - 1
+    noise = k / train_size  # m * Pn
+    log_d1 = torch.log(scores[:, 0] / (scores[:, 0] + noise + _EPS))
+    log_d0 = torch.log(noise / (scores[:, 1:] + noise + _EPS))
+    return -(log_d1.sum() + log_d0.sum()) / scores.shape[0]
+
+
+@register
+class CRD(Method):
+    name = "crd"
+    Config = CRDConfig
+
+    def __init__(self, config: CRDConfig, student: ModelInfo, teacher: ModelInfo, data: DataInfo):
+        super().__init__(config, student, teacher, data)
+        self.train_size = data.train_size
+        self.k = min(config.negatives, data.train_size - 1)
+        self.embed_s = nn.Linear(math.prod(student.tap_shapes[config.tap]), config.feat_dim)
+        self.embed_t = nn.Linear(math.prod(teacher.tap_shapes[config.tap]), config.feat_dim)
+        bound = 1.0 / math.sqrt(config.feat_dim / 3)
+        for name in ("memory_s", "memory_t"):
+            self.register_buffer(name, torch.rand(data.train_size, config.feat_dim) * 2 * bound - bound)
+        self.register_buffer("normalizer", torch.zeros(2))  # Z of each side, set on the first step
+
+    @classmethod
+    def taps(cls, config: CRDConfig, stages: Sequence[str]) -> set[str]:
+        return {config.tap}
+
+    def transfer(self, step: Step) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        v_s = F.normalize(self.embed_s(step.student_feats[cfg.tap].flatten(1)))
+        v_t = F.normalize(self.embed_t(step.teacher_feats[cfg.tap].flatten(1)))
+        index = step.index
+        others = torch.randint(0, self.train_size - 1, (len(index), self.k), device=index.device)
+        others = others + (others >= index[:, None]).long()  # skip the positive itself
+        rows = torch.cat([index[:, None], others], 1)
+        # Each side's embedding is scored against the other side's memory.
+        scores_s = torch.exp(torch.bmm(self.memory_t[rows], v_s[:, :, None]).squeeze(2) / cfg.nce_temperature)
+        scores_t = torch.exp(torch.bmm(self.memory_s[rows], v_t[:, :, None]).squeeze(2) / cfg.nce_temperature)
+        if self.normalizer[0] <= 0:
+            self.normalizer.copy_(torch.stack([scores_s.mean(), scores_t.mean()]).detach() * self.train_size)
+        loss = (nce_loss(scores_s / self.normalizer[0], self.train_size)
+                + nce_loss(scores_t / self.normalizer[1], self.train_size))
+        with torch.no_grad():
+            for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+                memory[index] = F.normalize(memory[index] * cfg.momentum + v.detach() * (1 - cfg.momentum))
+        return {"crd": cfg.weight * loss}

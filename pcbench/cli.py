@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pcbench.config import parse_overrides
+from pcbench.config import describe, parse_overrides
 from pcbench.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -97,7 +97,7 @@ class ProgressDisplay:
             self.progress.console.print(f"[yellow]{method} trial {trial_id} failed:[/yellow] {error}")
 
 
-def _execute(request, ray: bool = True) -> str:
+def _execute(request) -> None:
     from pcbench import workflow
     from pcbench.tracking import default_tracking_uri
 
@@ -107,14 +107,17 @@ def _execute(request, ray: bool = True) -> str:
                TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         display = ProgressDisplay(progress, request.samples)
-        search_id = workflow.execute(
+        outcome = workflow.execute(
             request, prepared, [display],
             on_teacher=lambda model, dataset: progress.console.print(
                 f"training the {model} teacher on {dataset} (first use)"),
-            on_search=display.on_search, ray=ray)
-    console.print(f"search {search_id}: MLflow at {request.tracking_uri}, "
-                  f"Parquet in {request.results}/trials and /epochs")
-    return search_id
+            on_search=display.on_search)
+    console.print(f"search {outcome.search_id}: {outcome.trials} trials; MLflow at "
+                  f"{request.tracking_uri}, Parquet in {request.results}/trials and /epochs")
+    if outcome.failed:
+        console.print(f"[red]{outcome.failed} of {outcome.trials} trials failed[/red] "
+                      f"(errors above and in MLflow)")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -139,16 +142,15 @@ def run(
     """Run one trial of one method with the given settings."""
     from pcbench.workflow import Request
     request = Request([method], _base(dataset, teacher, student, epochs, workers, seed),
-                      parse_overrides(set_ or []), search=False, seed=seed, results=results,
+                      parse_overrides(set_ or []), search=False, ray=not no_ray, seed=seed,
+                      results=results,
                       teachers=teachers, tracking_uri=tracking_uri or "", experiment=experiment,
                       address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
-    if no_ray and (workers or 1) > 1:
-        raise UserError("--no-ray runs one worker; drop --workers or run on Ray")
-    _execute(request, ray=not no_ray)
+    _execute(request)
 
 
 def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
-            workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus) -> str:
+            workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus) -> None:
     from pcbench.workflow import Request
     if space is not None and len(set(methods_)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
@@ -157,7 +159,7 @@ def _search(methods_, dataset, teacher, student, set_, space, samples, concurren
                       concurrent=concurrent, seed=seed, results=results, teachers=teachers,
                       tracking_uri=tracking_uri or "", experiment=experiment, address=address,
                       cpus_per_trial=cpus, gpus_per_trial=gpus)
-    return _execute(request)
+    _execute(request)
 
 
 Methods = Annotated[Optional[list[str]], typer.Option("--method", help="Method to search, repeatable.")]
@@ -208,7 +210,11 @@ def demo(
     fcfd on digits with an equal budget, then write the leaderboard."""
     from pcbench import REPO_ROOT
     from pcbench.config import load_yaml
-    suite = DemoSuite.model_validate(load_yaml(str(REPO_ROOT / "suites" / "demo.yaml")))
+    path = REPO_ROOT / "suites" / "demo.yaml"
+    try:
+        suite = DemoSuite.model_validate(load_yaml(str(path)))
+    except ValidationError as error:
+        raise UserError(f"{path}: {describe(error)}; fix the suite file") from None
     _search(suite.methods, suite.dataset, suite.teacher, suite.student, None, None,
             suite.samples if samples is None else samples, suite.concurrent,
             suite.epochs if epochs is None else epochs, None, suite.seed,
@@ -218,8 +224,10 @@ def demo(
 
 def _report(results: Path, out: Optional[Path]) -> None:
     from pcbench.results import ResultsStore, leaderboard, write_report
+    from pcbench.workflow import check_writable
     if not (results / "trials").is_dir():
         raise UserError(f"no trials under {results}; run `pcbench search` first or pass --results")
+    check_writable(out or results / "report", "--out")
     board = leaderboard(ResultsStore(results).read("trials"))
     paths = write_report(board, out or results / "report")
     table = Table("data set", "pair", "method", "test acc", "val acc", "trials")
@@ -250,7 +258,9 @@ def teacher_train(
     """Train a teacher with the fixed recipe and store it (replacing a stored one)."""
     from pcbench.config import build_config
     from pcbench.teachers import TeacherStore
+    from pcbench.workflow import check_writable
     build_config({"data": {"name": dataset}, "student": model, "method": "ce"}, {})  # validates
+    check_writable(teachers, "--teachers")
     record = TeacherStore(teachers).train(
         model, dataset, on_epoch=lambda m: console.print(
             f"epoch {m['epoch']:>3}  val acc {100 * m['val_acc']:.2f}%", highlight=False))

@@ -6,7 +6,8 @@ import json
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                      PositiveInt,
                       SerializeAsAny, ValidationError, field_validator, model_validator)
 
 from pcbench.data import dataset_names
@@ -49,7 +50,7 @@ class TrialConfig(_Section):
     student: str = "cnn_small"
     method: SerializeAsAny[MethodConfig]
     train: TrainConfig = TrainConfig()
-    seed: int = 0
+    seed: NonNegativeInt = 0
     # Resolved by the driver from the teacher store; not part of what the trial *is*.
     teacher_weights: str | None = None
     teacher_sha256: str | None = None
@@ -80,6 +81,9 @@ class TrialConfig(_Section):
         method = data.get("method", "ce")
         if isinstance(method, MethodConfig):
             method = method.model_dump()
+        if not isinstance(method, (str, dict)):
+            raise UserError(f"method: expected a method name, got {method!r}; "
+                            f"write --method NAME or --set method.KNOB=VALUE")
         method = {"name": method} if isinstance(method, str) else dict(method)
         config_class = get_method(str(method.get("name"))).Config
         try:

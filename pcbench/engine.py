@@ -52,8 +52,11 @@ class LocalReporter:
             staging = self.checkpoint_dir + ".tmp"
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(checkpoint_dir, staging)
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            previous = self.checkpoint_dir + ".old"
+            if os.path.isdir(self.checkpoint_dir):
+                os.replace(self.checkpoint_dir, previous)
             os.replace(staging, self.checkpoint_dir)
+            shutil.rmtree(previous, ignore_errors=True)
         if self.on_epoch:
             self.on_epoch(metrics)
 
@@ -73,9 +76,8 @@ class Distiller(nn.Module):
 
     def forward(self, x, y, index, epoch: int, teacher_feats, teacher: TapModel | None):
         feats = self.student(x)
-        terms = self.method(Step(x, y, index, epoch, feats, teacher_feats, self.student.model,
-                                 teacher))
-        return feats["logits"], terms
+        return self.method(Step(x, y, index, epoch, feats, teacher_feats, self.student.model,
+                                teacher))
 
 
 def pick_device(requested: str) -> torch.device:
@@ -98,12 +100,15 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Tapped, data, batch_size: int, rank: int, world: int) -> dict[str, float]:
+def evaluate(model: Tapped, data, rank: int, world: int, batch_size: int = 1024) -> dict[str, float]:
     """Accuracy and loss over the whole split, summed across ranks."""
     model.eval()
+    if world > 1:  # every rank evaluates rank 0's model: its BatchNorm statistics too
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
     device = data[0].device
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # correct, loss sum, count
-    for x, y, _ in shard_batches(data, 1024, rank, world):
+    for x, y, _ in shard_batches(data, batch_size, rank, world):
         logits = model(x)["logits"]
         totals += torch.stack([(logits.argmax(1) == y).sum().double(),
                                nn.functional.cross_entropy(logits, y, reduction="sum").double(),
@@ -145,6 +150,7 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
         start_epoch = _restore(resume, distiller, optimizer, schedule)
 
     shuffle = torch.Generator(device=device)
+    per_rank_batch = max(1, cfg.data.batch_size // world)  # data.batch_size is the global batch
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
@@ -154,12 +160,12 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
             teacher_taps.train(method.teacher_train_mode)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
-        for x, y, index in shard_batches(splits.train, cfg.data.batch_size, rank, world, shuffle):
+        for x, y, index in shard_batches(splits.train, per_rank_batch, rank, world, shuffle):
             if cfg.data.augment and splits.shift_pad:
                 x = random_shift(x, splits.shift_pad, shuffle)
             with torch.no_grad():
                 teacher_feats = teacher_taps(x) if teacher_taps is not None else None
-            _, terms = trainer(x, y, index, epoch, teacher_feats, teacher)
+            terms = trainer(x, y, index, epoch, teacher_feats, teacher)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -172,12 +178,12 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
 
         names = sorted(sums)
         means = (_all_reduce(torch.stack([sums[n] for n in names]).double()) / (steps * world)).tolist()
-        val = evaluate(distiller.student, splits.val, 1024, rank, world)
+        val = evaluate(distiller.student, splits.val, rank, world)
         metrics = {"epoch": epoch + 1, "train_loss": sum(means), "val_acc": val["acc"],
                    "val_loss": val["loss"], "lr": lr}
         metrics.update({f"loss/{n}": v for n, v in zip(names, means)})
         if epoch + 1 == cfg.train.epochs:  # test data is for reporting only, at the end
-            test = evaluate(distiller.student, splits.test, 1024, rank, world)
+            test = evaluate(distiller.student, splits.test, rank, world)
             metrics.update(test_acc=test["acc"], test_loss=test["loss"])
         metrics["epoch_seconds"] = time.perf_counter() - started
         metrics["device"] = device.type

@@ -51,6 +51,7 @@ class SearchRecorder:
         self.store, self.search_id = store, search_id
         self.versions = package_versions()
         self._trials: dict[str, _Trial] = {}
+        self.trials_seen = self.trials_failed = 0
         self._trial_rows: list[dict[str, Any]] = []
         self._epoch_rows: list[dict[str, Any]] = []
 
@@ -59,7 +60,8 @@ class SearchRecorder:
                 "pcbench.student": config.student, "pcbench.dataset": config.data.name,
                 "pcbench.seed": config.seed, "pcbench.teacher_sha256": config.teacher_sha256 or "",
                 "pcbench.config_hash": config.hash, "pcbench.trial_id": trial_id,
-                "pcbench.search_id": self.search_id}
+                "pcbench.search_id": self.search_id,
+                "pcbench.versions": json.dumps(self.versions, sort_keys=True)}
         params = {k: v for k, v in config.flat().items() if k not in ("teacher_weights",)}
         run_id = self.tracker.start_run(f"{config.method.name}-{trial_id}", params, tags,
                                         self.parent_run_id)
@@ -73,11 +75,14 @@ class SearchRecorder:
 
     def trial_finished(self, trial_id, error):
         trial = self._trials.pop(trial_id)
+        self.trials_seen += 1
+        self.trials_failed += error is not None
         cfg, epochs = trial.config, trial.epochs
         last = epochs[-1] if epochs else {}
         planned = cfg.train.epochs
         status = "error" if error else ("completed" if last.get("epoch") == planned else "stopped")
-        self.tracker.set_tags(trial.run_id, {"pcbench.status": status})
+        self.tracker.set_tags(trial.run_id, {"pcbench.status": status,
+                                             "pcbench.device": last.get("device", "")})
         self.tracker.end_run(trial.run_id, "FAILED" if error else "FINISHED")
         self._trial_rows.append({
             "search_id": self.search_id, "trial_id": trial_id, "mlflow_run_id": trial.run_id,

@@ -75,8 +75,9 @@ class SearchSpace:
             inside = (default in dist.choices if isinstance(dist, od.CategoricalDistribution)
                       else dist.low <= default <= dist.high)
             if not inside:
-                raise UserError(f"{self.path}: the default {key}={default!r} lies outside the "
-                                f"space; widen it so the published setting is the first point")
+                raise UserError(f"{self.path}: {key}={default!r} (the method's default or your "
+                                f"--set) lies outside the space; widen the space, since that "
+                                f"setting is the first point tried")
         return template
 
 

@@ -2,8 +2,6 @@
 checkpoint plus a JSON record of its sha256, accuracy and recipe. Trials record the hash."""
 
 import hashlib
-import json
-import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -11,6 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pcbench.atomic import write_atomic
 from pcbench.config import TrialConfig
 from pcbench.engine import MODEL_FILE, LocalReporter, train_trial
 from pcbench.errors import UserError
@@ -66,34 +65,23 @@ class TeacherStore:
         with tempfile.TemporaryDirectory(dir=weights.parent) as scratch:
             reporter = LocalReporter(scratch, on_epoch=on_epoch)
             final = train_trial(config, reporter)
-            staged = Path(scratch) / "teacher.pt"
-            shutil.copyfile(Path(reporter.checkpoint_dir) / MODEL_FILE, staged)
-            os.replace(staged, weights)
+            write_atomic(weights, lambda p: shutil.copyfile(Path(reporter.checkpoint_dir) / MODEL_FILE, p))
         record = TeacherRecord(
             model=model, dataset=dataset, path=str(weights), sha256=sha256_of(weights),
             val_acc=final["val_acc"], test_acc=final["test_acc"], recipe=RECIPE,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        _write_atomic(record_path, record.model_dump_json(indent=2))
+        write_atomic(record_path, lambda p: p.write_text(record.model_dump_json(indent=2)))
         return record
 
     def ensure(self, model: str, dataset: str, on_epoch=None) -> TeacherRecord:
-        return self.get(model, dataset) or self.train(model, dataset, on_epoch)
-
-    def require(self, model: str, dataset: str) -> TeacherRecord:
+        """The stored teacher, checked against its hash; trained first if there is none."""
         record = self.get(model, dataset)
         if record is None:
-            raise UserError(f"no {model} teacher for {dataset} in {self.root}; train one with "
-                            f"`pcbench teacher train --model {model} --dataset {dataset}`")
+            return self.train(model, dataset, on_epoch)
         if sha256_of(record.path) != record.sha256:
             raise UserError(f"teacher {record.path} does not match its recorded sha256; "
                             f"retrain it with `pcbench teacher train --model {model} --dataset {dataset}`")
         return record
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    staged = path.with_name(path.name + ".tmp")
-    staged.write_text(text)
-    os.replace(staged, path)
 
 
 def attach(config: TrialConfig, record: TeacherRecord) -> TrialConfig:

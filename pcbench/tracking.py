@@ -25,7 +25,7 @@ def default_tracking_uri() -> str:
 def _local_artifact_root(uri: str) -> str | None:
     """Artifacts of a local SQLite store go beside the database, not into the working dir."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
     return None
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 from pcbench.config import TrialConfig, build_config
 from pcbench.errors import UserError
+from pcbench.launch.resources import COORDINATOR_CPUS
 from pcbench.methods import get_method
 from pcbench.recording import SearchRecorder, TrialListener
 from pcbench.results import ResultsStore
@@ -25,6 +26,7 @@ class Request:
     overrides: dict[str, Any] = field(default_factory=dict)  # from --set
     space_file: str | None = None
     search: bool = True  # False: one trial of the configuration as given
+    ray: bool = True  # False: in this process (one worker)
     samples: int = 1
     concurrent: int = 1
     seed: int = 0
@@ -44,7 +46,7 @@ class Prepared:
     space: SearchSpace | None
 
 
-def _check_writable(path: Path, flag: str) -> None:
+def check_writable(path: Path, flag: str) -> None:
     """The nearest existing ancestor must be a writable directory (nothing is created here)."""
     probe = path.resolve()
     while not probe.exists():
@@ -64,10 +66,10 @@ def validate(request: Request) -> list[Prepared]:
         raise UserError(f"--concurrent {request.concurrent} runs nothing; give 1 or more")
     if request.cpus_per_trial <= 0 or request.gpus_per_trial < 0:
         raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-    _check_writable(request.results, "--results")
-    _check_writable(request.teachers, "--teachers")
+    check_writable(request.results, "--results")
+    check_writable(request.teachers, "--teachers")
     if request.tracking_uri.startswith("sqlite:///"):
-        _check_writable(Path(request.tracking_uri.removeprefix("sqlite:///")).parent, "--tracking-uri")
+        check_writable(Path(request.tracking_uri.removeprefix("sqlite:///")).parent, "--tracking-uri")
     prepared = []
     for method in dict.fromkeys(request.methods):
         get_method(method)
@@ -77,7 +79,23 @@ def validate(request: Request) -> list[Prepared]:
             prepared.append(Prepared(method, space.validate(base, request.overrides), space))
         else:
             prepared.append(Prepared(method, build_config(base, request.overrides), None))
+    for item in prepared:
+        _check_resources(request, item.template)
     return prepared
+
+
+def _check_resources(request: Request, template: TrialConfig) -> None:
+    workers = template.train.workers
+    if not request.search and not request.ray and workers > 1:
+        raise UserError(f"train.workers={workers} needs Ray Train; drop --no-ray or use one worker")
+    if workers > 1 and request.cpus_per_trial <= COORDINATOR_CPUS:
+        raise UserError(f"--cpus-per-trial {request.cpus_per_trial} leaves nothing for {workers} "
+                        f"workers; give more than {COORDINATOR_CPUS}")
+    if template.train.device == "cuda" and request.address is None:
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("train.device=cuda but this machine has no CUDA GPU; "
+                            "use train.device=auto or cpu, or attach to a GPU cluster with --address")
 
 
 def experiment_name(template: TrialConfig) -> str:
@@ -93,25 +111,37 @@ def _with_teacher(prepared: list[Prepared], store: TeacherStore, on_teacher) -> 
     for item in prepared:
         template = item.template
         if get_method(item.method).needs_teacher:
-            record = store.get(template.teacher, template.data.name)
-            if record is None:
+            if store.get(template.teacher, template.data.name) is None:
                 on_teacher(template.teacher, template.data.name)
-                record = store.train(template.teacher, template.data.name)
-            template = attach(template, record)
+            template = attach(template, store.ensure(template.teacher, template.data.name))
         out.append(Prepared(item.method, template, item.space))
     return out
 
 
+@dataclass
+class Outcome:
+    search_id: str
+    trials: int
+    failed: int
+
+
 def execute(request: Request, prepared: list[Prepared], listeners: Sequence[TrialListener] = (),
             on_teacher: Callable[[str, str], None] = lambda model, dataset: None,
-            on_search: Callable[[Prepared], None] = lambda item: None, ray: bool = True) -> str:
-    """Run validated work; returns the search id. Trials land in MLflow and the results store."""
+            on_search: Callable[[Prepared], None] = lambda item: None) -> Outcome:
+    """Run validated work. Trials land in MLflow and the results store."""
     from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
 
+    first = prepared[0].template
+    # The store first: a bad URI fails before a teacher is trained or Ray started.
+    tracker = Tracker(request.tracking_uri, request.experiment or experiment_name(first))
+    if request.ray:
+        from pcbench.launch.cluster import start_ray
+        start_ray(request.address)
+        _check_cluster(request, prepared)
     prepared = _with_teacher(prepared, TeacherStore(request.teachers), on_teacher)
     first = prepared[0].template
     search_id = new_search_id()
-    tracker = Tracker(request.tracking_uri, request.experiment or experiment_name(first))
+    ray = request.ray
     parent = tracker.start_run(
         f"search-{search_id}",
         {"methods": ",".join(p.method for p in prepared), "samples": request.samples,
@@ -136,13 +166,26 @@ def execute(request: Request, prepared: list[Prepared], listeners: Sequence[Tria
     finally:
         recorder.flush(f"{search_id}-interrupted")  # rows of trials that did finish
         tracker.end_run(parent, status)
-    return search_id
+    return Outcome(search_id, recorder.trials_seen, recorder.trials_failed)
+
+
+def _check_cluster(request: Request, prepared: list[Prepared]) -> None:
+    """A trial the cluster can never place would wait forever: refuse it up front."""
+    import ray
+
+    available = ray.cluster_resources()
+    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    if request.cpus_per_trial > cpus:
+        raise UserError(f"--cpus-per-trial {request.cpus_per_trial} exceeds the cluster's "
+                        f"{cpus:g} CPUs; lower it")
+    if request.gpus_per_trial > gpus:
+        raise UserError(f"--gpus-per-trial {request.gpus_per_trial} exceeds the cluster's "
+                        f"{gpus:g} GPUs; lower it or attach to a GPU cluster with --address")
 
 
 def _run_on_ray(request, prepared, listeners, recorder, search_id, on_search) -> None:
-    from pcbench.launch import SearchPlan, run_search, start_ray
+    from pcbench.launch.search import SearchPlan, run_search
 
-    start_ray(request.address)
     storage = (request.results / "ray").resolve()
     for item in prepared:
         on_search(item)

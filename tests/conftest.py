@@ -19,7 +19,7 @@ def local_ray():
     """One real local Ray instance shared by the tests that need it."""
     import ray
 
-    from pcbench.launch import start_ray
+    from pcbench.launch.cluster import start_ray
 
     start_ray(num_cpus=2)
     yield

@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 
 from pcbench.cli import app
 
-SLICE = ["ce", "kd", "pc", "ot", "fcfd"]
+from pcbench.methods import method_names
+
+SLICE = method_names()  # every registered method
 pytestmark = pytest.mark.ray
 
 
@@ -72,6 +74,7 @@ def test_search_writes_trial_and_epoch_rows(searched):
     assert (trials.selection_split == "val").all() and (trials.scoring_rule == "last_epoch").all()
     terms = json.loads(epochs[epochs.method == "fcfd"].iloc[0].loss_terms)
     assert set(terms) == {"ce", "kd", "mix", "feat"}
+    assert set(json.loads(epochs[epochs.method == "dkd"].iloc[0].loss_terms)) == {"ce", "tckd", "nckd"}
 
 
 def test_report_ranks_every_method_on_its_validation_choice(searched, tmp_path):

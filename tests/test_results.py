@@ -15,7 +15,8 @@ def _row(trial, method, val, test, status="completed", rule="last_epoch"):
             "teacher": "cnn_large", "student": "cnn_small", "seed": 0,
             "knobs": json.dumps({"method.tau": 0.123456}), "val_acc": val, "test_acc": test,
             "status": status, "wall_seconds": 36.0, "scoring_rule": rule,
-            "selection_split": "val", "finished_at": datetime.now(timezone.utc)}
+            "selection_split": "val", "epochs_planned": 20,
+            "finished_at": datetime.now(timezone.utc)}
 
 
 def test_store_writes_parts_with_one_schema_and_reads_them_back(tmp_path):

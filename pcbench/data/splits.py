@@ -44,14 +44,16 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch
 
 def shard_batches(data: Pair, batch_size: int, rank: int, world: int,
                   generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-    """This rank's batches as (x, y, sample indices). With a generator the order is shuffled, identically on every rank
-    (same seed), and each rank takes every world-th sample, so ranks never overlap and all
-    take the same number of steps."""
+    """This rank's batches as (x, y, sample indices). With a generator (training) the order
+    is shuffled identically on every rank (same seed), each rank takes every world-th sample,
+    so ranks never overlap, and the last partial batch is dropped: every rank takes the same
+    number of steps, and batch-relational losses (PC, RKD, CRD...) never see a batch of one."""
     x, y = data
     n = (len(x) // world) * world if generator is not None else len(x)
     order = (torch.randperm(len(x), generator=generator, device=generator.device)[:n].to(x.device)
              if generator is not None else torch.arange(n, device=x.device))
     mine = order[rank::world]
-    for start in range(0, len(mine), batch_size):
+    stop = len(mine) - len(mine) % batch_size if generator is not None else len(mine)
+    for start in range(0, stop, batch_size):
         idx = mine[start:start + batch_size]
         yield x[idx], y[idx], idx

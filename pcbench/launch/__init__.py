@@ -1,7 +1,4 @@
-"""Ray glue: a search is a Ray Tune Tuner with OptunaSearch and ASHA; a one-worker trial runs
-the engine inside its Tune trial, a multi-worker trial is a Ray Train TorchTrainer inside it."""
-
-from pcbench.launch.cluster import start_ray
-from pcbench.launch.search import SearchPlan, run_search
-
-__all__ = ["SearchPlan", "run_search", "start_ray"]
+"""Ray glue: a search is a Ray Tune Tuner with OptunaSearch and ASHA (search.py); a one-worker
+trial runs the engine inside its Tune trial, a multi-worker trial is a Ray Train TorchTrainer
+inside it (trial.py). Import the submodules: this package itself does not import Ray, so the
+resource rules (resources.py) can be checked before Ray starts."""

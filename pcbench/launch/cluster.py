@@ -7,12 +7,14 @@ import os
 # everything; search.py keeps Tune's JSON log for its own ResultGrid), and no per-trial working-directory switch (all paths are absolute).
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no console tables
 # Checkpointing every epoch with num_to_keep=1 snapshots the experiment state often; on small
 # trials that is cheap and expected, so Tune need not warn about it.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no console tables
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import ray  # noqa: E402
+
+from pcbench.errors import UserError  # noqa: E402
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -20,5 +22,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, num_cpus=None if address else num_cpus,
-             log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        ray.init(address=address, num_cpus=None if address else num_cpus,
+                 log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as error:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "
+                        f"or RAY_ADDRESS") from None

@@ -13,7 +13,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from pcbench.config import TrialConfig, build_config
-from pcbench.launch.trial import trial_resources, tune_trial
+from pcbench.launch.resources import trial_resources
+from pcbench.launch.trial import tune_trial
 from pcbench.recording import TrialListener
 from pcbench.spaces import SearchSpace
 
@@ -103,6 +104,9 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
             name=plan.name, storage_path=str(plan.storage), verbose=0,
             callbacks=[_Relay(template, listeners), JsonLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # A trial that dies (a lost node, a pre-empted worker) restarts once from its
+            # last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=1),
         ),
     )
     return tuner.fit()

@@ -12,10 +12,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from pcbench.config import build_config
 from pcbench.engine import train_trial
-
-# A DDP trial's own process only coordinates its workers: it holds this much of its CPUs.
-COORDINATOR_CPUS = 0.1
-
+from pcbench.launch.resources import worker_resources
 
 class TuneReporter:
     def report(self, metrics, checkpoint_dir):
@@ -37,13 +34,6 @@ class TrainReporter:
         return checkpoint.to_directory() if checkpoint else None
 
 
-def trial_resources(workers: int, cpus: float, gpus: float) -> dict[str, float]:
-    """What the Tune trial itself asks for: everything for one worker, a sliver for DDP."""
-    if workers == 1:
-        return {"cpu": cpus, "gpu": gpus}
-    return {"cpu": COORDINATOR_CPUS}
-
-
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(loop_config["threads"])
     train_trial(loop_config["config"], TrainReporter(), device=ray.train.torch.get_device())
@@ -58,19 +48,19 @@ def tune_trial(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float, 
         torch.set_num_threads(max(1, int(cpus)))
         train_trial(config, TuneReporter())
         return
-    per_worker = (cpus - COORDINATOR_CPUS) / workers
+    per_worker = worker_resources(workers, cpus, gpus)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config.to_dict(), "threads": max(1, int(per_worker))},
+        train_loop_config={"config": config.to_dict(), "threads": max(1, int(per_worker["CPU"]))},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=gpus > 0,
-            resources_per_worker={"CPU": per_worker, **({"GPU": gpus / workers} if gpus else {})}),
+            num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         run_config=ray.train.RunConfig(
             name=tune.get_context().get_trial_id(),  # stable: a restarted trial resumes
             storage_path=storage,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=1),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
     trainer.fit()

@@ -10,7 +10,7 @@ from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveInt
 from torch import nn
 
 from pcbench.methods import register
@@ -23,7 +23,6 @@ class FCFDConfig(DistillConfig):
     w_kd: NonNegativeFloat = 1.0
     weight: NonNegativeFloat = 5.0  # w_l2: the feature terms (L_app + L_func)
     w_mix: NonNegativeFloat = 1.0
-    temperature: PositiveFloat = 4.0
     paths: PositiveInt = 2  # mixed paths sampled per step, without replacement
     warmup: PositiveInt = 20  # epochs over which the feature terms ramp up
     directions: Literal["both", "s2t", "t2s"] = "both"

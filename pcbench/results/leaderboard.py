@@ -1,12 +1,13 @@
-"""Leaderboard: per (data set, teacher, student), one row per method, its configuration chosen
-by validation accuracy among the trials that ran the full schedule; test accuracy is shown,
-never used to choose. Results of different scoring rules are never ranked together."""
+"""Leaderboard: per (data set, teacher, student, epochs), one row per method, its configuration
+chosen by validation accuracy among the trials that ran the full schedule; test accuracy is
+shown, never used to choose. Results of different scoring rules or training lengths are never
+ranked together."""
 
 import pandas as pd
 
-GROUP = ["dataset", "teacher", "student", "scoring_rule"]
+GROUP = ["dataset", "teacher", "student", "epochs_planned", "scoring_rule"]
 
-COLUMNS = ["dataset", "teacher", "student", "method", "test_acc", "val_acc", "knobs",
+COLUMNS = ["dataset", "teacher", "student", "epochs_planned", "method", "test_acc", "val_acc", "knobs",
            "trials", "completed", "compute_hours", "seed", "config_hash", "teacher_sha256",
            "trial_id", "mlflow_run_id", "scoring_rule", "selection_split"]
 

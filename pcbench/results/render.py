@@ -2,10 +2,12 @@
 
 import html
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from pcbench.atomic import write_atomic
+from pcbench.results.leaderboard import GROUP
 
 SHOWN = {"method": "method", "test_acc": "test acc", "val_acc": "val acc", "knobs": "chosen knobs",
          "trials": "trials", "completed": "completed", "compute_hours": "compute (h)"}
@@ -19,14 +21,13 @@ def _knobs(text: str) -> str:
 
 
 def _tables(board: pd.DataFrame):
-    for (dataset, teacher, student, rule), rows in board.groupby(
-            ["dataset", "teacher", "student", "scoring_rule"], sort=True):
+    for (dataset, teacher, student, epochs, rule), rows in board.groupby(GROUP, sort=True):
         shown = rows[list(SHOWN)].rename(columns=SHOWN).copy()
         for column in ("test acc", "val acc"):
             shown[column] = shown[column].map(lambda v: f"{100 * v:.2f}")
         shown["chosen knobs"] = shown["chosen knobs"].map(_knobs)
         shown["compute (h)"] = shown["compute (h)"].map(lambda v: f"{v:.3f}")
-        title = f"{dataset}: {teacher} -> {student}"
+        title = f"{dataset}: {teacher} -> {student}, {epochs} epochs"
         note = (f"Scoring: test accuracy at the {rule.replace('_', ' ')}; configuration chosen "
                 f"by accuracy on the validation split (never on test).")
         yield title, note, shown
@@ -57,17 +58,11 @@ def to_html(board: pd.DataFrame) -> str:
             f"{''.join(sections)}</body></html>\n")
 
 
-def _write_atomic(path: Path, write) -> None:
-    staged = path.with_name(f".{path.name}.tmp")
-    write(staged)
-    os.replace(staged, path)
-
-
 def write_report(board: pd.DataFrame, out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "leaderboard.parquet", out / "leaderboard.md", out / "leaderboard.html"]
-    _write_atomic(paths[0], lambda p: board.to_parquet(p, index=False))
-    _write_atomic(paths[1], lambda p: p.write_text(to_markdown(board)))
-    _write_atomic(paths[2], lambda p: p.write_text(to_html(board)))
+    write_atomic(paths[0], lambda p: board.to_parquet(p, index=False))
+    write_atomic(paths[1], lambda p: p.write_text(to_markdown(board)))
+    write_atomic(paths[2], lambda p: p.write_text(to_html(board)))
     return paths

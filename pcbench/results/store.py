@@ -1,14 +1,14 @@
 """The Parquet store: `trials/` (one row per trial) and `epochs/` (one row per trial-epoch),
 each a dataset of part files with one fixed schema, written to a temporary name and renamed."""
 
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pcbench.atomic import write_atomic
 
 TRIALS_SCHEMA = pa.schema([
     ("search_id", pa.string()),
@@ -68,11 +68,8 @@ class ResultsStore:
         directory = self.root / table
         directory.mkdir(parents=True, exist_ok=True)
         columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
-        target = directory / f"{part}.parquet"
-        staged = directory / f".{part}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(pa.table(columns, schema=schema), staged)
-        os.replace(staged, target)
-        return target
+        arrow_table = pa.table(columns, schema=schema)
+        return write_atomic(directory / f"{part}.parquet", lambda p: pq.write_table(arrow_table, p))
 
     def read(self, table: str) -> pd.DataFrame:
         directory = self.root / table

@@ -8,10 +8,9 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from pcbench.cli import app
-
 from pcbench.methods import method_names
 
-SLICE = method_names()  # every registered method
+METHODS = method_names()  # every registered method
 pytestmark = pytest.mark.ray
 
 
@@ -32,7 +31,7 @@ def _pcbench(workspace, *args):
 
 @pytest.fixture(scope="module")
 def searched(workspace):
-    methods = [a for m in SLICE for a in ("--method", m)]
+    methods = [a for m in METHODS for a in ("--method", m)]
     _pcbench(workspace, "search", *methods, "--samples", "2", "--concurrent", "2",
              "--epochs", "3", "--seed", "1", "--experiment", "e2e")
     return workspace
@@ -45,8 +44,8 @@ def test_search_logs_one_parent_and_a_child_per_trial_with_histories(searched):
     parents = [r for r in runs if r.data.tags.get("pcbench.kind") == "search"]
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == len(runs) - 1 == 2 * len(SLICE)
-    assert sorted({r.data.tags["pcbench.method"] for r in children}) == sorted(SLICE)
+    assert len(children) == len(runs) - 1 == 2 * len(METHODS)
+    assert sorted({r.data.tags["pcbench.method"] for r in children}) == sorted(METHODS)
     for child in children:
         tags, params = child.data.tags, child.data.params
         assert tags["pcbench.dataset"] == "digits" and tags["pcbench.student"] == "cnn_small"
@@ -65,7 +64,7 @@ def test_search_logs_one_parent_and_a_child_per_trial_with_histories(searched):
 def test_search_writes_trial_and_epoch_rows(searched):
     trials = pd.read_parquet(searched["results"] / "trials")
     epochs = pd.read_parquet(searched["results"] / "epochs")
-    assert len(trials) == 2 * len(SLICE) and set(trials.method) == set(SLICE)
+    assert len(trials) == 2 * len(METHODS) and set(trials.method) == set(METHODS)
     assert set(trials.status) <= {"completed", "stopped"}
     assert len(epochs) == trials.epochs_run.sum()
     pc_trials = trials[trials.method == "pc"]
@@ -82,10 +81,10 @@ def test_report_ranks_every_method_on_its_validation_choice(searched, tmp_path):
                                       "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     board = pd.read_parquet(tmp_path / "leaderboard.parquet")
-    assert sorted(board.method) == sorted(SLICE)
+    assert sorted(board.method) == sorted(METHODS)
     assert board.test_acc.notna().all() and (board.trials == 2).all()
     markdown = (tmp_path / "leaderboard.md").read_text()
-    assert all(f"| {m} |" in markdown for m in SLICE)
+    assert all(f"| {m} |" in markdown for m in METHODS)
 
 
 def test_a_two_worker_trial_runs_as_ray_train_ddp(workspace):

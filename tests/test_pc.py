@@ -4,19 +4,7 @@ import pytest
 import torch
 
 from pcbench.methods import pc
-from pcbench.methods.pc import dissimilarity, hard_rank, pc_loss, soft_rank
-
-
-def naive_soft_rank(d: torch.Tensor, tau_rel: float) -> torch.Tensor:
-    """The definition written out: the full B x B x B tensor, masks by index."""
-    b = d.shape[0]
-    off = ~torch.eye(b, dtype=torch.bool)
-    tau = (tau_rel * d.detach()[off].view(b, b - 1).std(1)).clamp_min(1e-12)
-    s = torch.sigmoid((d[:, :, None] - d[:, None, :]) / tau[:, None, None])  # r, j, k
-    r, j, k = torch.meshgrid(torch.arange(b), torch.arange(b), torch.arange(b), indexing="ij")
-    keep = ((k != r) & (k != j)).to(d.dtype)
-    ranks = (s * keep).sum(-1) / (b - 2)
-    return ranks * off
+from pcbench.methods.pc import dissimilarity, hard_rank, naive_soft_rank, pc_loss, soft_rank
 
 
 def naive_pc_loss(s, t, tau, delta="cosine", rank_loss="mse"):

@@ -23,7 +23,7 @@ class FCFDConfig(DistillConfig):
     w_kd: NonNegativeFloat = 1.0
     weight: NonNegativeFloat = 5.0  # w_l2: the feature terms (L_app + L_func)
     w_mix: NonNegativeFloat = 1.0
-    paths: PositiveInt = 2  # mixed paths sampled per step, without replacement
+    paths: PositiveInt = 2  # mixed paths sampled per step, without replacement (at most all)
     warmup: PositiveInt = 20  # epochs over which the feature terms ramp up
     directions: Literal["both", "s2t", "t2s"] = "both"
     teacher_train_mode: bool = False  # the reference code's teacher BatchNorm on batch stats
@@ -80,8 +80,10 @@ class FCFD(Method):
         self.stages = list(student.stages)
         s_shapes = [student.tap_shapes[t] for t in student.stages]
         t_shapes = [teacher.tap_shapes[t] for t in teacher.stages]
-        self.s2t = nn.ModuleList(bridge(s, t, True) for s, t in zip(s_shapes, t_shapes))
-        self.t2s = nn.ModuleList(bridge(t, s, True) for s, t in zip(s_shapes, t_shapes))
+        self.s2t = nn.ModuleList(bridge(s, t, teacher.stages_post_relu)
+                                 for s, t in zip(s_shapes, t_shapes))
+        self.t2s = nn.ModuleList(bridge(t, s, student.stages_post_relu)
+                                 for s, t in zip(s_shapes, t_shapes))
         n = len(self.stages)
         directions = ["s2t", "t2s"] if config.directions == "both" else [config.directions]
         self.mixed_paths = [(d, k) for d in directions for k in range(1, n)]

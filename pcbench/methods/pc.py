@@ -84,6 +84,19 @@ def soft_rank(d: torch.Tensor, tau_rel: float) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def naive_soft_rank(d: torch.Tensor, tau_rel: float) -> torch.Tensor:
+    """The definition written out with the full B x B x B tensor: the reference that tests and
+    benchmarks/losses.py hold `soft_rank` to. Never used for training."""
+    b = d.shape[0]
+    off = ~torch.eye(b, dtype=torch.bool, device=d.device)
+    tau = (tau_rel * d.detach()[off].view(b, b - 1).std(1)).clamp_min(_EPS)
+    s = torch.sigmoid((d[:, :, None] - d[:, None, :]) / tau[:, None, None])  # r, j, k
+    idx = torch.arange(b, device=d.device)
+    keep = ((idx[None, None, :] != idx[:, None, None])  # k != r
+            & (idx[None, None, :] != idx[None, :, None])).to(d.dtype)  # k != j
+    return (s * keep).sum(-1) / (b - 2) * off
+
+
 def rank_disagreement(fs: torch.Tensor, ft: torch.Tensor, kind: str) -> torch.Tensor:
     b = fs.shape[0]
     off = ~torch.eye(b, dtype=torch.bool, device=fs.device)

@@ -42,6 +42,7 @@ class ModelInfo:
     name: str
     tap_shapes: dict[str, tuple[int, ...]]
     stages: tuple[str, ...]
+    stages_post_relu: bool = True
 
 
 class Tapped(nn.Module):
@@ -72,4 +73,5 @@ def model_info(model: TapModel, input_shape: tuple[int, ...], name: str = "") ->
     with torch.no_grad():
         out = Tapped(model, taps).eval()(torch.zeros(2, *input_shape))
     model.train(was_training)
-    return ModelInfo(name, {k: tuple(v.shape[1:]) for k, v in out.items()}, tuple(model.stage_taps))
+    return ModelInfo(name, {k: tuple(v.shape[1:]) for k, v in out.items()}, tuple(model.stage_taps),
+                     model.STAGES_POST_RELU)

@@ -27,6 +27,9 @@ class TapModel(nn.Module):
         "logits": "fc",
     }
 
+    # Whether stage outputs are post-ReLU (FCFD's bridges into this model end in LeakyReLU).
+    STAGES_POST_RELU: ClassVar[bool] = True
+
     @property
     def stage_taps(self) -> list[str]:
         return [f"stage{i + 1}" for i in range(len(self.stages))]

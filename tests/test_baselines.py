@@ -1,0 +1,102 @@
+"""Each baseline's value on small hand-made tensors against its paper's formula."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pcbench.methods import DataInfo, get_method
+from pcbench.methods.at import at_loss
+from pcbench.methods.base import Step
+from pcbench.methods.crd import nce_loss
+from pcbench.methods.dkd import dkd_terms
+from pcbench.methods.fitnet import conv_regressor
+from pcbench.methods.pkt import pkt_loss
+from pcbench.methods.rkd import rkd_angle, rkd_distance
+from pcbench.methods.sp import sp_loss
+from pcbench.models import ModelInfo
+
+
+def test_at_is_the_squared_difference_of_normalised_attention_maps():
+    fs = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]]]])  # B=1, C=1, 2x2
+    ft = torch.tensor([[[[2.0, 0.0], [0.0, 0.0]]]])
+    a_s = torch.tensor([1.0, 4.0, 0.0, 1.0]) / math.sqrt(18.0)  # |f|^2 averaged over C, unit norm
+    a_t = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert at_loss(fs, ft).item() == pytest.approx(((a_s - a_t) ** 2).mean().item())
+
+
+def test_sp_compares_row_normalised_gram_matrices():
+    fs = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    ft = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    g_s = torch.tensor([[1.0, 1.0], [1.0, 2.0]])
+    g_s = g_s / g_s.norm(dim=1, keepdim=True)
+    g_t = torch.eye(2)
+    assert sp_loss(fs, ft).item() == pytest.approx(((g_t - g_s) ** 2).sum().item() / 4)
+
+
+def test_rkd_distance_and_angle_by_hand():
+    t = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    s = 3.0 * t  # distances scale, angles do not: both terms vanish
+    assert rkd_distance(s, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert rkd_angle(s, t).item() == pytest.approx(0.0, abs=1e-6)
+    s2 = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    # teacher distances /mean: 1, 1, sqrt2 over mean (2+sqrt2)/3; student 2, 1, sqrt5
+    d_t = torch.tensor([1.0, 1.0, math.sqrt(2)])
+    d_s = torch.tensor([2.0, 1.0, math.sqrt(5)])
+    d_t, d_s = d_t / d_t.mean(), d_s / d_s.mean()
+    full = lambda d: torch.tensor([[0, d[0], d[1]], [d[0], 0, d[2]], [d[1], d[2], 0]])  # noqa: E731
+    assert rkd_distance(s2, t).item() == pytest.approx(F.smooth_l1_loss(full(d_s), full(d_t)).item(), rel=1e-5)
+
+
+def test_pkt_is_kl_between_row_normalised_cosine_kernels():
+    fs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ft = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    p_s = torch.tensor([[1.0, 0.5], [0.5, 1.0]]) / 1.5  # (cos + 1) / 2, rows sum to one
+    p_t = torch.full((2, 2), 0.5)
+    expected = (p_t * torch.log((p_t + 1e-7) / (p_s + 1e-7))).mean()
+    assert pkt_loss(fs, ft).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_dkd_splits_kd_into_target_and_non_target_terms():
+    z_s, z_t, y, t = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[1.0, 3.0, 0.5]]), torch.tensor([0]), 1.0
+    p_s, p_t = z_s.softmax(1)[0], z_t.softmax(1)[0]
+    b_s, b_t = torch.stack([p_s[0], 1 - p_s[0]]), torch.stack([p_t[0], 1 - p_t[0]])
+    tckd = (b_t * (b_t / b_s).log()).sum()
+    q_s, q_t = p_s[1:] / p_s[1:].sum(), p_t[1:] / p_t[1:].sum()
+    nckd = (q_t * (q_t / q_s).log()).sum()
+    got_t, got_n = dkd_terms(z_s, z_t, y, t)
+    assert (got_t.item(), got_n.item()) == (pytest.approx(tckd.item(), rel=1e-5),
+                                            pytest.approx(nckd.item(), rel=1e-4))
+    # KD = TCKD + (1 - p_t^target) * NCKD (the paper's decomposition)
+    kd = (p_t * (p_t / p_s).log()).sum()
+    assert kd.item() == pytest.approx((tckd + (1 - p_t[0]) * nckd).item(), rel=1e-4)
+
+
+def test_crd_nce_loss_by_hand():
+    scores = torch.tensor([[0.5, 0.1, 0.2]])  # positive, two negatives
+    n, k = 10, 2
+    noise = k / n
+    expected = -(math.log(0.5 / (0.5 + noise + 1e-7)) + math.log(noise / (0.1 + noise + 1e-7))
+                 + math.log(noise / (0.2 + noise + 1e-7)))
+    assert nce_loss(scores, n).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_crd_memory_is_sized_by_the_data_set_and_updated_at_the_batch_positions():
+    info = ModelInfo("m", {"embedding": (8,)}, ("stage1",))
+    config = get_method("crd").Config(feat_dim=4, negatives=16384)
+    crd = get_method("crd")(config, info, info, DataInfo(num_classes=10, train_size=50))
+    assert crd.memory_s.shape == (50, 4) and crd.k == 49  # negatives capped at N - 1
+    before = crd.memory_t.clone()
+    feats = {"embedding": torch.randn(4, 8), "logits": torch.randn(4, 10)}
+    index = torch.tensor([3, 7, 11, 19])
+    terms = crd.transfer(Step(None, None, index, 0, feats, feats, None, None))
+    changed = (crd.memory_t != before).any(1).nonzero().flatten().tolist()
+    assert changed == index.tolist() and torch.isfinite(terms["crd"])
+    assert torch.allclose(crd.memory_t[index].norm(dim=1), torch.ones(4))
+
+
+def test_fitnet_regressor_maps_student_hint_onto_teacher_shape():
+    for s, t in [((8, 8, 8), (32, 4, 4)), ((8, 4, 4), (32, 8, 8)), ((8, 6, 6), (32, 4, 4))]:
+        out = conv_regressor(s, t)(torch.randn(2, *s))
+        assert out.shape == (2, *t)

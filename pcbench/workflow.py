@@ -91,11 +91,15 @@ def _check_resources(request: Request, template: TrialConfig) -> None:
     if workers > 1 and request.cpus_per_trial <= COORDINATOR_CPUS:
         raise UserError(f"--cpus-per-trial {request.cpus_per_trial} leaves nothing for {workers} "
                         f"workers; give more than {COORDINATOR_CPUS}")
-    if template.train.device == "cuda" and request.address is None:
-        import torch
-        if not torch.cuda.is_available():
-            raise UserError("train.device=cuda but this machine has no CUDA GPU; "
-                            "use train.device=auto or cpu, or attach to a GPU cluster with --address")
+    if request.address or os.environ.get("RAY_ADDRESS"):
+        return  # a cluster's capacity is checked once attached
+    if request.ray and request.cpus_per_trial > (os.cpu_count() or 1):
+        raise UserError(f"--cpus-per-trial {request.cpus_per_trial} exceeds this machine's "
+                        f"{os.cpu_count()} CPUs; lower it or attach to a cluster with --address")
+    import torch
+    if (template.train.device == "cuda" or request.gpus_per_trial > 0) and not torch.cuda.is_available():
+        raise UserError("this machine has no CUDA GPU; use train.device=auto or cpu and "
+                        "--gpus-per-trial 0, or attach to a GPU cluster with --address")
 
 
 def experiment_name(template: TrialConfig) -> str:
@@ -131,28 +135,27 @@ def execute(request: Request, prepared: list[Prepared], listeners: Sequence[Tria
     """Run validated work. Trials land in MLflow and the results store."""
     from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
 
-    first = prepared[0].template
     # The store first: a bad URI fails before a teacher is trained or Ray started.
-    tracker = Tracker(request.tracking_uri, request.experiment or experiment_name(first))
+    tracker = Tracker(request.tracking_uri,
+                      request.experiment or experiment_name(prepared[0].template))
     if request.ray:
-        from pcbench.launch.cluster import start_ray
+        from pcbench.launch.cluster import check_capacity, start_ray
         start_ray(request.address)
-        _check_cluster(request, prepared)
+        check_capacity(request.cpus_per_trial, request.gpus_per_trial)
     prepared = _with_teacher(prepared, TeacherStore(request.teachers), on_teacher)
     first = prepared[0].template
     search_id = new_search_id()
-    ray = request.ray
     parent = tracker.start_run(
         f"search-{search_id}",
         {"methods": ",".join(p.method for p in prepared), "samples": request.samples,
          "concurrent": request.concurrent, "seed": request.seed, "epochs": first.train.epochs,
          "workers": first.train.workers, "dataset": first.data.name, "teacher": first.teacher,
-         "student": first.student, "ray": ray},
+         "student": first.student, "ray": request.ray},
         {"pcbench.search_id": search_id, "pcbench.kind": "search" if request.search else "run"})
     recorder = SearchRecorder(tracker, parent, ResultsStore(request.results), search_id)
     status = "FAILED"
     try:
-        if ray:
+        if request.ray:
             _run_on_ray(request, prepared, [recorder, *listeners], recorder, search_id, on_search)
         else:
             for item in prepared:
@@ -167,20 +170,6 @@ def execute(request: Request, prepared: list[Prepared], listeners: Sequence[Tria
         recorder.flush(f"{search_id}-interrupted")  # rows of trials that did finish
         tracker.end_run(parent, status)
     return Outcome(search_id, recorder.trials_seen, recorder.trials_failed)
-
-
-def _check_cluster(request: Request, prepared: list[Prepared]) -> None:
-    """A trial the cluster can never place would wait forever: refuse it up front."""
-    import ray
-
-    available = ray.cluster_resources()
-    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
-    if request.cpus_per_trial > cpus:
-        raise UserError(f"--cpus-per-trial {request.cpus_per_trial} exceeds the cluster's "
-                        f"{cpus:g} CPUs; lower it")
-    if request.gpus_per_trial > gpus:
-        raise UserError(f"--gpus-per-trial {request.gpus_per_trial} exceeds the cluster's "
-                        f"{gpus:g} GPUs; lower it or attach to a GPU cluster with --address")
 
 
 def _run_on_ray(request, prepared, listeners, recorder, search_id, on_search) -> None:

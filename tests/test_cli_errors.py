@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 BAD_SPACE = "knobs:\n  method.tau: {type: float, low: 0.1, high: [\n"
 UNKNOWN_KNOB = "knobs:\n  method.sharpness: {type: float, low: 0.1, high: 1.0}\n"
@@ -27,12 +28,18 @@ CASES = {
     "zero samples": (["search", "--method", "pc", "--samples", "0"],
                      "--samples 0 runs nothing; give 1 or more"),
     "malformed --set": (["run", "--method", "pc", "--set", "tau"], "is not key=value"),
+    "more CPUs than the machine": (["search", "--method", "ce", "--cpus-per-trial", "4096"],
+                                   "--cpus-per-trial 4096.0 exceeds this machine's"),
+    "a GPU on a CPU machine": (["run", "--method", "kd", "--gpus-per-trial", "0.5"],
+                               "this machine has no CUDA GPU"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path):
     args, expected = CASES[case]
+    if "GPU" in case and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     (tmp_path / "bad.yaml").write_text(BAD_SPACE)
     (tmp_path / "unknown.yaml").write_text(UNKNOWN_KNOB)
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -3,6 +3,7 @@ make sure the teacher exists, open the search's MLflow parent run, search each m
 (or run one trial in this process), record every trial, write the Parquet parts."""
 
 import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -81,7 +82,23 @@ def validate(request: Request) -> list[Prepared]:
             prepared.append(Prepared(method, build_config(base, request.overrides), None))
     for item in prepared:
         _check_resources(request, item.template)
+    if request.ray:
+        _check_address(request.address or os.environ.get("RAY_ADDRESS"))
     return prepared
+
+
+def _check_address(address: str | None) -> None:
+    """Ray retries an unreachable address for minutes; a plain connect answers at once."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); "
+                        f"check --address or RAY_ADDRESS") from None
 
 
 def _check_resources(request: Request, template: TrialConfig) -> None:

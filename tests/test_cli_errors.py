@@ -30,6 +30,8 @@ CASES = {
     "malformed --set": (["run", "--method", "pc", "--set", "tau"], "is not key=value"),
     "more CPUs than the machine": (["search", "--method", "ce", "--cpus-per-trial", "4096"],
                                    "--cpus-per-trial 4096.0 exceeds this machine's"),
+    "unreachable Ray cluster": (["search", "--method", "ce", "--address", "127.0.0.1:9"],
+                                "cannot reach the Ray cluster at 127.0.0.1:9"),
     "a GPU on a CPU machine": (["run", "--method", "kd", "--gpus-per-trial", "0.5"],
                                "this machine has no CUDA GPU"),
 }

@@ -80,9 +80,11 @@ class Method(nn.Module):
 
     @classmethod
     def taps(cls, config: MethodConfig, stages: Sequence[str]) -> set[str]:
-        """Tap names this method reads on both models (logits are always read); `stages` are
-        the models' stage taps."""
-        return set()
+        """Tap names this method reads on both models (logits are always read): by convention
+        its `tap` or `taps` knob. `stages` are the models' stage taps, for methods whose
+        default depends on them."""
+        tap, taps = getattr(config, "tap", None), getattr(config, "taps", None)
+        return ({tap} if tap else set()) | set(taps or ())
 
     @property
     def teacher_train_mode(self) -> bool:

@@ -9,7 +9,7 @@ default draws them from the other classes; with many classes the two nearly coin
 """
 
 import math
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,10 +57,6 @@ class CRD(Method):
         for name in ("memory_s", "memory_t"):
             self.register_buffer(name, torch.rand(data.train_size, config.feat_dim) * 2 * bound - bound)
         self.register_buffer("normalizer", torch.zeros(2))  # Z of each side, set on the first step
-
-    @classmethod
-    def taps(cls, config: CRDConfig, stages: Sequence[str]) -> set[str]:
-        return {config.tap}
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -1,7 +1,7 @@
 """fitnet: FitNets hints (Romero et al., 2015). A conv regressor maps the student's hint stage
 to the teacher's; MSE between them. RepDistiller's CIFAR weight: 100, hint stage 2."""
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +44,6 @@ class FitNet(Method):
         s_shape, t_shape = student.tap_shapes[config.tap], teacher.tap_shapes[config.tap]
         self.regressor = (conv_regressor(s_shape, t_shape) if len(s_shape) == 3
                           else nn.Linear(s_shape[0], t_shape[0]))
-
-    @classmethod
-    def taps(cls, config: FitNetConfig, stages: Sequence[str]) -> set[str]:
-        return {config.tap}
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         hint = self.regressor(step.student_feats[self.config.tap])

@@ -6,7 +6,7 @@ cost between the two sets. Invariant to neuron order, and teacher and student wi
 differ (no projector). Gradients hold the optimal plan fixed (envelope theorem).
 """
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import ot
 import torch
@@ -58,10 +58,6 @@ def ot_loss(cost: torch.Tensor, solver: str = "exact", epsilon: float = 0.05) ->
 class OptimalTransport(Method):
     name = "ot"
     Config = OTConfig
-
-    @classmethod
-    def taps(cls, config: OTConfig, stages: Sequence[str]) -> set[str]:
-        return set(config.taps)
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -9,7 +9,7 @@ reference rows under activation checkpointing, so memory stays O(B^2 + chunk * B
 forward and the backward alike.
 """
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -120,10 +120,6 @@ def pc_loss(s: torch.Tensor, t: torch.Tensor, tau: float, delta: str = "cosine",
 class PerceptionCoherence(Method):
     name = "pc"
     Config = PCConfig
-
-    @classmethod
-    def taps(cls, config: PCConfig, stages: Sequence[str]) -> set[str]:
-        return {config.tap}
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config

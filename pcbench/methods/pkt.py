@@ -1,7 +1,7 @@
 """pkt: probabilistic knowledge transfer (Passalis & Tefas, 2018). Cosine similarities of the
 embeddings become conditional probabilities per row; KL(teacher || student). Weight 30000."""
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +35,6 @@ def pkt_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
 class PKT(Method):
     name = "pkt"
     Config = PKTConfig
-
-    @classmethod
-    def taps(cls, config: PKTConfig, stages: Sequence[str]) -> set[str]:
-        return {config.tap}
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         loss = pkt_loss(step.student_feats[self.config.tap], step.teacher_feats[self.config.tap])

@@ -1,7 +1,7 @@
 """rkd: relational KD (Park et al., 2019). Distances between embeddings (normalised by their
 mean) and angles of triplets must agree, under smooth L1. Distance 25, angle 50, weight 1."""
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,10 +47,6 @@ def rkd_angle(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class RelationalKD(Method):
     name = "rkd"
     Config = RKDConfig
-
-    @classmethod
-    def taps(cls, config: RKDConfig, stages: Sequence[str]) -> set[str]:
-        return {config.tap}
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -100,3 +100,58 @@ def test_fitnet_regressor_maps_student_hint_onto_teacher_shape():
     for s, t in [((8, 8, 8), (32, 4, 4)), ((8, 4, 4), (32, 8, 8)), ((8, 6, 6), (32, 4, 4))]:
         out = conv_regressor(s, t)(torch.randn(2, *s))
         assert out.shape == (2, *t)
+
+
+def test_rkd_angle_by_hand():
+    t = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    s = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+
+    def cosines(e):  # cos of the angle at e[j] between e[i] and e[k], for every (i, j, k)
+        out = torch.zeros(3, 3, 3)
+        for i in range(3):
+            for j in range(3):
+                for k in range(3):
+                    a, b = e[i] - e[j], e[k] - e[j]
+                    if a.norm() > 0 and b.norm() > 0:
+                        out[i, j, k] = (a @ b) / (a.norm() * b.norm())
+        return out.flatten()
+    expected = F.smooth_l1_loss(cosines(s), cosines(t))
+    assert rkd_angle(s, t).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert expected.item() > 0.01
+
+
+def test_at_pools_the_larger_map_and_uses_absolute_values():
+    fs, ft = torch.randn(2, 3, 8, 8), torch.randn(2, 5, 4, 4)
+    assert at_loss(fs, ft).item() == pytest.approx(at_loss(F.avg_pool2d(fs, 2), ft).item(), rel=1e-5)
+    assert torch.isfinite(at_loss(fs, ft, p=1.5))  # negative features, fractional p
+
+
+def _crd_rank(rank: int, world: int, port: int, out: dict) -> None:
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    torch.manual_seed(0)  # identical banks and embeddings on both ranks
+    info = ModelInfo("m", {"embedding": (8,)}, ("stage1",))
+    crd = get_method("crd")(get_method("crd").Config(feat_dim=4), info, info, DataInfo(10, 20))
+    torch.manual_seed(1 + rank)  # each rank its own batch
+    feats = {"embedding": torch.randn(2, 8), "logits": torch.randn(2, 10)}
+    index = torch.tensor([2 * rank, 2 * rank + 1])
+    crd.transfer(Step(None, None, index, 0, feats, feats, None, None))
+    out[rank] = (crd.memory_s.clone(), crd.memory_t.clone(), crd.normalizer.clone())
+    dist.destroy_process_group()
+
+
+def test_crd_memory_stays_identical_across_ddp_ranks():
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_crd_rank, args=(2, port, out), nprocs=2)
+    (ms0, mt0, z0), (ms1, mt1, z1) = out[0], out[1]
+    assert torch.equal(ms0, ms1) and torch.equal(mt0, mt1) and torch.equal(z0, z1)
+    # Rows 0-3 (both ranks' samples) were updated and re-normalised; the rest are untouched.
+    assert (ms0[:4].norm(dim=1) - 1).abs().max() < 1e-5
+    assert (ms0[4:].norm(dim=1) - 1).abs().min() > 1e-4

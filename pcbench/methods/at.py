@@ -19,10 +19,13 @@ class ATConfig(DistillConfig):
 
 
 def attention(f: torch.Tensor, p: float) -> torch.Tensor:
-    return F.normalize(f.pow(p).mean(1).flatten(1))
+    return F.normalize(f.abs().pow(p).mean(1).flatten(1))
 
 
 def at_loss(fs: torch.Tensor, ft: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """As RepDistiller: the larger map is average-pooled to the smaller one's size first."""
+    size = min(fs.shape[2], ft.shape[2]), min(fs.shape[3], ft.shape[3])
+    fs, ft = F.adaptive_avg_pool2d(fs, size), F.adaptive_avg_pool2d(ft, size)
     return (attention(fs, p) - attention(ft, p)).pow(2).mean()
 
 

@@ -4,7 +4,6 @@ embeddings become conditional probabilities per row; KL(teacher || student). Wei
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import NonNegativeFloat
 
 from pcbench.methods import register

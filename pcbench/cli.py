@@ -46,6 +46,8 @@ Teachers = Annotated[Path, typer.Option("--teachers", help="Teacher store folder
 TrackingUri = Annotated[Optional[str], typer.Option(
     "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")]
 Experiment = Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment name.")]
+OptunaStorage = Annotated[Optional[str], typer.Option(
+    "--optuna-storage", help="Optuna study database (default: optuna.db beside a SQLite MLflow store).")]
 Address = Annotated[Optional[str], typer.Option(
     "--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local instance).")]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Epochs per trial.")]
@@ -102,6 +104,9 @@ def _execute(request) -> None:
     from pcbench.tracking import default_tracking_uri
 
     request.tracking_uri = request.tracking_uri or default_tracking_uri()
+    if request.search:
+        request.optuna_storage = request.optuna_storage or workflow.default_optuna_storage(
+            request.tracking_uri, request.results)
     prepared = workflow.validate(request)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -150,7 +155,8 @@ def run(
 
 
 def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
-            workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus) -> None:
+            workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus,
+            optuna_storage=None) -> None:
     from pcbench.workflow import Request
     if space is not None and len(set(methods_)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
@@ -158,7 +164,7 @@ def _search(methods_, dataset, teacher, student, set_, space, samples, concurren
                       parse_overrides(set_ or []), space_file=space, samples=samples,
                       concurrent=concurrent, seed=seed, results=results, teachers=teachers,
                       tracking_uri=tracking_uri or "", experiment=experiment, address=address,
-                      cpus_per_trial=cpus, gpus_per_trial=gpus)
+                      cpus_per_trial=cpus, gpus_per_trial=gpus, optuna_storage=optuna_storage or "")
     _execute(request)
 
 
@@ -177,11 +183,12 @@ def search(
     results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
+    optuna_storage: OptunaStorage = None,
 ) -> None:
     """Search each method's knobs with Ray Tune + Optuna (TPE) and ASHA."""
     _search(method or [], dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address,
-            cpus_per_trial, gpus_per_trial)
+            cpus_per_trial, gpus_per_trial, optuna_storage)
 
 
 class DemoSuite(BaseModel):

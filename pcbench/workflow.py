@@ -34,6 +34,7 @@ class Request:
     results: Path = Path("pcbench-results")
     teachers: Path = Path("pcbench-teachers")
     tracking_uri: str = ""
+    optuna_storage: str = ""  # "": a SQLite file beside the MLflow store (or in --results)
     experiment: str | None = None
     address: str | None = None
     cpus_per_trial: float = 1.0
@@ -71,6 +72,8 @@ def validate(request: Request) -> list[Prepared]:
     check_writable(request.teachers, "--teachers")
     if request.tracking_uri.startswith("sqlite:///"):
         check_writable(Path(request.tracking_uri.removeprefix("sqlite:///")).parent, "--tracking-uri")
+    if request.optuna_storage.startswith("sqlite:///"):
+        check_writable(Path(request.optuna_storage.removeprefix("sqlite:///")).parent, "--optuna-storage")
     prepared = []
     for method in dict.fromkeys(request.methods):
         get_method(method)
@@ -119,6 +122,15 @@ def _check_resources(request: Request, template: TrialConfig) -> None:
                         "--gpus-per-trial 0, or attach to a GPU cluster with --address")
 
 
+def default_optuna_storage(tracking_uri: str, results: Path) -> str:
+    """Beside a SQLite MLflow store, else in the results folder."""
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent
+    else:
+        folder = results.resolve()
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
 def experiment_name(template: TrialConfig) -> str:
     return f"pcbench-{template.data.name}-{template.teacher}-to-{template.student}"
 
@@ -153,8 +165,8 @@ def execute(request: Request, prepared: list[Prepared], listeners: Sequence[Tria
     from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
 
     # The store first: a bad URI fails before a teacher is trained or Ray started.
-    tracker = Tracker(request.tracking_uri,
-                      request.experiment or experiment_name(prepared[0].template))
+    experiment = request.experiment or experiment_name(prepared[0].template)
+    tracker = Tracker(request.tracking_uri, experiment)
     if request.ray:
         from pcbench.launch.cluster import check_capacity, start_ray
         start_ray(request.address)
@@ -168,12 +180,14 @@ def execute(request: Request, prepared: list[Prepared], listeners: Sequence[Tria
          "concurrent": request.concurrent, "seed": request.seed, "epochs": first.train.epochs,
          "workers": first.train.workers, "dataset": first.data.name, "teacher": first.teacher,
          "student": first.student, "ray": request.ray},
-        {"pcbench.search_id": search_id, "pcbench.kind": "search" if request.search else "run"})
+        {"pcbench.search_id": search_id, "pcbench.kind": "search" if request.search else "run",
+         "pcbench.optuna_storage": request.optuna_storage})
     recorder = SearchRecorder(tracker, parent, ResultsStore(request.results), search_id)
     status = "FAILED"
     try:
         if request.ray:
-            _run_on_ray(request, prepared, [recorder, *listeners], recorder, search_id, on_search)
+            _run_on_ray(request, prepared, [recorder, *listeners], recorder, search_id,
+                        experiment, on_search)
         else:
             for item in prepared:
                 on_search(item)
@@ -189,7 +203,12 @@ def execute(request: Request, prepared: list[Prepared], listeners: Sequence[Tria
     return Outcome(search_id, recorder.trials_seen, recorder.trials_failed)
 
 
-def _run_on_ray(request, prepared, listeners, recorder, search_id, on_search) -> None:
+def study_name(experiment: str, method: str) -> str:
+    """One Optuna study per (experiment, method): repeated searches append to it."""
+    return f"{experiment}-{method}"
+
+
+def _run_on_ray(request, prepared, listeners, recorder, search_id, experiment, on_search) -> None:
     from pcbench.launch.search import SearchPlan, run_search
 
     storage = (request.results / "ray").resolve()
@@ -199,7 +218,9 @@ def _run_on_ray(request, prepared, listeners, recorder, search_id, on_search) ->
             name=f"{search_id}-{item.method}", template=item.template, space=item.space,
             samples=request.samples, concurrent=request.concurrent, seed=request.seed,
             storage=storage, cpus_per_trial=request.cpus_per_trial,
-            gpus_per_trial=request.gpus_per_trial)
+            gpus_per_trial=request.gpus_per_trial,
+            optuna_storage=request.optuna_storage or None,
+            study_name=study_name(experiment, item.method))
         run_search(plan, listeners)
         recorder.flush(f"{search_id}-{item.method}")
 

@@ -111,3 +111,19 @@ def json_field(column, *path):
             value = value[key]
         return value
     return column.map(get)
+
+
+def test_each_method_search_keeps_its_optuna_study_in_a_database(searched):
+    import optuna
+
+    storage = searched["uri"].replace("mlflow.db", "optuna.db")  # beside the MLflow store
+    trials = pd.read_parquet(searched["results"] / "trials")
+    for method in ("pc", "fcfd"):
+        study = optuna.load_study(study_name=f"e2e-{method}", storage=storage)
+        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(finished) == 2
+        ours = trials[(trials.method == method) & (trials.knobs != "{}")]  # not the one-off runs
+        assert sorted(t.value for t in finished) == pytest.approx(sorted(ours.val_acc))
+        knobs = [json.loads(k) for k in ours.knobs]
+        assert sorted(t.params["method.weight"] for t in finished) == pytest.approx(
+            sorted(k["method.weight"] for k in knobs))

@@ -36,6 +36,10 @@ class SearchPlan:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     grace_epochs: int | None = None  # ASHA's first rung; default: a third of the epochs
+    # Optuna study in a database (optuna-dashboard, optuna.load_study); a repeated search with
+    # the same study name appends to it. None: in memory.
+    optuna_storage: str | None = None
+    study_name: str | None = None
 
 
 class _Relay(tune.Callback):
@@ -88,9 +92,11 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
     if plan.space is None:
         tune_config = tune.TuneConfig(num_samples=1, reuse_actors=True)
     else:
+        storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
         searcher = OptunaSearch(
             space=plan.space.distributions, metric=METRIC, mode=MODE, seed=plan.seed,
-            points_to_evaluate=[plan.space.first_point(plan.template)])
+            points_to_evaluate=[plan.space.first_point(plan.template)],
+            storage=storage, study_name=plan.study_name if storage else None)
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                   grace_period=plan.grace_epochs or max(1, epochs // 3),
                                   reduction_factor=2)

@@ -165,6 +165,9 @@ def execute(request: Request, prepared: list[Prepared], listeners: Sequence[Tria
     from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
 
     # The store first: a bad URI fails before a teacher is trained or Ray started.
+    for uri in (request.tracking_uri, request.optuna_storage):
+        if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     experiment = request.experiment or experiment_name(prepared[0].template)
     tracker = Tracker(request.tracking_uri, experiment)
     if request.ray:

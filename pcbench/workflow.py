@@ -112,7 +112,7 @@ def _check_resources(request: Request, template: TrialConfig) -> None:
         raise UserError(f"--cpus-per-trial {request.cpus_per_trial} leaves nothing for {workers} "
                         f"workers; give more than {COORDINATOR_CPUS}")
     if request.address or os.environ.get("RAY_ADDRESS"):
-        return  # a cluster's capacity is checked once attached
+        return  # an autoscaling cluster may add the nodes a trial needs: no local check
     if request.ray and request.cpus_per_trial > (os.cpu_count() or 1):
         raise UserError(f"--cpus-per-trial {request.cpus_per_trial} exceeds this machine's "
                         f"{os.cpu_count()} CPUs; lower it or attach to a cluster with --address")
@@ -171,9 +171,8 @@ def execute(request: Request, prepared: list[Prepared], listeners: Sequence[Tria
     experiment = request.experiment or experiment_name(prepared[0].template)
     tracker = Tracker(request.tracking_uri, experiment)
     if request.ray:
-        from pcbench.launch.cluster import check_capacity, start_ray
+        from pcbench.launch.cluster import start_ray
         start_ray(request.address)
-        check_capacity(request.cpus_per_trial, request.gpus_per_trial)
     prepared = _with_teacher(prepared, TeacherStore(request.teachers), on_teacher)
     first = prepared[0].template
     search_id = new_search_id()

@@ -28,15 +28,3 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     except ConnectionError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "
                         f"or RAY_ADDRESS") from None
-
-
-def check_capacity(cpus_per_trial: float, gpus_per_trial: float) -> None:
-    """A trial the cluster can never place would wait forever: refuse it up front."""
-    available = ray.cluster_resources()
-    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
-    if cpus_per_trial > cpus:
-        raise UserError(f"--cpus-per-trial {cpus_per_trial} exceeds the cluster's {cpus:g} CPUs; "
-                        f"lower it")
-    if gpus_per_trial > gpus:
-        raise UserError(f"--gpus-per-trial {gpus_per_trial} exceeds the cluster's {gpus:g} GPUs; "
-                        f"lower it or attach to a GPU cluster with --address")

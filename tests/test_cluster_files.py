@@ -1,0 +1,64 @@
+"""The cluster files load and carry what Ray needs: the launcher YAMLs validate against the
+autoscaler schema the installed Ray ships; the KubeRay manifests match the installed Ray."""
+
+import json
+import os
+import re
+
+import jsonschema
+import pytest
+import ray
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from pcbench import REPO_ROOT
+
+CLUSTER = REPO_ROOT / "cluster"
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_launcher_yaml_validates_against_rays_schema(name):
+    config = yaml.safe_load((CLUSTER / name).read_text())
+    schema_path = os.path.join(os.path.dirname(ray.autoscaler.__file__), "ray-schema.json")
+    jsonschema.validate(config, json.loads(open(schema_path).read()))
+    validate_config(prepare_config(config))  # what `ray up` checks after filling defaults
+    head = " ".join(config["head_start_ray_commands"])
+    assert "ray start --head" in head and "--dashboard-host=127.0.0.1" in head
+    assert "mlflow server --app-name basic-auth" in head
+    gpu_types = [t for t in config["available_node_types"] if t != config["head_node_type"]]
+    assert gpu_types and config["docker"]["image"]
+
+
+def _pod_specs(manifest):
+    spec = manifest["spec"].get("rayClusterSpec", manifest["spec"])
+    yield spec["headGroupSpec"]["template"]["spec"]
+    for group in spec["workerGroupSpecs"]:
+        yield group["template"]["spec"]
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_kuberay_manifests_carry_what_ray_needs(name):
+    manifest = yaml.safe_load((CLUSTER / "kuberay" / name).read_text())
+    assert manifest["apiVersion"] == "ray.io/v1"
+    spec = manifest["spec"].get("rayClusterSpec", manifest["spec"])
+    assert spec["rayVersion"] == ray.__version__
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {p["containerPort"] for p in head["ports"]} >= {6379, 8265, 10001}
+    for pod in _pod_specs(manifest):
+        shm = [v for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"]
+        assert shm, "a memory-backed /dev/shm volume"
+        for container in pod["containers"]:
+            mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+            assert mounts[shm[0]["name"]] == "/dev/shm"
+            env = {e["name"]: e for e in container["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    if manifest["kind"] == "RayJob":
+        assert manifest["spec"]["entrypoint"].startswith("pcbench search")
+
+
+def test_dockerfile_uses_the_installed_ray_version():
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(ray.__version__)}-", dockerfile, re.M)
+    assert f'ray[default,tune,train]=={ray.__version__}' in dockerfile

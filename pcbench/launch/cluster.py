@@ -23,7 +23,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     try:
-        ray.init(address=address, num_cpus=None if address else num_cpus,
+        # "local": a new instance of our own, never a cluster some `ray start` left running.
+        ray.init(address=address or "local", num_cpus=None if address else num_cpus,
                  log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "

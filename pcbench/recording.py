@@ -56,6 +56,8 @@ class SearchRecorder:
         self._epoch_rows: list[dict[str, Any]] = []
 
     def trial_started(self, trial_id, config, knobs):
+        if trial_id in self._trials:
+            return  # restarted after a failure: it resumes from its checkpoint, in the same run
         tags = {"pcbench.method": config.method.name, "pcbench.teacher": config.teacher,
                 "pcbench.student": config.student, "pcbench.dataset": config.data.name,
                 "pcbench.seed": config.seed, "pcbench.teacher_sha256": config.teacher_sha256 or "",

@@ -19,6 +19,9 @@ from pcbench.recording import TrialListener
 from pcbench.spaces import SearchSpace
 
 METRIC, MODE = "val_acc", "max"
+# What the engine reports, out of the result dicts Tune adds its own fields to.
+ENGINE_KEYS = {"epoch", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr",
+               "epoch_seconds", "device"}
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
 
 
@@ -59,8 +62,7 @@ class _Relay(tune.Callback):
             listener.trial_started(trial.trial_id, config, dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: v for k, v in result.items() if k == "epoch" or k in _ENGINE_KEYS
-                   or k.startswith("loss/")}
+        metrics = {k: v for k, v in result.items() if k in ENGINE_KEYS or k.startswith("loss/")}
         for listener in self.listeners:
             listener.trial_epoch(trial.trial_id, metrics)
 
@@ -77,9 +79,6 @@ class _Relay(tune.Callback):
         for listener in self.listeners:
             listener.trial_finished(trial.trial_id, error)
 
-
-_ENGINE_KEYS = {"train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr",
-                "epoch_seconds", "device"}
 
 
 def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.ResultGrid:

@@ -4,13 +4,14 @@ machine, token auth), landing in Parquet and MLflow. The nodes are stopped by pr
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+
+from servers import free_ports
 
 pytestmark = pytest.mark.ray
 
@@ -19,19 +20,9 @@ NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--metrics-ex
                    "--runtime-env-agent-port")
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _node_ports() -> list[str]:
     # Every port of its own, so the nodes never collide with the test session's Ray.
-    return [f"{flag}={port}" for flag, port in zip(NODE_PORT_FLAGS, _free_ports(len(NODE_PORT_FLAGS)))]
+    return [f"{flag}={port}" for flag, port in zip(NODE_PORT_FLAGS, free_ports(len(NODE_PORT_FLAGS)))]
 
 
 def _alive_nodes(dashboard: str, env) -> int:
@@ -46,7 +37,7 @@ def _alive_nodes(dashboard: str, env) -> int:
 @pytest.fixture
 def two_node_cluster(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    gcs, dash, client = _free_ports(3)
+    gcs, dash, client = free_ports(3)
     dashboard = f"http://127.0.0.1:{dash}"
     common = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                   start_new_session=True)

@@ -1,12 +1,6 @@
 """A search logging to a real `mlflow server` over HTTP, read back through MlflowClient."""
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 import yaml
@@ -14,42 +8,19 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from pcbench.cli import app
+from servers import free_ports, http_server
 
 pytestmark = pytest.mark.ray
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, "mlflow server exited"
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 90 s"
-            time.sleep(1)
+    [port] = free_ports()
+    with http_server([sys.executable, "-m", "mlflow", "server",
+                      "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                      "--artifacts-destination", str(tmp_path / "artifacts"),
+                      "--host", "127.0.0.1", "--port", str(port)], port) as uri:
         yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
-        server.wait(timeout=30)
 
 
 def test_search_logs_to_a_tracking_server(mlflow_server, tmp_path, teacher_store, local_ray):

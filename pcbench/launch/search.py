@@ -38,7 +38,6 @@ class SearchPlan:
     storage: Path
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    grace_epochs: int | None = None  # ASHA's first rung; default: a third of the epochs
     # Optuna study in a database (optuna-dashboard, optuna.load_study); a repeated search with
     # the same study name appends to it. None: in memory.
     optuna_storage: str | None = None
@@ -97,7 +96,7 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
             points_to_evaluate=[plan.space.first_point(plan.template)],
             storage=storage, study_name=plan.study_name if storage else None)
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
-                                  grace_period=plan.grace_epochs or max(1, epochs // 3),
+                                  grace_period=max(1, epochs // 3),  # the first rung
                                   reduction_factor=2)
         tune_config = tune.TuneConfig(
             metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,

@@ -40,7 +40,7 @@ class AttentionTransfer(Method):
 
     def __init__(self, config, student, teacher, data):
         super().__init__(config, student, teacher, data)
-        self.tap_list = list(config.taps or student.stages)
+        self.tap_list = sorted(self.taps(config, student.stages))
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         loss = sum(at_loss(step.student_feats[t], step.teacher_feats[t], self.config.p)

@@ -36,7 +36,7 @@ class SimilarityPreserving(Method):
 
     def __init__(self, config, student, teacher, data):
         super().__init__(config, student, teacher, data)
-        self.tap = config.tap or student.stages[-1]
+        (self.tap,) = self.taps(config, student.stages)
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         loss = sp_loss(step.student_feats[self.tap], step.teacher_feats[self.tap])

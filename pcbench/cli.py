@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pcbench.config import describe, parse_overrides
+from pcbench.config import parse_overrides
 from pcbench.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -51,16 +50,21 @@ OptunaStorage = Annotated[Optional[str], typer.Option(
 Address = Annotated[Optional[str], typer.Option(
     "--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local instance).")]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Epochs per trial.")]
+DataDir = Annotated[Optional[str], typer.Option(
+    "--data-dir", help="Where data sets are (default: ~/.cache/pcbench/data).")]
+Recipe = Annotated[Optional[str], typer.Option(
+    "--recipe", help="Named training recipe: cifar100-crd, imagenet, digits (see README).")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="DDP workers per trial (>1: Ray Train).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the trials and of the Optuna sampler.")]
 CpusPerTrial = Annotated[float, typer.Option("--cpus-per-trial", help="CPUs a trial holds.")]
 GpusPerTrial = Annotated[float, typer.Option("--gpus-per-trial", help="GPUs a trial holds (fractions share one).")]
 
 
-def _base(dataset, teacher, student, epochs, workers, seed) -> dict[str, Any]:
+def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None) -> dict[str, Any]:
     base: dict[str, Any] = {"seed": seed}
-    if dataset is not None:
-        base["data"] = {"name": dataset}
+    data = {k: v for k, v in (("name", dataset), ("root", data_dir)) if v is not None}
+    if data:
+        base["data"] = data
     if teacher is not None:
         base["teacher"] = teacher
     if student is not None:
@@ -81,22 +85,28 @@ class ProgressDisplay:
         self.trial_method: dict[str, str] = {}
 
     def on_search(self, item) -> None:
-        self.tasks[item.method] = self.progress.add_task(f"{item.method:>5}", total=self.samples)
+        key = self._key(item.template)
+        self.tasks[key] = self.progress.add_task(key, total=self.samples)
+
+    @staticmethod
+    def _key(config) -> str:
+        return f"{config.method.name:>6} {config.teacher}->{config.student}"
 
     def trial_started(self, trial_id, config, knobs):
-        self.trial_method[trial_id] = config.method.name
+        self.trial_method[trial_id] = self._key(config)
 
     def trial_epoch(self, trial_id, metrics):
-        method = self.trial_method[trial_id]
-        self.best[method] = max(self.best.get(method, 0.0), metrics["val_acc"])
-        self.progress.update(self.tasks[method],
-                             description=f"{method:>5}  best val {100 * self.best[method]:.1f}%")
+        key = self.trial_method[trial_id]
+        if "val_acc" not in metrics:  # a final run trains on all the training data
+            return
+        self.best[key] = max(self.best.get(key, 0.0), metrics["val_acc"])
+        self.progress.update(self.tasks[key], description=f"{key}  best val {100 * self.best[key]:.1f}%")
 
     def trial_finished(self, trial_id, error):
-        method = self.trial_method.pop(trial_id)
-        self.progress.advance(self.tasks[method])
+        key = self.trial_method.pop(trial_id)
+        self.progress.advance(self.tasks[key])
         if error:
-            self.progress.console.print(f"[yellow]{method} trial {trial_id} failed:[/yellow] {error}")
+            self.progress.console.print(f"[yellow]{key.strip()} trial {trial_id} failed:[/yellow] {error}")
 
 
 def _execute(request) -> None:
@@ -135,10 +145,22 @@ def methods() -> None:
 
 @app.command()
 @user_errors
+def models() -> None:
+    """List the model zoo: family, parameters, stages (FCFD) and taps."""
+    from pcbench.models import zoo_info
+    table = Table("model", "family", "parameters", "stages", "taps")
+    for info in zoo_info():
+        table.add_row(info.name, info.family, f"{info.params:,}", str(info.stages), ", ".join(info.taps))
+    Console().print(table)
+
+
+@app.command()
+@user_errors
 def run(
     method: Annotated[str, typer.Option("--method", help="Method to run.")] = "pc",
     dataset: Dataset = None, teacher: Teacher = None, student: Student = None, set_: Sets = None,
-    epochs: Epochs = None, workers: Workers = None, seed: Seed = 0,
+    epochs: Epochs = None, workers: Workers = None, seed: Seed = 0, data_dir: DataDir = None,
+    recipe: Recipe = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process, without Ray.")] = False,
     results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
@@ -146,9 +168,9 @@ def run(
 ) -> None:
     """Run one trial of one method with the given settings."""
     from pcbench.workflow import Request
-    request = Request([method], _base(dataset, teacher, student, epochs, workers, seed),
-                      parse_overrides(set_ or []), search=False, ray=not no_ray, seed=seed,
-                      results=results,
+    request = Request([method], _base(dataset, teacher, student, epochs, workers, seed, data_dir),
+                      parse_overrides(set_ or []), recipe=recipe, search=False, ray=not no_ray,
+                      seed=seed, results=results,
                       teachers=teachers, tracking_uri=tracking_uri or "", experiment=experiment,
                       address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
     _execute(request)
@@ -156,12 +178,12 @@ def run(
 
 def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus,
-            optuna_storage=None) -> None:
+            optuna_storage=None, data_dir=None, recipe=None) -> None:
     from pcbench.workflow import Request
     if space is not None and len(set(methods_)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
-    request = Request(list(methods_), _base(dataset, teacher, student, epochs, workers, seed),
-                      parse_overrides(set_ or []), space_file=space, samples=samples,
+    request = Request(list(methods_), _base(dataset, teacher, student, epochs, workers, seed, data_dir),
+                      parse_overrides(set_ or []), recipe=recipe, space_file=space, samples=samples,
                       concurrent=concurrent, seed=seed, results=results, teachers=teachers,
                       tracking_uri=tracking_uri or "", experiment=experiment, address=address,
                       cpus_per_trial=cpus, gpus_per_trial=gpus, optuna_storage=optuna_storage or "")
@@ -183,26 +205,90 @@ def search(
     results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
-    optuna_storage: OptunaStorage = None,
+    optuna_storage: OptunaStorage = None, data_dir: DataDir = None, recipe: Recipe = None,
 ) -> None:
     """Search each method's knobs with Ray Tune + Optuna (TPE) and ASHA."""
     _search(method or [], dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address,
-            cpus_per_trial, gpus_per_trial, optuna_storage)
+            cpus_per_trial, gpus_per_trial, optuna_storage, data_dir, recipe)
 
 
-class DemoSuite(BaseModel):
-    """suites/demo.yaml: what `pcbench demo` searches, with an equal budget per method."""
+def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, data_dir=None,
+               samples=None, epochs=None, seeds=None, final_epochs=None, methods=None, set_=None,
+               concurrent=None, cpus_per_trial=None, gpus_per_trial=None, optuna_storage=None) -> None:
+    from pcbench import workflow
+    from pcbench.suite import load_suite
+    from pcbench.tracking import default_tracking_uri
 
-    model_config = ConfigDict(extra="forbid")
-    dataset: str
-    teacher: str
-    student: str
-    methods: list[str]
-    samples: int
-    epochs: int
-    concurrent: int
-    seed: int
+    suite = load_suite(suite_path)
+    if methods:
+        unknown = sorted(set(methods) - set(suite.methods))
+        if unknown:
+            raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
+                            f"choose among {', '.join(suite.methods)}")
+    tracking_uri = tracking_uri or default_tracking_uri()
+    overrides = {**suite.set, **parse_overrides(set_ or [])}
+    budget_epochs = epochs or suite.budget.epochs
+    work = []
+    for pair in suite.pairs:
+        base = {"seed": suite.seed, "data": {"name": suite.dataset}, "teacher": pair.teacher,
+                "student": pair.student}
+        if data_dir is not None:
+            base["data"]["root"] = data_dir
+        if budget_epochs is not None:
+            base["train"] = {"epochs": budget_epochs}
+        request = workflow.Request(
+            methods or suite.methods, base, overrides, recipe=suite.recipe,
+            samples=samples or suite.budget.trials, concurrent=concurrent or suite.concurrent,
+            seed=suite.seed, results=results, teachers=teachers, tracking_uri=tracking_uri,
+            optuna_storage=optuna_storage or workflow.default_optuna_storage(tracking_uri, results),
+            address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
+            gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial,
+            final_seeds=suite.final_seeds[:seeds] if seeds else suite.final_seeds,
+            final_epochs=final_epochs or suite.final_epochs)
+        work.append((request, workflow.validate(request)))  # every pair before Ray starts
+    first = work[0][0]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        display = ProgressDisplay(progress, first.samples + len(first.final_seeds))
+        outcome = workflow.execute_all(
+            work, [display], on_teacher=lambda model, dataset: progress.console.print(
+                f"training the {model} teacher on {dataset} (first use)"),
+            on_search=display.on_search, suite=suite.name)
+    console.print(f"benchmark {suite.name} ({outcome.search_id}): {outcome.trials} trials; MLflow at "
+                  f"{tracking_uri}, Parquet in {results}/trials and /epochs")
+    _report(results, None)
+    if outcome.failed:
+        console.print(f"[red]{outcome.failed} of {outcome.trials} trials failed[/red] (errors in MLflow)")
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def benchmark(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML (suites/demo.yaml, suites/cifar100.yaml, ...).")],
+    data_dir: DataDir = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Search trials per method "
+                                                   "(default: the suite's budget).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per search trial.")] = None,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="Final runs per method.")] = None,
+    final_epochs: Annotated[Optional[int], typer.Option("--final-epochs", help="Epochs per final run.")] = None,
+    method: Methods = None, set_: Sets = None,
+    concurrent: Annotated[Optional[int], typer.Option("--concurrent", help="Trials at once.")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option("--cpus-per-trial", help="CPUs a trial holds.")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(
+        "--gpus-per-trial", help="GPUs a trial holds (0.25: four trials share a GPU).")] = None,
+    results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
+    tracking_uri: TrackingUri = None, address: Address = None, optuna_storage: OptunaStorage = None,
+) -> None:
+    """Every method x pair of a suite: the same search budget each, selection on the validation
+    split, the winner re-run with several seeds on the full training set, then the report."""
+    if not suite.is_file():
+        raise UserError(f"no suite file {suite}; pass one of suites/*.yaml")
+    _benchmark(suite, results, teachers, tracking_uri, address, data_dir=data_dir, samples=samples,
+               epochs=epochs, seeds=seeds, final_epochs=final_epochs, methods=method, set_=set_,
+               concurrent=concurrent, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+               optuna_storage=optuna_storage)
 
 
 @app.command()
@@ -213,20 +299,11 @@ def demo(
     results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, address: Address = None,
 ) -> None:
-    """The whole loop on the embedded default (suites/demo.yaml): search ce, kd, pc, ot and
-    fcfd on digits with an equal budget, then write the leaderboard."""
+    """The whole loop on the embedded default: `pcbench benchmark suites/demo.yaml` (ce, kd,
+    pc, ot and fcfd on digits, equal budgets, 3 final seeds each, then the leaderboard)."""
     from pcbench import REPO_ROOT
-    from pcbench.config import load_yaml
-    path = REPO_ROOT / "suites" / "demo.yaml"
-    try:
-        suite = DemoSuite.model_validate(load_yaml(str(path)))
-    except ValidationError as error:
-        raise UserError(f"{path}: {describe(error)}; fix the suite file") from None
-    _search(suite.methods, suite.dataset, suite.teacher, suite.student, None, None,
-            suite.samples if samples is None else samples, suite.concurrent,
-            suite.epochs if epochs is None else epochs, None, suite.seed,
-            results, teachers, tracking_uri, None, address, 1.0, 0.0)
-    _report(results, None)
+    _benchmark(REPO_ROOT / "suites" / "demo.yaml", results, teachers, tracking_uri, address,
+               samples=samples, epochs=epochs)
 
 
 def _report(results: Path, out: Optional[Path]) -> None:
@@ -236,11 +313,13 @@ def _report(results: Path, out: Optional[Path]) -> None:
         raise UserError(f"no trials under {results}; run `pcbench search` first or pass --results")
     check_writable(out or results / "report", "--out")
     board = leaderboard(ResultsStore(results).read("trials"))
-    paths = write_report(board, out or results / "report")
-    table = Table("data set", "pair", "method", "test acc", "val acc", "trials")
+    paths = write_report(board, out or results / "report", trials=ResultsStore(results).read("trials"))
+    table = Table("data set", "pair", "method", "test acc", "seeds", "val acc", "trials")
     for row in board.itertuples():
+        spread = f" ± {100 * row.test_acc_std:.2f}" if row.seeds > 1 else ""
         table.add_row(row.dataset, f"{row.teacher} -> {row.student}", row.method,
-                      f"{100 * row.test_acc:.2f}", f"{100 * row.val_acc:.2f}", str(row.trials))
+                      f"{100 * row.test_acc_mean:.2f}{spread}", str(row.seeds),
+                      f"{100 * row.val_acc:.2f}", str(row.trials))
     Console().print(table)
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
@@ -260,18 +339,60 @@ def report(
 def teacher_train(
     model: Annotated[str, typer.Option("--model", help="Teacher architecture.")] = "cnn_large",
     dataset: Annotated[str, typer.Option("--dataset", help="Data set.")] = "digits",
-    teachers: Teachers = Path("pcbench-teachers"),
+    data_dir: DataDir = None, set_: Sets = None, teachers: Teachers = Path("pcbench-teachers"),
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process.")] = False,
+    results: Results = Path("pcbench-results"), address: Address = None,
+    cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
 ) -> None:
-    """Train a teacher with the fixed recipe and store it (replacing a stored one)."""
-    from pcbench.config import build_config
+    """Train a teacher with its data set's standard recipe (on Ray) and store it, replacing a
+    stored one."""
+    from pcbench.data import check_dataset
+    from pcbench.teachers import TeacherStore, teacher_config
+    from pcbench.workflow import check_writable
+    config = teacher_config(model, dataset, data_dir, parse_overrides(set_ or []))
+    check_dataset(dataset, data_dir)
+    check_writable(teachers, "--teachers")
+    runner = None
+    if not no_ray:
+        from pcbench.launch.cluster import start_ray
+        from pcbench.launch.search import train_one
+        check_writable(results, "--results")
+        start_ray(address)
+        runner = lambda c: train_one(c, (results / "ray").resolve(), f"teacher-{dataset}-{model}",  # noqa: E731
+                                     cpus_per_trial, gpus_per_trial)
+    console.print(f"training {model} on {dataset}: {config.train.epochs} epochs, "
+                  f"recipe {config.train.recipe or 'default'}", highlight=False)
+    record = TeacherStore(teachers).train(config, runner, on_epoch=lambda m: console.print(
+        f"epoch {m['epoch']:>3}  train loss {m['train_loss']:.4f}", highlight=False))
+    console.print(f"{record.model} on {record.dataset}: test acc {100 * record.test_acc:.2f}%, "
+                  f"sha256 {record.sha256[:12]}, {record.path}")
+
+
+@teacher_app.command("import")
+@user_errors
+def teacher_import(
+    checkpoint: Annotated[Path, typer.Argument(help="RepDistiller / mdistiller checkpoint ({'model': state_dict}).")],
+    model: Annotated[str, typer.Option("--model", help="Its architecture (see `pcbench models`).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="The data set it was trained on.")],
+    data_dir: DataDir = None, teachers: Teachers = Path("pcbench-teachers"),
+) -> None:
+    """Import a trained teacher: loaded strictly into the architecture, its test accuracy
+    measured, then stored with its sha256."""
+    from pcbench.data import check_dataset, get_dataset
+    from pcbench.engine import accuracy_on_test
+    from pcbench.models import model_names
     from pcbench.teachers import TeacherStore
     from pcbench.workflow import check_writable
-    build_config({"data": {"name": dataset}, "student": model, "method": "ce"}, {})  # validates
+    if not checkpoint.is_file():
+        raise UserError(f"no checkpoint file {checkpoint}; pass the path of a .pth/.pt file")
+    if model not in model_names():
+        raise UserError(f"unknown model '{model}'; choose one of {', '.join(model_names())}")
+    get_dataset(dataset)
+    check_dataset(dataset, data_dir)
     check_writable(teachers, "--teachers")
-    record = TeacherStore(teachers).train(
-        model, dataset, on_epoch=lambda m: console.print(
-            f"epoch {m['epoch']:>3}  val acc {100 * m['val_acc']:.2f}%", highlight=False))
-    console.print(f"{record.model} on {record.dataset}: test acc {100 * record.test_acc:.2f}%, "
+    record = TeacherStore(teachers).import_checkpoint(
+        checkpoint, model, dataset, lambda name, state: accuracy_on_test(name, state, dataset, data_dir))
+    console.print(f"imported {record.model} for {record.dataset}: test acc {100 * record.test_acc:.2f}%, "
                   f"sha256 {record.sha256[:12]}, {record.path}")
 
 
@@ -280,10 +401,10 @@ def teacher_train(
 def teacher_list(teachers: Teachers = Path("pcbench-teachers")) -> None:
     """List the stored teachers."""
     from pcbench.teachers import TeacherStore
-    table = Table("model", "data set", "test acc", "val acc", "sha256", "created", "path")
+    table = Table("model", "data set", "test acc", "recipe", "sha256", "created", "path")
     for r in TeacherStore(teachers).records():
-        table.add_row(r.model, r.dataset, f"{100 * r.test_acc:.2f}", f"{100 * r.val_acc:.2f}",
-                      r.sha256[:12], r.created, r.path)
+        origin = r.recipe.get("imported_from") or r.recipe.get("recipe") or "default"
+        table.add_row(r.model, r.dataset, f"{100 * r.test_acc:.2f}", origin, r.sha256[:12], r.created, r.path)
     Console().print(table)
 
 

@@ -22,10 +22,14 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     name: str = "digits"
-    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)  # carved from training data
+    root: str | None = None  # --data-dir; None: ~/.cache/pcbench/data (digits ignores it)
+    # Share of the training data held out for selection, carved with split_seed; None: the
+    # data set's default (5,000 images on CIFAR). 0: train on all of it (the final seed runs).
+    val_fraction: float | None = Field(None, ge=0.0, lt=0.5)
     split_seed: int = 0  # fixed across trials: every trial is selected on the same split
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = 64  # the global batch: DDP workers split it
     augment: bool = True
+    loader_workers: NonNegativeInt = 8  # image folders only: DataLoader processes per worker
 
     @field_validator("name")
     @classmethod
@@ -36,12 +40,21 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
+    recipe: str | None = None  # the named profile these settings came from (see recipes.py)
     epochs: PositiveInt = 20
     lr: PositiveFloat = 0.05
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: NonNegativeFloat = 5e-4
+    schedule: Literal["cosine", "step"] = "cosine"
+    milestones: list[PositiveInt] = []  # step: multiply the lr by gamma at these epochs
+    gamma: PositiveFloat = 0.1
     workers: PositiveInt = 1  # > 1: a DDP trial on Ray Train
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Speed (GPU): bf16 autocast of the networks (losses stay float32), channels_last memory
+    # format, torch.compile of the tapped networks.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
 
 class TrialConfig(_Section):
@@ -104,7 +117,10 @@ class TrialConfig(_Section):
     @property
     def hash(self) -> str:
         """Identifies the configuration: the same for every seed and teacher copy."""
-        body = self.model_dump(mode="json", exclude={"seed", "teacher_weights", "teacher_sha256"})
+        # Where the files are and how they are read do not change what the trial is.
+        body = self.model_dump(mode="json", exclude={"seed": True, "teacher_weights": True,
+                                                     "teacher_sha256": True,
+                                                     "data": {"root", "loader_workers"}})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 

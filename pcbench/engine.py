@@ -17,9 +17,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pcbench.config import TrialConfig
-from pcbench.data import Splits, load_dataset, random_shift, shard_batches
+from pcbench.data import DataSource, load_dataset
+from pcbench.errors import UserError
 from pcbench.methods import DataInfo, Method, Step, get_method
-from pcbench.models import Tapped, TapModel, create_model, model_info
+from pcbench.models import TapModel, Tapped, create_model, model_info
 
 MODEL_FILE = "model.pt"  # {'model': state_dict}: the RepDistiller checkpoint format
 TRAINER_FILE = "trainer.pt"  # method modules, optimizer, schedule, epoch
@@ -69,15 +70,23 @@ class Distiller(nn.Module):
     """The trainable part of a trial: the student (tapped) and the method's extra modules.
     One module, so one DDP wrapper synchronises both."""
 
-    def __init__(self, student: TapModel, method: Method, taps: set[str]):
+    def __init__(self, student: TapModel, method: Method, taps: set[str], precision: str = "fp32",
+                 compile: bool = False):
         super().__init__()
-        self.student = Tapped(student, taps)
+        self.student = Tapped(student, taps, compile=compile)
         self.method = method
+        self.precision = precision
 
     def forward(self, x, y, index, epoch: int, teacher_feats, teacher: TapModel | None):
-        feats = self.student(x)
+        with autocast(x.device, self.precision):
+            feats = self.student(x)
+        feats = {k: v.float() for k, v in feats.items()}  # losses are computed in float32
         return self.method(Step(x, y, index, epoch, feats, teacher_feats, self.student.model,
                                 teacher))
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def pick_device(requested: str) -> torch.device:
@@ -86,11 +95,19 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_teacher(config: TrialConfig, splits: Splits) -> TapModel:
-    teacher = create_model(config.teacher, splits.num_classes, splits.input_shape[0])
+def load_teacher(config: TrialConfig, data: DataSource) -> TapModel:
+    teacher = create_model(config.teacher, data.num_classes, data.input_shape[0])
     state = torch.load(config.teacher_weights, map_location="cpu", weights_only=True)
     teacher.load_state_dict(state["model"])
     return teacher.requires_grad_(False)
+
+
+def teacher_features(teacher: Tapped, x: torch.Tensor, precision: str) -> dict[str, torch.Tensor]:
+    """The frozen teacher's taps, computed in inference mode (no autograd bookkeeping at all)
+    and copied out as ordinary float32 tensors, which losses may save for their backward."""
+    with torch.inference_mode(), autocast(x.device, precision):
+        feats = teacher(x)
+    return {k: v.to(torch.float32, copy=True) for k, v in feats.items()}
 
 
 def _all_reduce(values: torch.Tensor) -> torch.Tensor:
@@ -100,21 +117,32 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Tapped, data, rank: int, world: int, batch_size: int = 1024) -> dict[str, float]:
-    """Accuracy and loss over the whole split, summed across ranks."""
+def evaluate(model: Tapped, data: DataSource, split: str, rank: int, world: int,
+             precision: str = "fp32", memory_format=torch.contiguous_format,
+             batch_size: int = 1024) -> dict[str, float] | None:
+    """Accuracy and loss over the whole split, summed across ranks (None: an empty split)."""
+    if data.size(split) == 0:
+        return None
     model.eval()
     if world > 1:  # every rank evaluates rank 0's model: its BatchNorm statistics too
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
-    device = data[0].device
-    totals = torch.zeros(3, device=device, dtype=torch.float64)  # correct, loss sum, count
-    for x, y, _ in shard_batches(data, batch_size, rank, world):
-        logits = model(x)["logits"]
-        totals += torch.stack([(logits.argmax(1) == y).sum().double(),
-                               nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-                               torch.tensor(len(y), device=device, dtype=torch.float64)])
+    totals = None  # correct, loss sum, count
+    for x, y, _ in data.batches(split, batch_size, rank, world):
+        with autocast(x.device, precision):
+            logits = model(x.contiguous(memory_format=memory_format))["logits"].float()
+        batch = torch.stack([(logits.argmax(1) == y).sum().double(),
+                             nn.functional.cross_entropy(logits, y, reduction="sum").double(),
+                             torch.tensor(len(y), device=y.device, dtype=torch.float64)])
+        totals = batch if totals is None else totals + batch
     correct, loss, count = _all_reduce(totals).tolist()
     return {"acc": correct / count, "loss": loss / count}
+
+
+def make_schedule(optimizer, train) -> torch.optim.lr_scheduler.LRScheduler:
+    if train.schedule == "step":  # RepDistiller's: x gamma at each milestone epoch
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, train.milestones, train.gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
 
 
 def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
@@ -124,47 +152,50 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = device or pick_device(cfg.train.device)
     torch.manual_seed(cfg.seed)  # identical initial models and path sampling on every rank
+    precision = cfg.train.precision
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
 
-    splits = load_dataset(cfg.data.name, cfg.data.val_fraction, cfg.data.split_seed).to(device)
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
+                        cfg.data.loader_workers).to(device)
     method_class = get_method(cfg.method.name)
-    student = create_model(cfg.student, splits.num_classes, splits.input_shape[0])
-    student_info = model_info(student, splits.input_shape, cfg.student)
+    student = create_model(cfg.student, data.num_classes, data.input_shape[0])
+    student_info = model_info(student, data.input_shape, cfg.student)
     teacher, teacher_taps, teacher_info = None, None, None
     taps = method_class.taps(cfg.method, student.stage_taps)
     if method_class.needs_teacher:
-        teacher = load_teacher(cfg, splits)
-        teacher_info = model_info(teacher, splits.input_shape, cfg.teacher)
-        teacher_taps = Tapped(teacher, taps).to(device)
-    data_info = DataInfo(splits.num_classes, len(splits.train[1]))
+        teacher = load_teacher(cfg, data)
+        teacher_info = model_info(teacher, data.input_shape, cfg.teacher)
+        teacher = teacher.to(device, memory_format=memory_format)
+        teacher_taps = Tapped(teacher, taps, compile=cfg.train.compile)
+    data_info = DataInfo(data.num_classes, data.size("train"))
     method = method_class(cfg.method, student_info, teacher_info, data_info)
-    distiller = Distiller(student, method, taps).to(device)
+    distiller = Distiller(student, method, taps, precision, cfg.train.compile)
+    distiller = distiller.to(device, memory_format=memory_format)
     trainer = distiller
     if world > 1:
         trainer = DistributedDataParallel(distiller, find_unused_parameters=method.sometimes_unused)
 
     optimizer = torch.optim.SGD(distiller.parameters(), lr=cfg.train.lr,
                                 momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+    schedule = make_schedule(optimizer, cfg.train)
     start_epoch = 0
     if (resume := reporter.latest_checkpoint()) is not None:
         start_epoch = _restore(resume, distiller, optimizer, schedule)
 
-    shuffle = torch.Generator(device=device)
     per_rank_batch = max(1, cfg.data.batch_size // world)  # data.batch_size is the global batch
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
-        shuffle.manual_seed(cfg.seed * 100_003 + epoch)  # same order on every rank, resumable
         distiller.train()
         if teacher_taps is not None:
             teacher_taps.train(method.teacher_train_mode)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
-        for x, y, index in shard_batches(splits.train, per_rank_batch, rank, world, shuffle):
-            if cfg.data.augment and splits.shift_pad:
-                x = random_shift(x, splits.shift_pad, shuffle)
-            with torch.no_grad():
-                teacher_feats = teacher_taps(x) if teacher_taps is not None else None
+        # the same order on every rank, and on a resumed trial
+        for x, y, index in data.batches("train", per_rank_batch, rank, world,
+                                        shuffle_seed=cfg.seed * 100_003 + epoch, augment=cfg.data.augment):
+            x = x.contiguous(memory_format=memory_format)
+            teacher_feats = teacher_features(teacher_taps, x, precision) if teacher_taps else None
             terms = trainer(x, y, index, epoch, teacher_feats, teacher)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
@@ -178,13 +209,16 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
 
         names = sorted(sums)
         means = (_all_reduce(torch.stack([sums[n] for n in names]).double()) / (steps * world)).tolist()
-        val = evaluate(distiller.student, splits.val, rank, world)
-        metrics = {"epoch": epoch + 1, "train_loss": sum(means), "val_acc": val["acc"],
-                   "val_loss": val["loss"], "lr": lr}
+        metrics = {"epoch": epoch + 1, "train_loss": sum(means), "lr": lr,
+                   "batch_global": per_rank_batch * world}  # what DDP really ran with
         metrics.update({f"loss/{n}": v for n, v in zip(names, means)})
+        evaluating = time.perf_counter()
+        if val := evaluate(distiller.student, data, "val", rank, world, precision, memory_format):
+            metrics.update(val_acc=val["acc"], val_loss=val["loss"])
         if epoch + 1 == cfg.train.epochs:  # test data is for reporting only, at the end
-            test = evaluate(distiller.student, splits.test, rank, world)
+            test = evaluate(distiller.student, data, "test", rank, world, precision, memory_format)
             metrics.update(test_acc=test["acc"], test_loss=test["loss"])
+        metrics["eval_seconds"] = time.perf_counter() - evaluating
         metrics["epoch_seconds"] = time.perf_counter() - started
         metrics["device"] = device.type
         _report(reporter, metrics, rank, epoch, distiller, optimizer, schedule)
@@ -212,3 +246,17 @@ def _restore(directory: str, distiller: Distiller, optimizer, schedule) -> int:
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     return state["epoch"] + 1
+
+
+def accuracy_on_test(model_name: str, state_dict: dict[str, torch.Tensor], dataset: str,
+                  data_dir: str | None, device: torch.device | None = None) -> float:
+    """Test accuracy of weights loaded strictly into `model_name` (an imported teacher)."""
+    device = device or pick_device("auto")
+    data = load_dataset(dataset, data_dir, 0.0, 0).to(device)
+    model = create_model(model_name, data.num_classes, data.input_shape[0])
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise UserError(f"the checkpoint does not fit {model_name}: {str(error).splitlines()[1].strip()}; "
+                        f"check --model") from None
+    return evaluate(Tapped(model.to(device), {"logits"}), data, "test", 0, 1)["acc"]

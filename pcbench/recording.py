@@ -37,8 +37,10 @@ class TrialListener(Protocol):
 
 
 class _Trial:
-    def __init__(self, config: TrialConfig, knobs: dict[str, Any], run_id: str):
+    def __init__(self, config: TrialConfig, knobs: dict[str, Any], run_id: str, phase: str,
+                 selected_trial: str | None):
         self.config, self.knobs, self.run_id = config, knobs, run_id
+        self.phase, self.selected_trial = phase, selected_trial
         self.started = time.monotonic()
         self.epochs: list[dict[str, Any]] = []
 
@@ -46,9 +48,13 @@ class _Trial:
 class SearchRecorder:
     """A TrialListener that writes MLflow runs as trials go and Parquet rows on `flush`."""
 
-    def __init__(self, tracker: "Tracker", parent_run_id: str, store: ResultsStore, search_id: str):
+    def __init__(self, tracker: "Tracker", parent_run_id: str, store: ResultsStore, search_id: str,
+                 suite: str | None = None):
         self.tracker, self.parent_run_id = tracker, parent_run_id
-        self.store, self.search_id = store, search_id
+        self.store, self.search_id, self.suite = store, search_id, suite
+        # What the trials being run are for; the workflow sets it before each stage.
+        self.phase, self.selected_trial = "search", None
+        self.gpus_per_trial = 0.0
         self.versions = package_versions()
         self._trials: dict[str, _Trial] = {}
         self.trials_seen = self.trials_failed = 0
@@ -62,13 +68,13 @@ class SearchRecorder:
                 "pcbench.student": config.student, "pcbench.dataset": config.data.name,
                 "pcbench.seed": config.seed, "pcbench.teacher_sha256": config.teacher_sha256 or "",
                 "pcbench.config_hash": config.hash, "pcbench.trial_id": trial_id,
-                "pcbench.search_id": self.search_id,
+                "pcbench.search_id": self.search_id, "pcbench.phase": self.phase,
                 "pcbench.versions": json.dumps(self.versions, sort_keys=True)}
         params = {k: v for k, v in config.flat().items() if k not in ("teacher_weights",)}
         run_id = self.tracker.start_run(f"{config.method.name}-{trial_id}", params, tags,
                                         self.parent_run_id)
         self.tracker.log_dict(run_id, config.to_dict(), "config.yaml")
-        self._trials[trial_id] = _Trial(config, knobs, run_id)
+        self._trials[trial_id] = _Trial(config, knobs, run_id, self.phase, self.selected_trial)
 
     def trial_epoch(self, trial_id, metrics):
         trial = self._trials[trial_id]
@@ -88,16 +94,17 @@ class SearchRecorder:
         self.tracker.end_run(trial.run_id, "FAILED" if error else "FINISHED")
         self._trial_rows.append({
             "search_id": self.search_id, "trial_id": trial_id, "mlflow_run_id": trial.run_id,
+            "suite": self.suite, "phase": trial.phase, "selected_trial": trial.selected_trial,
             "method": cfg.method.name, "dataset": cfg.data.name, "teacher": cfg.teacher,
             "student": cfg.student, "seed": cfg.seed,
             "knobs": json.dumps(trial.knobs, sort_keys=True),
             "config": json.dumps(cfg.to_dict(), sort_keys=True),
             "val_acc": last.get("val_acc"),
-            "val_acc_best": max((e["val_acc"] for e in epochs), default=None),
+            "val_acc_best": max((e["val_acc"] for e in epochs if "val_acc" in e), default=None),
             "test_acc": last.get("test_acc"), "epochs_run": len(epochs), "epochs_planned": planned,
             "wall_seconds": time.monotonic() - trial.started,
             "train_seconds": sum(e.get("epoch_seconds", 0.0) for e in epochs),
-            "workers": cfg.train.workers, "device": last.get("device"),
+            "workers": cfg.train.workers, "gpus": self.gpus_per_trial, "device": last.get("device"),
             "config_hash": cfg.hash, "teacher_sha256": cfg.teacher_sha256, "status": status,
             "error": error, "scoring_rule": SCORING_RULE, "selection_split": SELECTION_SPLIT,
             "versions": json.dumps(self.versions, sort_keys=True),

@@ -2,21 +2,43 @@
 checkpoint plus a JSON record of its sha256, accuracy and recipe. Trials record the hash."""
 
 import hashlib
+import pickle
 import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
+import torch
 from pydantic import BaseModel
 
 from pcbench.atomic import write_atomic
-from pcbench.config import TrialConfig
+from pcbench.config import TrialConfig, build_config
 from pcbench.engine import MODEL_FILE, LocalReporter, train_trial
 from pcbench.errors import UserError
+from pcbench.recipes import with_recipe
 
-# The fixed recipe a teacher is trained with on first use (digits: a few seconds on a CPU).
-RECIPE = {"epochs": 30, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
+# Trains a teacher's trial and returns (its last metrics, the folder of its final checkpoint).
+Runner = Callable[[TrialConfig], tuple[dict, str]]
+
+# The recipe a teacher is trained with: the data set's published one, on all the training
+# data (as RepDistiller's teachers are); digits, the embedded default, a few seconds on a CPU.
+DIGITS_RECIPE = {"epochs": 30, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
+TEACHER_RECIPES = {"cifar10": "cifar100-crd", "cifar100": "cifar100-crd", "imagenet": "imagenet"}
 RECIPE_SEED = 0
+
+
+def teacher_config(model: str, dataset: str, data_dir: str | None = None,
+                   overrides: dict | None = None) -> TrialConfig:
+    """The `ce` trial that trains a teacher."""
+    base = {"data": {"name": dataset, "root": data_dir}, "student": model, "method": "ce",
+            "seed": RECIPE_SEED}
+    if dataset in TEACHER_RECIPES:
+        base = with_recipe(base, TEACHER_RECIPES[dataset])
+        base["data"]["val_fraction"] = 0.0
+    else:
+        base["train"] = dict(DIGITS_RECIPE)
+    return build_config(base, overrides or {})
 
 
 class TeacherRecord(BaseModel):
@@ -24,9 +46,9 @@ class TeacherRecord(BaseModel):
     dataset: str
     path: str
     sha256: str
-    val_acc: float
+    val_acc: float | None  # None when the teacher trained on all the training data
     test_acc: float
-    recipe: dict
+    recipe: dict  # the trial's train settings, or where an imported checkpoint came from
     created: str
 
 
@@ -56,19 +78,47 @@ class TeacherStore:
         return [TeacherRecord.model_validate_json(p.read_text())
                 for p in sorted(self.root.glob("*/*.json"))]
 
-    def train(self, model: str, dataset: str, on_epoch=None) -> TeacherRecord:
-        """Train `model` on `dataset` with the fixed recipe (a `ce` trial) and store it."""
-        config = TrialConfig.parse({"data": {"name": dataset}, "student": model, "method": "ce",
-                                    "train": RECIPE, "seed": RECIPE_SEED})
-        weights, record_path = self._paths(model, dataset)
+    def train(self, config: TrialConfig, runner: Runner | None = None, on_epoch=None) -> TeacherRecord:
+        """Train `config` (see `teacher_config`) and store its student as the teacher. Without
+        a runner it trains in this process."""
+        model, dataset = config.student, config.data.name
+        weights, _ = self._paths(model, dataset)
         weights.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=weights.parent) as scratch:
-            reporter = LocalReporter(scratch, on_epoch=on_epoch)
-            final = train_trial(config, reporter)
-            write_atomic(weights, lambda p: shutil.copyfile(Path(reporter.checkpoint_dir) / MODEL_FILE, p))
+            if runner is None:
+                reporter = LocalReporter(scratch, on_epoch=on_epoch)
+                final, checkpoint = train_trial(config, reporter), reporter.checkpoint_dir
+            else:
+                final, checkpoint = runner(config)
+            write_atomic(weights, lambda p: shutil.copyfile(Path(checkpoint) / MODEL_FILE, p))
+        return self._record(model, dataset, final.get("val_acc"), final["test_acc"],
+                            config.train.model_dump(mode="json"))
+
+    def import_checkpoint(self, source: str | Path, model: str, dataset: str, evaluate) -> TeacherRecord:
+        """Store a RepDistiller / mdistiller checkpoint ({'model': state_dict}; a bare state
+        dict or DataParallel's 'module.' keys also load) after loading it strictly into `model`
+        and measuring its test accuracy with `evaluate(model_name, state_dict) -> accuracy`."""
+        try:
+            loaded = torch.load(source, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+            raise UserError(f"cannot read {source} as a PyTorch checkpoint ({error}); "
+                            f"pass a file saved with torch.save") from None
+        state = loaded.get("model", loaded.get("state_dict", loaded)) if isinstance(loaded, dict) else None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UserError(f"{source} holds no state_dict (expected {{'model': state_dict}})")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        accuracy = evaluate(model, state)
+        weights, _ = self._paths(model, dataset)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(weights, lambda p: torch.save({"model": state}, p))
+        origin = {"imported_from": str(Path(source).resolve()), "source_sha256": sha256_of(source)}
+        return self._record(model, dataset, None, accuracy, origin)
+
+    def _record(self, model, dataset, val_acc, test_acc, recipe) -> TeacherRecord:
+        weights, record_path = self._paths(model, dataset)
         record = TeacherRecord(
             model=model, dataset=dataset, path=str(weights), sha256=sha256_of(weights),
-            val_acc=final["val_acc"], test_acc=final["test_acc"], recipe=RECIPE,
+            val_acc=val_acc, test_acc=test_acc, recipe=recipe,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_atomic(record_path, lambda p: p.write_text(record.model_dump_json(indent=2)))
         return record
@@ -77,7 +127,7 @@ class TeacherStore:
         """The stored teacher, checked against its hash; trained first if there is none."""
         record = self.get(model, dataset)
         if record is None:
-            return self.train(model, dataset, on_epoch)
+            return self.train(teacher_config(model, dataset), on_epoch=on_epoch)
         if sha256_of(record.path) != record.sha256:
             raise UserError(f"teacher {record.path} does not match its recorded sha256; "
                             f"retrain it with `pcbench teacher train --model {model} --dataset {dataset}`")

@@ -1,7 +1,9 @@
-"""The steps behind `pcbench run | search | demo`: validate everything (no writes, no Ray),
-make sure the teacher exists, open the search's MLflow parent run, search each method on Ray
-(or run one trial in this process), record every trial, write the Parquet parts."""
+"""The steps behind `pcbench run | search | benchmark`: validate everything (no writes, no
+Ray), make sure the teachers exist, open one MLflow parent run, search each method on Ray (or
+run one trial in this process), in a benchmark re-run each method's winner with several seeds,
+record every trial, write the Parquet parts."""
 
+import json
 import os
 import socket
 import uuid
@@ -11,11 +13,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pcbench.config import TrialConfig, build_config
+from pcbench.data import check_dataset, get_dataset
 from pcbench.errors import UserError
 from pcbench.launch.resources import COORDINATOR_CPUS
 from pcbench.methods import get_method
+from pcbench.recipes import with_recipe
 from pcbench.recording import SearchRecorder, TrialListener
 from pcbench.results import ResultsStore
+from pcbench.results.leaderboard import best_trial
 from pcbench.spaces import SearchSpace, default_space_path, load_space
 from pcbench.teachers import TeacherStore, attach
 
@@ -25,6 +30,7 @@ class Request:
     methods: list[str]
     base: dict[str, Any] = field(default_factory=dict)  # from --dataset, --epochs, ...
     overrides: dict[str, Any] = field(default_factory=dict)  # from --set
+    recipe: str | None = None  # a named profile under `base` (recipes.py)
     space_file: str | None = None
     search: bool = True  # False: one trial of the configuration as given
     ray: bool = True  # False: in this process (one worker)
@@ -39,6 +45,10 @@ class Request:
     address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    # A benchmark: after each method's search, its selected configuration is re-run once per
+    # seed on the full training set (final_epochs long; None: as the search trials).
+    final_seeds: list[int] = field(default_factory=list)
+    final_epochs: int | None = None
 
 
 @dataclass
@@ -77,7 +87,7 @@ def validate(request: Request) -> list[Prepared]:
     prepared = []
     for method in dict.fromkeys(request.methods):
         get_method(method)
-        base = {**request.base, "method": method}
+        base = {**with_recipe(request.base, request.recipe), "method": method}
         if request.search:
             space = load_space(request.space_file or default_space_path(method))
             prepared.append(Prepared(method, space.validate(base, request.overrides), space))
@@ -85,6 +95,9 @@ def validate(request: Request) -> list[Prepared]:
             prepared.append(Prepared(method, build_config(base, request.overrides), None))
     for item in prepared:
         _check_resources(request, item.template)
+    template = prepared[0].template
+    check_dataset(template.data.name, template.data.root)
+    _check_teachers(request, prepared)
     if request.ray:
         _check_address(request.address or os.environ.get("RAY_ADDRESS"))
     return prepared
@@ -102,6 +115,19 @@ def _check_address(address: str | None) -> None:
     except OSError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); "
                         f"check --address or RAY_ADDRESS") from None
+
+
+def _check_teachers(request: Request, prepared: list[Prepared]) -> None:
+    """Embedded data sets train a missing teacher on first use; others need it stored."""
+    store = TeacherStore(request.teachers)
+    for item in prepared:
+        t = item.template
+        if (get_method(item.method).needs_teacher and not get_dataset(t.data.name).embedded
+                and store.get(t.teacher, t.data.name) is None):
+            raise UserError(f"no {t.teacher} teacher for {t.data.name} in {request.teachers}; train it "
+                            f"with `pcbench teacher train --model {t.teacher} --dataset {t.data.name}` "
+                            f"or import one with `pcbench teacher import FILE --model {t.teacher} "
+                            f"--dataset {t.data.name}`")
 
 
 def _check_resources(request: Request, template: TrialConfig) -> None:
@@ -158,43 +184,61 @@ class Outcome:
     failed: int
 
 
+Work = Sequence[tuple[Request, list[Prepared]]]
+
+
 def execute(request: Request, prepared: list[Prepared], listeners: Sequence[TrialListener] = (),
             on_teacher: Callable[[str, str], None] = lambda model, dataset: None,
             on_search: Callable[[Prepared], None] = lambda item: None) -> Outcome:
-    """Run validated work. Trials land in MLflow and the results store."""
+    """Run one validated search (or single trial). Trials land in MLflow and the results store."""
+    return execute_all([(request, prepared)], listeners, on_teacher, on_search)
+
+
+def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
+                on_teacher: Callable[[str, str], None] = lambda model, dataset: None,
+                on_search: Callable[[Prepared], None] = lambda item: None,
+                suite: str | None = None) -> Outcome:
+    """Run validated requests that share the stores and Ray settings of the first (one per
+    pair in a benchmark) under one MLflow parent run."""
     from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
 
+    request, prepared = work[0]
     # The store first: a bad URI fails before a teacher is trained or Ray started.
     for uri in (request.tracking_uri, request.optuna_storage):
         if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    experiment = request.experiment or experiment_name(prepared[0].template)
+    experiment = request.experiment or (f"pcbench-benchmark-{suite}" if suite
+                                        else experiment_name(prepared[0].template))
     tracker = Tracker(request.tracking_uri, experiment)
     if request.ray:
         from pcbench.launch.cluster import start_ray
         start_ray(request.address)
-    prepared = _with_teacher(prepared, TeacherStore(request.teachers), on_teacher)
+    store = TeacherStore(request.teachers)
+    work = [(r, _with_teacher(p, store, on_teacher)) for r, p in work]
     first = prepared[0].template
     search_id = new_search_id()
+    kind = "benchmark" if suite else ("search" if request.search else "run")
     parent = tracker.start_run(
-        f"search-{search_id}",
-        {"methods": ",".join(p.method for p in prepared), "samples": request.samples,
-         "concurrent": request.concurrent, "seed": request.seed, "epochs": first.train.epochs,
-         "workers": first.train.workers, "dataset": first.data.name, "teacher": first.teacher,
-         "student": first.student, "ray": request.ray},
-        {"pcbench.search_id": search_id, "pcbench.kind": "search" if request.search else "run",
+        f"{kind}-{search_id}",
+        {"methods": ",".join(dict.fromkeys(p.method for _, ps in work for p in ps)),
+         "pairs": ",".join(dict.fromkeys(f"{p.template.teacher}->{p.template.student}"
+                                         for _, ps in work for p in ps)),
+         "samples": request.samples, "concurrent": request.concurrent, "seed": request.seed,
+         "epochs": first.train.epochs, "workers": first.train.workers, "dataset": first.data.name,
+         "final_seeds": ",".join(map(str, request.final_seeds)), "ray": request.ray},
+        {"pcbench.search_id": search_id, "pcbench.kind": kind, "pcbench.suite": suite or "",
          "pcbench.optuna_storage": request.optuna_storage})
-    recorder = SearchRecorder(tracker, parent, ResultsStore(request.results), search_id)
+    results = ResultsStore(request.results)
+    recorder = SearchRecorder(tracker, parent, results, search_id, suite)
     status = "FAILED"
     try:
-        if request.ray:
-            _run_on_ray(request, prepared, [recorder, *listeners], recorder, search_id,
-                        experiment, on_search)
-        else:
-            for item in prepared:
+        for item_request, items in work:
+            recorder.gpus_per_trial = item_request.gpus_per_trial if item_request.ray else 0.0
+            for item in items:
                 on_search(item)
-                _run_here(item.template, request.results, [recorder, *listeners])
-                recorder.flush(f"{search_id}-{item.method}")
+                _search(item_request, item, [recorder, *listeners], recorder, search_id, experiment)
+                if item_request.final_seeds:
+                    _final_runs(item_request, item, [recorder, *listeners], recorder, search_id)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -210,21 +254,67 @@ def study_name(experiment: str, method: str) -> str:
     return f"{experiment}-{method}"
 
 
-def _run_on_ray(request, prepared, listeners, recorder, search_id, experiment, on_search) -> None:
+def _part(search_id: str, template: TrialConfig, phase: str) -> str:
+    return f"{search_id}-{template.teacher}-{template.student}-{template.method.name}-{phase}"
+
+
+def _search(request: Request, item: Prepared, listeners, recorder: SearchRecorder, search_id: str,
+            experiment: str) -> None:
+    recorder.phase, recorder.selected_trial = ("search" if request.search else "run"), None
+    if not request.ray:
+        _run_here(item.template, request.results, listeners)
+    else:
+        from pcbench.launch.search import SearchPlan, run_search
+        pair = f"{item.template.teacher}-{item.template.student}"
+        run_search(SearchPlan(
+            name=f"{search_id}-{pair}-{item.method}", template=item.template, space=item.space,
+            samples=request.samples, concurrent=request.concurrent, seed=request.seed,
+            storage=(request.results / "ray").resolve(), cpus_per_trial=request.cpus_per_trial,
+            gpus_per_trial=request.gpus_per_trial, optuna_storage=request.optuna_storage or None,
+            # a suite's experiment spans pairs: one study per pair and method
+            study_name=study_name(f"{experiment}-{pair}" if recorder.suite else experiment,
+                                  item.method)), listeners)
+    recorder.flush(_part(search_id, item.template, "search"))
+
+
+def final_config(selected: TrialConfig, epochs: int | None) -> TrialConfig:
+    """The selected configuration trained on all the training data (no validation split),
+    `epochs` long, with the recipe's milestones for that length."""
+    tree = selected.to_dict()
+    tree["data"]["val_fraction"] = 0.0
+    if epochs is not None and epochs != selected.train.epochs:
+        train = tree["train"]
+        train["epochs"] = epochs
+        if selected.train.recipe:
+            recipe_train = with_recipe({"student": selected.student, "train": {"epochs": epochs}},
+                                       selected.train.recipe)["train"]
+            train["milestones"] = recipe_train["milestones"] if "milestones" in recipe_train else []
+        else:
+            ratio = epochs / selected.train.epochs
+            train["milestones"] = sorted({max(1, round(m * ratio)) for m in selected.train.milestones})
+    return TrialConfig.parse(tree)
+
+
+def _final_runs(request: Request, item: Prepared, listeners, recorder: SearchRecorder,
+                search_id: str) -> None:
     from pcbench.launch.search import SearchPlan, run_search
 
-    storage = (request.results / "ray").resolve()
-    for item in prepared:
-        on_search(item)
-        plan = SearchPlan(
-            name=f"{search_id}-{item.method}", template=item.template, space=item.space,
-            samples=request.samples, concurrent=request.concurrent, seed=request.seed,
-            storage=storage, cpus_per_trial=request.cpus_per_trial,
-            gpus_per_trial=request.gpus_per_trial,
-            optuna_storage=request.optuna_storage or None,
-            study_name=study_name(experiment, item.method))
-        run_search(plan, listeners)
-        recorder.flush(f"{search_id}-{item.method}")
+    t = item.template
+    trials = ResultsStore(request.results).read("trials")
+    mine = trials[(trials["search_id"] == search_id) & (trials["phase"] == "search")
+                  & (trials["method"] == item.method) & (trials["teacher"] == t.teacher)
+                  & (trials["student"] == t.student)]
+    best = best_trial(mine)
+    if best is None:
+        return  # no trial completed: the leaderboard has no row for this method
+    template = final_config(TrialConfig.parse(json.loads(best["config"])), request.final_epochs)
+    recorder.phase, recorder.selected_trial = "final", best["trial_id"]
+    run_search(SearchPlan(
+        name=f"{search_id}-{t.teacher}-{t.student}-{item.method}-final", template=template, space=None,
+        samples=1, concurrent=request.concurrent, seed=request.seed,
+        storage=(request.results / "ray").resolve(), cpus_per_trial=request.cpus_per_trial,
+        gpus_per_trial=request.gpus_per_trial, seeds=request.final_seeds), listeners)
+    recorder.flush(_part(search_id, t, "final"))
 
 
 def _run_here(config: TrialConfig, results: Path, listeners: Sequence[TrialListener]) -> None:

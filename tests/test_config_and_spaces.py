@@ -35,9 +35,9 @@ def test_config_hash_ignores_the_seed_but_not_the_knobs():
 @pytest.mark.parametrize("overrides, message", [
     ({"method.temperature": -1}, "method.temperature: Input should be greater than 0"),
     ({"method.tau": 0}, "method.tau: Input should be greater than 0"),
-    ({"method.tap": "stage9"}, "tap 'stage9' does not exist in student cnn_small; valid taps: stage1"),
+    ({"method.tap": "stage9"}, "tap 'stage9' does not exist in student cnn_small; valid taps: stem, stage1"),
     ({"method.nope": 1}, "method.nope: not a knob of method 'pc'; its knobs are: w_ce"),
-    ({"data.name": "imagenet"}, "unknown data set 'imagenet'; choose one of digits"),
+    ({"data.name": "mnist"}, "unknown data set 'mnist'; choose one of cifar10, cifar100, digits"),
     ({"train.bogus": 1}, "train.bogus: unknown setting"),
 ])
 def test_bad_values_give_one_line_naming_the_fix(overrides, message):

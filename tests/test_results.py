@@ -50,5 +50,5 @@ def test_report_files_are_written(tmp_path):
     paths = write_report(board, tmp_path)
     assert pd.read_parquet(paths[0]).trial_id.tolist() == ["a"]
     markdown = paths[1].read_text()
-    assert "| pc | 91.00 | 90.00 | tau=0.1235 |" in markdown
+    assert "| pc | 91.00 | 1 | 90.00 | tau=0.1235 |" in markdown
     assert "<table" in paths[2].read_text()

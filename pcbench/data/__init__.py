@@ -1,21 +1,68 @@
-"""Data sets by name. Each loader returns seeded in-memory splits (see `Splits`)."""
+"""Data sets by name. Each loads seeded splits as a `DataSource` (see `splits.py`)."""
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from pcbench.data import digits
-from pcbench.data.splits import Splits, random_shift, shard_batches
+from pcbench.data.splits import BatchTransform, DataSource, Splits
 from pcbench.errors import UserError
 
-_DATASETS: dict[str, Callable[[float, int], Splits]] = {"digits": digits.load}
+__all__ = ["BatchTransform", "DataSource", "Splits", "DataSet", "check_dataset", "dataset_names",
+           "get_dataset", "load_dataset"]
 
-__all__ = ["Splits", "dataset_names", "load_dataset", "random_shift", "shard_batches"]
+DEFAULT_ROOT = "~/.cache/pcbench/data"
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    val_fraction: float  # the default validation share of the training data
+    load: Callable[..., DataSource]  # (root, val_fraction, split_seed, loader_workers)
+    check: Callable[[str], None] = lambda root: None  # files present, before any trial
+    embedded: bool = False  # ships with the installed packages: no --data-dir needed
+
+
+def _digits(root, val_fraction, split_seed, loader_workers):
+    from pcbench.data import digits
+    return digits.load(val_fraction, split_seed)
+
+
+def _cifar(name: str) -> DataSet:
+    from pcbench.data import cifar
+    return DataSet(name, 0.1,  # 5,000 of the 50,000 training images
+                   lambda root, val_fraction, split_seed, loader_workers:
+                   cifar.load(name, root, val_fraction, split_seed),
+                   lambda root: cifar.check(name, root))
+
+
+def _imagenet() -> DataSet:
+    from pcbench.data import folder
+    return DataSet("imagenet", 0.01,
+                   lambda root, val_fraction, split_seed, loader_workers:
+                   folder.FolderSplits(root, val_fraction, split_seed, loader_workers=loader_workers),
+                   folder.check)
+
+
+_DATASETS = {d.name: d for d in (DataSet("digits", 0.15, _digits, embedded=True),
+                                 _cifar("cifar10"), _cifar("cifar100"), _imagenet())}
 
 
 def dataset_names() -> list[str]:
     return sorted(_DATASETS)
 
 
-def load_dataset(name: str, val_fraction: float, split_seed: int) -> Splits:
+def get_dataset(name: str) -> DataSet:
     if name not in _DATASETS:
         raise UserError(f"unknown data set '{name}': choose one of {', '.join(dataset_names())}")
-    return _DATASETS[name](val_fraction, split_seed)
+    return _DATASETS[name]
+
+
+def check_dataset(name: str, root: str | None) -> None:
+    get_dataset(name).check(str(Path(root or DEFAULT_ROOT).expanduser()))
+
+
+def load_dataset(name: str, root: str | None, val_fraction: float | None, split_seed: int,
+                 loader_workers: int = 8) -> DataSource:
+    dataset = get_dataset(name)
+    fraction = dataset.val_fraction if val_fraction is None else val_fraction
+    return dataset.load(str(Path(root or DEFAULT_ROOT).expanduser()), fraction, split_seed, loader_workers)

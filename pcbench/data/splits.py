@@ -1,35 +1,64 @@
-"""In-memory splits and the batch pipeline that runs on the training device."""
+"""Train / validation / test splits and the batch pipeline that runs on the training device.
 
-from dataclasses import dataclass
-from typing import Iterator
+Every data set gives the engine the same thing: `batches(split, ...)` yields this rank's
+(x, y, sample indices), x a float batch on the device, ready for the model. Small data sets
+(digits, CIFAR) live whole on the device as tensors and are augmented there per batch, with
+no per-sample Python work; image folders stream through a DataLoader (see `folder.py`).
+"""
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
 
 import torch
 
 Pair = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, y, sample indices
+SPLITS = ("train", "val", "test")
 
 
-@dataclass
-class Splits:
-    """Train / validation / test tensors. Validation is carved from training data with a
-    fixed seed and is what selection uses; test is for reporting only."""
-
-    train: Pair
-    val: Pair
-    test: Pair
+class DataSource(Protocol):
     num_classes: int
-    shift_pad: int = 0  # random-translation padding for augmentation (0: none)
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train[0].shape[1:])
+    def input_shape(self) -> tuple[int, ...]: ...
 
-    def to(self, device: torch.device) -> "Splits":
-        move = lambda p: (p[0].to(device), p[1].to(device))  # noqa: E731
-        return Splits(move(self.train), move(self.val), move(self.test), self.num_classes,
-                      self.shift_pad)
+    def size(self, split: str) -> int: ...
+
+    def to(self, device: torch.device) -> "DataSource": ...
+
+    def batches(self, split: str, batch_size: int, rank: int = 0, world: int = 1,
+                shuffle_seed: int | None = None, augment: bool = False) -> Iterator[Batch]:
+        """This rank's batches. With a seed (training) the order is shuffled identically on
+        every rank and the last partial batch dropped; otherwise every sample, in order."""
 
 
-def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class BatchTransform:
+    """Augmentation and normalisation of a whole batch on its device: random crop of the
+    zero-padded image, horizontal flip, then uint8 -> float and per-channel normalisation."""
+
+    crop_pad: int = 0
+    flip: bool = False
+    mean: tuple[float, ...] | None = None  # in [0, 1] units; None: already normalised
+    std: tuple[float, ...] | None = None
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if generator is not None:  # training: augment
+            if self.crop_pad:
+                x = random_crop(x, self.crop_pad, generator)
+            if self.flip:
+                flipped = torch.rand(len(x), generator=generator, device=generator.device) < 0.5
+                x = torch.where(flipped.to(x.device)[:, None, None, None], x.flip(3), x)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, device=x.device)[None, :, None, None]
+            std = torch.tensor(self.std, device=x.device)[None, :, None, None]
+            x = (x - mean) / std
+        return x
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop of the zero-padded batch back to its size: one gather, no per-sample loop."""
     b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
@@ -42,18 +71,52 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch
     return padded[batch, chan, rows, cols]
 
 
-def shard_batches(data: Pair, batch_size: int, rank: int, world: int,
-                  generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-    """This rank's batches as (x, y, sample indices). With a generator (training) the order
-    is shuffled identically on every rank (same seed), each rank takes every world-th sample,
-    so ranks never overlap, and the last partial batch is dropped: every rank takes the same
-    number of steps, and batch-relational losses (PC, RKD, CRD...) never see a batch of one."""
-    x, y = data
-    n = (len(x) // world) * world if generator is not None else len(x)
-    order = (torch.randperm(len(x), generator=generator, device=generator.device)[:n].to(x.device)
-             if generator is not None else torch.arange(n, device=x.device))
-    mine = order[rank::world]
-    stop = len(mine) - len(mine) % batch_size if generator is not None else len(mine)
+def rank_order(n: int, rank: int, world: int, shuffle_seed: int | None,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """This rank's sample indices: a seeded permutation shared by all ranks (each takes every
+    world-th sample, so ranks never overlap), or all samples in order when not shuffling."""
+    if shuffle_seed is None:
+        return torch.arange(n, device=device)[rank::world]
+    generator = torch.Generator(device=device).manual_seed(shuffle_seed)
+    order = torch.randperm(n, generator=generator, device=device)
+    return order[: (n // world) * world][rank::world]
+
+
+def chunks(indices: torch.Tensor, batch_size: int, drop_last: bool) -> Iterator[torch.Tensor]:
+    stop = len(indices) - len(indices) % batch_size if drop_last else len(indices)
     for start in range(0, stop, batch_size):
-        idx = mine[start:start + batch_size]
-        yield x[idx], y[idx], idx
+        yield indices[start:start + batch_size]
+
+
+@dataclass
+class Splits:
+    """Whole splits as tensors (uint8 images or float features) on one device. Validation is
+    carved from the training data with a fixed seed and is what selection uses (it may be
+    empty: a final run trains on all the training data); test is for reporting only."""
+
+    train: Pair
+    val: Pair
+    test: Pair
+    num_classes: int
+    transform: BatchTransform = field(default_factory=BatchTransform)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train[0].shape[1:])
+
+    def size(self, split: str) -> int:
+        return len(getattr(self, split)[1])
+
+    def to(self, device: torch.device) -> "Splits":
+        move = lambda p: (p[0].to(device), p[1].to(device))  # noqa: E731
+        return Splits(move(self.train), move(self.val), move(self.test), self.num_classes,
+                      self.transform)
+
+    def batches(self, split, batch_size, rank=0, world=1, shuffle_seed=None, augment=False):
+        x, y = getattr(self, split)
+        generator = None
+        if shuffle_seed is not None:  # batch-relational losses (PC, RKD, CRD) never see a batch of one
+            generator = torch.Generator(device=x.device).manual_seed(shuffle_seed + 1)
+        order = rank_order(len(x), rank, world, shuffle_seed, x.device)
+        for idx in chunks(order, batch_size, drop_last=shuffle_seed is not None):
+            yield self.transform(x[idx], generator if augment else None), y[idx], idx

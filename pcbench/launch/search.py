@@ -21,13 +21,14 @@ from pcbench.spaces import SearchSpace
 METRIC, MODE = "val_acc", "max"
 # What the engine reports, out of the result dicts Tune adds its own fields to.
 ENGINE_KEYS = {"epoch", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr",
-               "epoch_seconds", "device"}
+               "batch_global", "epoch_seconds", "eval_seconds", "device"}
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
 
 
 @dataclass
 class SearchPlan:
-    """One method's search. With no space it is a single trial of the template (`pcbench run`)."""
+    """One method's search. With no space it runs the template as it is: once (`pcbench run`),
+    or once per seed in `seeds` (a benchmark's final runs)."""
 
     name: str  # unique within the storage folder
     template: TrialConfig  # teacher attached, overrides applied
@@ -42,6 +43,7 @@ class SearchPlan:
     # the same study name appends to it. None: in memory.
     optuna_storage: str | None = None
     study_name: str | None = None
+    seeds: list[int] | None = None
 
 
 class _Relay(tune.Callback):
@@ -87,8 +89,12 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
         tune.with_parameters(tune_trial, template=template, cpus=plan.cpus_per_trial,
                              gpus=plan.gpus_per_trial, storage=str(plan.storage)),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
+    param_space = None
     if plan.space is None:
-        tune_config = tune.TuneConfig(num_samples=1, reuse_actors=True)
+        if plan.seeds:
+            param_space = {"seed": tune.grid_search(plan.seeds)}
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.concurrent,
+                                      reuse_actors=True)
     else:
         storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
         searcher = OptunaSearch(
@@ -103,6 +109,7 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
             num_samples=plan.samples, max_concurrent_trials=plan.concurrent, reuse_actors=True)
     tuner = tune.Tuner(
         trainable,
+        param_space=param_space,
         tune_config=tune_config,
         run_config=tune.RunConfig(
             name=plan.name, storage_path=str(plan.storage), verbose=0,
@@ -114,3 +121,20 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
         ),
     )
     return tuner.fit()
+
+
+def train_one(config: TrialConfig, storage: Path, name: str, cpus_per_trial: float = 1.0,
+              gpus_per_trial: float = 0.0) -> tuple[dict[str, Any], str]:
+    """One trial on the cluster (a teacher's training): its last metrics and the folder of
+    its final checkpoint, copied to this machine."""
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, template=config.to_dict(), cpus=cpus_per_trial,
+                             gpus=gpus_per_trial, storage=str(storage)),
+        trial_resources(config.train.workers, cpus_per_trial, gpus_per_trial))
+    result = tune.Tuner(trainable, run_config=tune.RunConfig(
+        name=name, storage_path=str(storage), verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=1))).fit()[0]
+    if result.error is not None:
+        raise RuntimeError(f"training {config.student} failed: {result.error}")
+    return result.metrics, result.checkpoint.to_directory()

@@ -8,7 +8,6 @@ differ (no projector). Gradients hold the optimal plan fixed (envelope theorem).
 
 from typing import Literal
 
-import ot
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat
 
@@ -39,10 +38,12 @@ def neurons(f: torch.Tensor, spatial: str, normalize: str) -> torch.Tensor:
 
 def neuron_cost(a_t: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
     """C_kl = ||a^T_k - a^S_l||^2 / n over the n responses."""
+    import ot  # POT (and SciPy) load when an OT loss runs, not with every method
     return ot.dist(a_t, a_s, metric="sqeuclidean") / a_t.shape[1]
 
 
 def ot_loss(cost: torch.Tensor, solver: str = "exact", epsilon: float = 0.05) -> torch.Tensor:
+    import ot
     p, q = cost.shape
     a = torch.full((p,), 1.0 / p, dtype=cost.dtype, device=cost.device)
     b = torch.full((q,), 1.0 / q, dtype=cost.dtype, device=cost.device)

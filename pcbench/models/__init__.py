@@ -1,38 +1,120 @@
-"""Model registry. Every model names its taps; `Tapped` reads them without rewriting the model."""
+"""Model registry. Every model names its taps; `Tapped` reads them without rewriting the model.
 
+The zoo: RepDistiller's CIFAR models (exact architectures and state_dict keys, so its and
+mdistiller's checkpoints load), torchvision's ImageNet models, and two small CNNs for digits.
+"""
+
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from pcbench.errors import UserError
+from pcbench.models import imagenet
 from pcbench.models.base import TapModel
 from pcbench.models.cnn import SmallCNN
+from pcbench.models.mobilenetv2 import MobileNetV2, mobilenetv2_half
+from pcbench.models.resnet import CifarResNet, resnet
+from pcbench.models.resnet_bottleneck import BottleneckResNet, resnet50_cifar
+from pcbench.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from pcbench.models.vgg import VGG, vgg
+from pcbench.models.wrn import WideResNet, wrn
 
-_MODELS: dict[str, Callable[..., TapModel]] = {
-    "cnn_large": lambda **kw: SmallCNN((32, 64, 128), **kw),
-    "cnn_small": lambda **kw: SmallCNN((8, 16, 32), **kw),
+
+@dataclass(frozen=True)
+class ZooEntry:
+    family: str
+    source: str  # whose architecture and state_dict keys: repdistiller, torchvision, pcbench
+    dataset: str  # what it is built for; its number of classes and input channels below
+    model_class: type[TapModel]  # holds the class-level facts: taps, stages, post-ReLU
+    build: Callable[..., TapModel]  # build(num_classes=..., in_channels=...)
+    num_classes: int
+    in_channels: int
+
+
+def _cifar(family: str, model_class: type[TapModel], build: Callable[..., TapModel]) -> ZooEntry:
+    return ZooEntry(family, "repdistiller", "cifar100", model_class, build, 100, 3)
+
+
+def _imagenet(family: str, model_class: type[TapModel], build: Callable[..., TapModel]) -> ZooEntry:
+    return ZooEntry(family, "torchvision", "imagenet", model_class, build, 1000, 3)
+
+
+def _digits(widths: tuple[int, int, int]) -> ZooEntry:
+    return ZooEntry("cnn", "pcbench", "digits", SmallCNN, lambda **kw: SmallCNN(widths, **kw), 10, 1)
+
+
+_ZOO: dict[str, ZooEntry] = {
+    **{f"resnet{d}": _cifar("resnet", CifarResNet, resnet(d)) for d in (8, 14, 20, 32, 44, 56, 110)},
+    "resnet8x4": _cifar("resnet", CifarResNet, resnet(8, wide=True)),
+    "resnet32x4": _cifar("resnet", CifarResNet, resnet(32, wide=True)),
+    "ResNet50": _cifar("resnet", BottleneckResNet, resnet50_cifar),
+    **{f"wrn_{d}_{k}": _cifar("wrn", WideResNet, wrn(d, k)) for d in (16, 40) for k in (1, 2)},
+    **{name: _cifar("vgg", VGG, vgg(name)) for name in ("vgg8", "vgg11", "vgg13", "vgg16", "vgg19")},
+    "MobileNetV2": _cifar("mobilenetv2", MobileNetV2, mobilenetv2_half),
+    "ShuffleV1": _cifar("shufflenet", ShuffleNetV1, ShuffleNetV1),
+    "ShuffleV2": _cifar("shufflenet", ShuffleNetV2, ShuffleNetV2),
+    "resnet18": _imagenet("resnet", imagenet.ImageNetResNet, imagenet.resnet18),
+    "resnet34": _imagenet("resnet", imagenet.ImageNetResNet, imagenet.resnet34),
+    "resnet50": _imagenet("resnet", imagenet.ImageNetResNet, imagenet.resnet50),
+    "mobilenet_v2": _imagenet("mobilenetv2", imagenet.ImageNetMobileNetV2, imagenet.mobilenet_v2),
+    "cnn_large": _digits((32, 64, 128)),
+    "cnn_small": _digits((8, 16, 32)),
 }
 
 
 def model_names() -> list[str]:
-    return sorted(_MODELS)
+    return sorted(_ZOO)
 
 
-def create_model(name: str, num_classes: int, in_channels: int) -> TapModel:
-    if name not in _MODELS:
+def _entry(name: str) -> ZooEntry:
+    if name not in _ZOO:
         raise UserError(f"unknown model '{name}': choose one of {', '.join(model_names())}")
-    return _MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    return _ZOO[name]
+
+
+def create_model(name: str, num_classes: int = 100, in_channels: int = 3) -> TapModel:
+    return _entry(name).build(num_classes=num_classes, in_channels=in_channels)
 
 
 def tap_names(name: str) -> list[str]:
-    return list(create_model(name, 1, 1).TAP_NODES)
+    """The model's taps, known without building it."""
+    return list(_entry(name).model_class.TAP_NODES)
 
 
 def stage_taps(name: str) -> list[str]:
-    return create_model(name, 1, 1).stage_taps
+    return _entry(name).model_class.stage_names()
+
+
+@dataclass(frozen=True)
+class ZooInfo:
+    """One line of the zoo, for listing: parameters counted for the data set it is built for."""
+
+    name: str
+    family: str
+    source: str
+    dataset: str
+    params: int
+    stages: int
+    stages_post_relu: bool
+    taps: tuple[str, ...]
+
+
+def zoo_info() -> list[ZooInfo]:
+    """Every registered model, by name. Parameters are counted on the meta device (no memory
+    allocated, no weights initialised): the whole zoo in under a second."""
+    rows = []
+    for name in model_names():
+        entry = _ZOO[name]
+        with torch.device("meta"):
+            model = entry.build(num_classes=entry.num_classes, in_channels=entry.in_channels)
+        facts = entry.model_class
+        rows.append(ZooInfo(name, entry.family, entry.source, entry.dataset,
+                            sum(p.numel() for p in model.parameters()), len(facts.stage_names()),
+                            facts.STAGES_POST_RELU, tuple(facts.TAP_NODES)))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -52,11 +134,13 @@ class Tapped(nn.Module):
     model alone owns the parameters and its state_dict keys stay those of the plain model.
     """
 
-    def __init__(self, model: TapModel, taps: set[str]):
+    def __init__(self, model: TapModel, taps: set[str], compile: bool = False):
         super().__init__()
         self.model = model
         nodes = {model.TAP_NODES[t]: t for t in sorted(taps | {"logits"})}
-        object.__setattr__(self, "_extractor", create_feature_extractor(model, nodes))
+        extractor = create_feature_extractor(model, nodes)
+        # compile: torch.compile the traced graph (a speed option for GPU runs).
+        object.__setattr__(self, "_extractor", torch.compile(extractor) if compile else extractor)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -1,5 +1,7 @@
 """Small CNNs for the embedded default (8x8 digits): a stem, three stages, a pooled embedding."""
 
+from typing import ClassVar
+
 from torch import nn
 
 from pcbench.models.base import TapModel
@@ -19,6 +21,15 @@ class SmallCNN(TapModel):
     Every stage ends in a ReLU, so stage outputs are post-activation features.
     """
 
+    TAP_NODES: ClassVar[dict[str, str]] = {
+        "stem": "stem",
+        "stage1": "stages.0",
+        "stage2": "stages.1",
+        "stage3": "stages.2",
+        "embedding": "pool",
+        "logits": "fc",
+    }
+
     def __init__(self, widths: tuple[int, int, int], num_classes: int = 10, in_channels: int = 1):
         super().__init__()
         w1, w2, w3 = widths
@@ -30,3 +41,12 @@ class SmallCNN(TapModel):
         ])
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(w3, num_classes)
+
+    def forward_stem(self, x):
+        return self.stem(x)
+
+    def stage_blocks(self):
+        return list(self.stages)
+
+    def head(self, h):
+        return self.fc(self.pool(h))

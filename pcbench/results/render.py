@@ -1,4 +1,4 @@
-"""Leaderboard files: Parquet for tools, Markdown for READMEs, HTML for browsers."""
+"""Leaderboard files: Parquet for tools, Markdown for READMEs, HTML (with figures) for browsers."""
 
 import html
 import json
@@ -9,8 +9,31 @@ import pandas as pd
 from pcbench.atomic import write_atomic
 from pcbench.results.leaderboard import GROUP
 
-SHOWN = {"method": "method", "test_acc": "test acc", "val_acc": "val acc", "knobs": "chosen knobs",
-         "trials": "trials", "completed": "completed", "compute_hours": "compute (h)"}
+
+def _pct(value) -> str:
+    return "" if pd.isna(value) else f"{100 * value:.2f}"
+
+
+def _test_acc(mean, std) -> str:
+    """mean ± std over the final seeds (a plain search's row has one run: no std)."""
+    return _pct(mean) + ("" if pd.isna(std) else f" ± {100 * std:.2f}")
+
+
+def _table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The group's rows as shown; `published` only where there is a published number."""
+    shown = pd.DataFrame({"method": rows["method"].astype(str)})
+    shown["test acc"] = [_test_acc(m, s) for m, s in zip(rows["test_acc_mean"], rows["test_acc_std"])]
+    shown["seeds"] = rows["seeds"].astype(int)
+    shown["val acc"] = rows["val_acc"].map(_pct)
+    shown["chosen knobs"] = rows["knobs"].map(_knobs)
+    shown["trials"] = rows["trials"]
+    shown["completed"] = rows["completed"]
+    shown["compute (h)"] = rows["compute_hours"].map(lambda v: f"{v:.3f}")
+    shown["GPU-hours"] = rows["gpu_hours"].map(lambda v: f"{v:.3f}")
+    if rows["published_acc"].notna().any():
+        shown["published"] = [("" if pd.isna(acc) else f"{_pct(acc)} ({rule})")
+                              for acc, rule in zip(rows["published_acc"], rows["published_rule"])]
+    return shown
 
 
 def _knobs(text: str) -> str:
@@ -20,22 +43,20 @@ def _knobs(text: str) -> str:
                      else f"{k.removeprefix('method.')}={v}" for k, v in sorted(knobs.items()))
 
 
-def _tables(board: pd.DataFrame):
-    for (dataset, teacher, student, epochs, rule), rows in board.groupby(GROUP, sort=True):
-        shown = rows[list(SHOWN)].rename(columns=SHOWN).copy()
-        for column in ("test acc", "val acc"):
-            shown[column] = shown[column].map(lambda v: f"{100 * v:.2f}")
-        shown["chosen knobs"] = shown["chosen knobs"].map(_knobs)
-        shown["compute (h)"] = shown["compute (h)"].map(lambda v: f"{v:.3f}")
+def _groups(board: pd.DataFrame):
+    """(group key, that group's board rows, title, note, the table as shown)."""
+    for key, rows in board.groupby(GROUP, sort=True):
+        dataset, teacher, student, epochs, rule = key
+        shown = _table(rows)
         title = f"{dataset}: {teacher} -> {student}, {epochs} epochs"
         note = (f"Scoring: test accuracy at the {rule.replace('_', ' ')}; configuration chosen "
                 f"by accuracy on the validation split (never on test).")
-        yield title, note, shown
+        yield key, rows, title, note, shown
 
 
 def to_markdown(board: pd.DataFrame) -> str:
     parts = ["# pcbench leaderboard\n"]
-    for title, note, shown in _tables(board):
+    for _, _, title, note, shown in _groups(board):
         header = "| " + " | ".join(shown.columns) + " |"
         rule = "|" + "|".join("---" for _ in shown.columns) + "|"
         body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
@@ -46,23 +67,72 @@ def to_markdown(board: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def to_html(board: pd.DataFrame) -> str:
-    sections = [f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>"
+def _figure(kind: str, index: int, svg: str, caption: str) -> str:
+    return (f'<figure class="plot" data-plot="{kind}" id="plot-{index}-{kind}">{svg}'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _searched(rows: pd.DataFrame, key: tuple, trials: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The search trials behind a group's rows: those of each row's search and method where the
+    board names its search (final seed runs left out), else those of the same group."""
+    if trials is None or trials.empty:
+        return None
+    if "phase" in trials:
+        trials = trials[trials["phase"].fillna("search") != "final"]
+    if "search_id" in rows and "search_id" in trials and rows["search_id"].notna().all():
+        chosen = pd.MultiIndex.from_frame(rows[["search_id", "method"]])
+        mine = trials[pd.MultiIndex.from_frame(trials[["search_id", "method"]]).isin(chosen)]
+    else:
+        mine = trials[(trials[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
+    return mine[mine["val_acc"].notna()]
+
+
+def _plots(index: int, key: tuple, rows: pd.DataFrame, trials: pd.DataFrame | None) -> str:
+    """The group's figures: test accuracy per method and, when the trials are given, the
+    progress of the searches that chose the group's configurations."""
+    from pcbench.results import plots  # matplotlib only where a report is drawn
+
+    salt = f"pcbench-{index}"
+    mine = _searched(rows, key, trials)
+    # one colour per method across the group's figures
+    palette = plots.colours(set(rows["method"]) | (set(mine["method"]) if mine is not None else set()))
+    parts = [_figure("test-acc", index, plots.accuracy_bars_svg(rows, f"{salt}-test-acc", palette),
+                     "Test accuracy of each method's chosen configuration"
+                     + (" (error bars: std over seeds)." if "test_acc_std" in rows
+                        and rows["test_acc_std"].notna().any() else "."))]
+    if mine is not None and not mine.empty:
+        parts.append(_figure(
+            "search-progress", index, plots.search_progress_svg(mine, f"{salt}-search", palette),
+            "Search progress: validation accuracy of every trial in finish order (filled: "
+            "completed, hollow: stopped early); the line is each method's best completed "
+            "trial so far."))
+    return "".join(parts)
+
+
+def to_html(board: pd.DataFrame, trials: pd.DataFrame | None = None) -> str:
+    sections = [f'<section class="group" id="group-{i}"><h2>{html.escape(title)}</h2>'
+                f"<p>{html.escape(note)}</p>"
                 + shown.to_html(index=False, border=0, classes="board")
-                for title, note, shown in _tables(board)] or ["<p>No completed trials yet.</p>"]
+                + _plots(i, key, rows, trials) + "</section>"
+                for i, (key, rows, title, note, shown) in enumerate(_groups(board), start=1)]
+    sections = sections or ["<p>No completed trials yet.</p>"]
     style = ("body{font-family:system-ui,sans-serif;margin:2rem;color:#222}"
              "table.board{border-collapse:collapse}th,td{padding:.3rem .8rem;text-align:left;"
-             "border-bottom:1px solid #ddd}th{background:#f4f4f4}")
+             "border-bottom:1px solid #ddd}th{background:#f4f4f4}"
+             "figure.plot{margin:1.5rem 0}figure.plot svg{max-width:100%;height:auto}"
+             "figcaption{color:#555;font-size:.9rem;max-width:46rem}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>pcbench leaderboard</title>"
             f"<style>{style}</style></head><body><h1>pcbench leaderboard</h1>"
             f"{''.join(sections)}</body></html>\n")
 
 
-def write_report(board: pd.DataFrame, out: str | Path) -> list[Path]:
+def write_report(board: pd.DataFrame, out: str | Path, trials: pd.DataFrame | None = None) -> list[Path]:
+    """leaderboard.parquet, .md and .html; `trials` (the store's trials table) adds the
+    search-progress figure to the HTML."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "leaderboard.parquet", out / "leaderboard.md", out / "leaderboard.html"]
     write_atomic(paths[0], lambda p: board.to_parquet(p, index=False))
     write_atomic(paths[1], lambda p: p.write_text(to_markdown(board)))
-    write_atomic(paths[2], lambda p: p.write_text(to_html(board)))
+    write_atomic(paths[2], lambda p: p.write_text(to_html(board, trials)))
     return paths

@@ -14,6 +14,9 @@ TRIALS_SCHEMA = pa.schema([
     ("search_id", pa.string()),
     ("trial_id", pa.string()),
     ("mlflow_run_id", pa.string()),
+    ("suite", pa.string()),  # the benchmark suite, if the trial ran in one
+    ("phase", pa.string()),  # search | final (a seed run of the selected configuration) | run
+    ("selected_trial", pa.string()),  # final runs: the search trial whose configuration they re-run
     ("method", pa.string()),
     ("dataset", pa.string()),
     ("teacher", pa.string()),
@@ -29,6 +32,7 @@ TRIALS_SCHEMA = pa.schema([
     ("wall_seconds", pa.float64()),
     ("train_seconds", pa.float64()),
     ("workers", pa.int64()),
+    ("gpus", pa.float64()),  # GPUs the trial held (fractions share one): GPU-hours = wall x gpus
     ("device", pa.string()),
     ("config_hash", pa.string()),
     ("teacher_sha256", pa.string()),

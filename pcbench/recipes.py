@@ -1,0 +1,59 @@
+"""Training recipes as named profiles: the published schedules, applied as the defaults of a
+trial's `data` and `train` sections (a --set or a suite still overrides any of them)."""
+
+from typing import Any
+
+from pcbench.errors import UserError
+
+# RepDistiller / CRD / FCFD / DKD on CIFAR-100: 240 epochs, batch 64, x0.1 at 150/180/210.
+# Their scripts use lr 0.01 for the MobileNetV2 and ShuffleNet students.
+_CIFAR = {"data": {"batch_size": 64},
+          "train": {"epochs": 240, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                    "schedule": "step", "milestones": [150, 180, 210], "gamma": 0.1}}
+_CIFAR_SMALL_LR_STUDENTS = {"MobileNetV2", "ShuffleV1", "ShuffleV2"}
+
+# torchvision's ImageNet reference (and CRD's): 100 epochs, batch 256, x0.1 at 30/60/90.
+_IMAGENET = {"data": {"batch_size": 256},
+             "train": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                       "schedule": "step", "milestones": [30, 60, 90], "gamma": 0.1}}
+
+# The embedded default: digits, a few seconds an epoch on a CPU.
+_DIGITS = {"data": {"batch_size": 64},
+           "train": {"epochs": 20, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                     "schedule": "cosine"}}
+
+RECIPES = {"cifar100-crd": _CIFAR, "imagenet": _IMAGENET, "digits": _DIGITS}
+
+
+def recipe_names() -> list[str]:
+    return sorted(RECIPES)
+
+
+def recipe(name: str, student: str | None = None) -> dict[str, Any]:
+    """The recipe's `data` and `train` settings for this student, as a config fragment."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe '{name}': choose one of {', '.join(recipe_names())}")
+    fragment = {section: dict(values) for section, values in RECIPES[name].items()}
+    if name == "cifar100-crd" and student in _CIFAR_SMALL_LR_STUDENTS:
+        fragment["train"]["lr"] = 0.01
+    fragment["train"]["recipe"] = name
+    return fragment
+
+
+def with_recipe(base: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """`base` on top of the recipe: what the user gave explicitly wins. A shorter or longer
+    run keeps the shape of the step schedule: the milestones scale with the epochs."""
+    if not name:
+        return base
+    merged = recipe(name, base.get("student"))
+    planned = merged["train"]["epochs"]
+    for section, values in base.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    train = merged["train"]
+    if train["epochs"] != planned and "milestones" in train and "milestones" not in base.get("train", {}):
+        train["milestones"] = sorted({max(1, round(m * train["epochs"] / planned))
+                                      for m in train["milestones"]})
+    return merged

@@ -1,0 +1,61 @@
+"""Benchmark suites (suites/*.yaml): which methods on which teacher -> student pairs of one
+data set, the search budget every method gets, and how many seeds re-run each winner."""
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from pcbench.config import describe, load_yaml
+from pcbench.errors import UserError
+from pcbench.recipes import recipe_names
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Pair(_Strict):
+    teacher: str
+    student: str
+
+
+class Budget(_Strict):
+    """The same for every method: trials searched, and epochs each search trial trains."""
+
+    trials: PositiveInt
+    epochs: PositiveInt | None = None  # None: the recipe's
+
+
+class Suite(_Strict):
+    name: str
+    dataset: str
+    recipe: str | None = None  # a named profile (recipes.py); the trial defaults otherwise
+    pairs: list[Pair] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    budget: Budget
+    seeds: PositiveInt = 3  # final runs of each method's selected configuration
+    final_epochs: PositiveInt | None = None  # None: as the search trials
+    concurrent: PositiveInt = 2
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    seed: int = 0  # of the search (Optuna's sampler) and the first final run
+    set: dict[str, Any] = {}  # dotted overrides, as --set
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, name: str | None) -> str | None:
+        if name is not None and name not in recipe_names():
+            raise ValueError(f"unknown recipe '{name}'; choose one of {', '.join(recipe_names())}")
+        return name
+
+    @property
+    def final_seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+def load_suite(path: str | Path) -> Suite:
+    try:
+        return Suite.model_validate(load_yaml(str(path)))
+    except ValidationError as error:
+        raise UserError(f"{path}: {describe(error)}; fix the suite file") from None

@@ -1,0 +1,104 @@
+"""`pcbench benchmark`: equal search budgets, selection on validation, the winners re-run with
+seeds on the full training set, one MLflow parent run, mean +- std on the leaderboard. On a
+real local Ray instance, a real SQLite MLflow store, real Parquet files."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from pcbench import REPO_ROOT
+from pcbench.cli import app
+from pcbench.data import cifar
+from pcbench.models import create_model
+
+pytestmark = pytest.mark.ray
+
+
+def _invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo_benchmark(tmp_path_factory, teacher_store, local_ray):
+    root = tmp_path_factory.mktemp("bench")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    _invoke("benchmark", REPO_ROOT / "suites" / "demo.yaml", "--method", "kd", "--method", "pc",
+            "--samples", 3, "--epochs", 3, "--seeds", 2, "--results", root / "results",
+            "--tracking-uri", uri, "--teachers", teacher_store.root)
+    return {"results": root / "results", "uri": uri}
+
+
+def test_each_method_is_searched_then_its_winner_rerun_with_seeds_on_all_training_data(demo_benchmark):
+    trials = pd.read_parquet(demo_benchmark["results"] / "trials")
+    assert (trials.suite == "demo").all()
+    for method in ("kd", "pc"):
+        search = trials[(trials.method == method) & (trials.phase == "search")]
+        finals = trials[(trials.method == method) & (trials.phase == "final")]
+        assert len(search) == 3 and len(finals) == 2
+        completed = search[search.status == "completed"]
+        winner = completed.sort_values(["val_acc", "finished_at"], ascending=[False, True]).iloc[0]
+        assert set(finals.selected_trial) == {winner.trial_id}
+        assert sorted(finals.seed) == [0, 1]
+        for config in map(json.loads, finals.config):
+            assert config["data"]["val_fraction"] == 0.0  # the full training set
+            assert config["method"] == json.loads(winner.config)["method"]
+        assert finals.val_acc.isna().all() and finals.test_acc.notna().all()
+
+
+def test_leaderboard_shows_mean_and_std_over_the_seeds(demo_benchmark):
+    board = pd.read_parquet(demo_benchmark["results"] / "report" / "leaderboard.parquet")
+    trials = pd.read_parquet(demo_benchmark["results"] / "trials")
+    assert sorted(board.method) == ["kd", "pc"]
+    for row in board.itertuples():
+        finals = trials[(trials.method == row.method) & (trials.phase == "final")]
+        assert row.seeds == 2 and row.trials == 3
+        assert row.test_acc_mean == pytest.approx(finals.test_acc.mean())
+        assert row.test_acc_std == pytest.approx(finals.test_acc.std())
+    markdown = (demo_benchmark["results"] / "report" / "leaderboard.md").read_text()
+    assert "±" in markdown
+
+
+def test_one_parent_run_holds_every_trial_of_the_suite(demo_benchmark):
+    client = MlflowClient(demo_benchmark["uri"])
+    experiment = client.get_experiment_by_name("pcbench-benchmark-demo")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("pcbench.kind") == "benchmark"]
+    assert len(parents) == 1 and parents[0].data.tags["pcbench.suite"] == "demo"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1 == 10
+    assert sorted(r.data.tags["pcbench.phase"] for r in children).count("final") == 4
+
+
+@pytest.fixture(scope="module")
+def cifar100_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    cifar.write("cifar100", root, per_class=2, test_per_class=1)
+    return root
+
+
+def test_the_cifar100_suite_runs_on_a_directory_in_the_real_format(cifar100_dir, tmp_path, local_ray):
+    teachers = tmp_path / "teachers"
+    for model in ("wrn_40_2", "resnet56", "resnet32x4", "vgg13"):
+        # RepDistiller's checkpoint format, imported through the CLI
+        torch.save({"model": create_model(model).state_dict(), "epoch": 240}, tmp_path / f"{model}.pth")
+        _invoke("teacher", "import", tmp_path / f"{model}.pth", "--model", model,
+                "--dataset", "cifar100", "--data-dir", cifar100_dir, "--teachers", teachers)
+    _invoke("benchmark", REPO_ROOT / "suites" / "cifar100.yaml", "--data-dir", cifar100_dir,
+            "--method", "kd", "--samples", 1, "--epochs", 1, "--seeds", 1, "--final-epochs", 1,
+            "--gpus-per-trial", 0, "--cpus-per-trial", 1, "--concurrent", 2,
+            "--results", tmp_path / "results", "--teachers", teachers,
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trials = pd.read_parquet(tmp_path / "results" / "trials")
+    assert sorted(zip(trials.teacher, trials.student)) == sorted(
+        [("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")] * 2)
+    assert (trials.status == "completed").all() and (trials.dataset == "cifar100").all()
+    config = json.loads(trials.iloc[0].config)
+    assert config["train"]["recipe"] == "cifar100-crd" and config["train"]["schedule"] == "step"
+    board = pd.read_parquet(tmp_path / "results" / "report" / "leaderboard.parquet")
+    assert len(board) == 4 and board.published_acc.notna().all()  # the CRD table's KD column

@@ -1,0 +1,108 @@
+"""The leaderboard page's figures: inline SVG per group (test accuracy per method, the search's
+progress), self-contained, deterministic."""
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+
+from pcbench.results import leaderboard, write_report
+from pcbench.results.render import to_html
+from pcbench.results.store import TRIALS_SCHEMA
+
+T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
+
+
+def _trial(n, method, val, test, status="completed", dataset="digits", search="s1"):
+    return {**{f.name: None for f in TRIALS_SCHEMA}, "search_id": search, "trial_id": f"t{n}",
+            "method": method, "dataset": dataset, "teacher": "cnn_large", "student": "cnn_small",
+            "seed": 0, "knobs": json.dumps({"method.weight": 1.5}), "val_acc": val,
+            "test_acc": test if status == "completed" else None, "status": status,
+            "wall_seconds": 10.0, "scoring_rule": "last_epoch", "selection_split": "val",
+            "epochs_planned": 3, "epochs_run": 3, "finished_at": T0 + timedelta(seconds=n)}
+
+
+def _trials() -> pd.DataFrame:
+    return pd.DataFrame([
+        _trial(1, "pc", 0.90, 0.91), _trial(2, "pc", 0.93, 0.92), _trial(3, "pc", 0.80, None, "stopped"),
+        _trial(4, "kd", 0.88, 0.87), _trial(5, "kd", 0.91, 0.90),
+        _trial(6, "ce", 0.70, 0.69, dataset="other", search="s2"),
+        _trial(7, "ot", 0.75, 0.76, dataset="other", search="s2"),
+    ])
+
+
+def _board(**extra) -> pd.DataFrame:
+    """A board as the renderer reads it, by hand (one group, two methods)."""
+    rows = pd.DataFrame({"dataset": "digits", "teacher": "cnn_large", "student": "cnn_small",
+                         "epochs_planned": 3, "scoring_rule": "last_epoch", "method": ["pc", "kd"],
+                         "test_acc_mean": [0.92, 0.90], "test_acc_std": float("nan"), "seeds": 1,
+                         "val_acc": [0.93, 0.91], "knobs": "{}", "trials": [3, 2], "completed": [2, 2],
+                         "compute_hours": 0.01, "gpu_hours": 0.0, "published_acc": float("nan"),
+                         "published_rule": None,
+                         "selection_split": "val", "search_id": "s1"})
+    return rows.assign(**extra)
+
+
+def _figures(page: str, kind: str) -> list[str]:
+    return re.findall(rf'<figure class="plot" data-plot="{kind}" id="[^"]+">.*?</figure>', page, re.DOTALL)
+
+
+def _labels(figure: str) -> set[str]:
+    return {t.strip() for t in re.findall(r"<text\b[^>]*>([^<]*)</text>", figure)}
+
+
+def test_each_group_has_both_figures_naming_its_methods(tmp_path):
+    trials = _trials()
+    board = leaderboard(trials)
+    page = write_report(board, tmp_path, trials=trials)[2].read_text()
+    sections = re.findall(r'<section class="group".*?</section>', page, re.DOTALL)
+    assert len(sections) == 2 and page.count("<svg") == 4
+    for section, methods in zip(sections, ({"kd", "pc"}, {"ce", "ot"})):  # groups sorted by data set
+        [bars] = _figures(section, "test-acc")
+        [progress] = _figures(section, "search-progress")
+        assert section.index("</table>") < section.index("<figure")  # below the group's table
+        assert "<figcaption>" in bars and "<figcaption>" in progress
+        assert methods <= _labels(bars) and methods <= _labels(progress)
+        assert not ({"kd", "pc", "ce", "ot"} - methods) & (_labels(bars) | _labels(progress))
+
+
+def test_svg_is_self_contained_small_and_the_same_every_time():
+    trials = _trials()
+    page = to_html(_board(), trials)
+    assert page == to_html(_board(), trials)
+    svgs = re.findall(r"<svg\b.*?</svg>", page, re.DOTALL)
+    assert len(svgs) == 2
+    for svg in svgs:
+        assert len(svg) < 60_000
+        assert "<script" not in svg and "@font-face" not in svg and "<dc:date" not in svg
+        assert not re.search(r'(href|src)="(?!#)', svg)  # references stay inside the figure
+    assert "<?xml" not in page and "<!DOCTYPE svg" not in page
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids))  # unique across the page's figures
+
+
+def test_bars_use_the_mean_over_seeds_with_its_std_when_the_board_has_it():
+    board = _board(test_acc_mean=[0.95, 0.85], test_acc_std=[0.01, 0.02], seeds=3)
+    page = to_html(board)
+    [bars] = _figures(page, "test-acc")
+    assert "mean ± std over 3 seeds" in bars and "std over seeds" in bars.split("<figcaption>")[1]
+    assert {"95.00", "85.00"} <= _labels(bars)  # the mean, printed beside each bar
+    assert "95.00 ± 1.00" in page  # the table says the same
+    assert not _figures(page, "search-progress")  # no trials given: no progress figure
+    plain = to_html(_board())
+    assert {"92.00", "90.00"} <= _labels(_figures(plain, "test-acc")[0])
+
+
+def test_progress_follows_the_searches_that_chose_the_rows_and_leaves_final_runs_out():
+    from pcbench.results.render import _searched
+
+    old = _trial(8, "pc", 0.10, 0.10, search="old")  # an earlier search the board did not keep
+    final = {**_trial(9, "pc", 0.99, 0.99), "phase": "final"}  # a seed run of the chosen one
+    trials = pd.DataFrame([*_trials().to_dict("records"), old, final])
+    board = _board()
+    key = tuple(board.iloc[0][["dataset", "teacher", "student", "epochs_planned", "scoring_rule"]])
+    assert sorted(_searched(board, key, trials).trial_id) == ["t1", "t2", "t3", "t4", "t5"]
+    # a board that does not name its searches: the trials of the same group
+    assert sorted(_searched(board.drop(columns="search_id"), key, trials).trial_id) == [
+        "t1", "t2", "t3", "t4", "t5", "t8"]

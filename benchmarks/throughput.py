@@ -8,8 +8,8 @@ packing. KD, resnet32x4 -> resnet8x4, batch 64, on a CIFAR-100 directory in the 
 - `standard`: torchvision's CIFAR100 dataset, a DataLoader (0 and N workers), PIL transforms
   (RandomCrop(32, 4), RandomHorizontalFlip, ToTensor, Normalize), teacher under no_grad.
 - `engine:<options>`: `pcbench.engine.train_trial` itself (device-resident uint8 data, batch
-  augmentation on the device), timed on its second epoch; options: fp32 | bf16, cl
-  (channels_last), compile.
+  augmentation on the device), timed on its second epoch; options joined by +: fp32 | bf16, cl
+  (channels_last), compile (torch.compile) or cg (torch.compile with CUDA graphs).
 - `--pack N`: N engine trials at once on one GPU (separate processes), total images/s: what
   fractional GPUs per trial (--gpus-per-trial 1/N) buy.
 Writes reports/perf/throughput-<device>.json and prints a Markdown table. Plain PyTorch: no
@@ -106,7 +106,8 @@ def engine_trial(data_dir: Path, teacher_file: str, device: str, options: str, e
         {"data": {"name": "cifar100", "root": str(data_dir), "val_fraction": 0.0, "batch_size": BATCH},
          "teacher": TEACHER, "student": STUDENT, "method": "kd",
          "train": {"epochs": epochs, "device": device, "precision": "bf16" if "bf16" in opts else "fp32",
-                   "channels_last": "cl" in opts, "compile": "compile" in opts}},
+                   "channels_last": "cl" in opts,
+                   "compile": "reduce-overhead" if "cg" in opts else "default" if "compile" in opts else "off"}},
         {}).model_copy(update={"teacher_weights": teacher_file})
     reporter = LocalReporter()
     train_trial(config, reporter)

@@ -71,7 +71,7 @@ class Distiller(nn.Module):
     One module, so one DDP wrapper synchronises both."""
 
     def __init__(self, student: TapModel, method: Method, taps: set[str], precision: str = "fp32",
-                 compile: bool = False):
+                 compile: str = "off"):
         super().__init__()
         self.student = Tapped(student, taps, compile=compile)
         self.method = method
@@ -175,8 +175,9 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
     if world > 1:
         trainer = DistributedDataParallel(distiller, find_unused_parameters=method.sometimes_unused)
 
-    optimizer = torch.optim.SGD(distiller.parameters(), lr=cfg.train.lr,
-                                momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay,
+                                fused=device.type == "cuda")  # one kernel for all parameters
     schedule = make_schedule(optimizer, cfg.train)
     start_epoch = 0
     if (resume := reporter.latest_checkpoint()) is not None:

@@ -41,6 +41,7 @@ class BatchTransform:
     flip: bool = False
     mean: tuple[float, ...] | None = None  # in [0, 1] units; None: already normalised
     std: tuple[float, ...] | None = None
+    _stats: dict = field(default_factory=dict, compare=False, repr=False)  # per device: no copy a batch
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is not None:  # training: augment
@@ -52,8 +53,10 @@ class BatchTransform:
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         if self.mean is not None:
-            mean = torch.tensor(self.mean, device=x.device)[None, :, None, None]
-            std = torch.tensor(self.std, device=x.device)[None, :, None, None]
+            if x.device not in self._stats:
+                self._stats[x.device] = (torch.tensor(self.mean, device=x.device)[None, :, None, None],
+                                         torch.tensor(self.std, device=x.device)[None, :, None, None])
+            mean, std = self._stats[x.device]
             x = (x - mean) / std
         return x
 

@@ -134,13 +134,14 @@ class Tapped(nn.Module):
     model alone owns the parameters and its state_dict keys stay those of the plain model.
     """
 
-    def __init__(self, model: TapModel, taps: set[str], compile: bool = False):
+    def __init__(self, model: TapModel, taps: set[str], compile: str = "off"):
         super().__init__()
         self.model = model
         nodes = {model.TAP_NODES[t]: t for t in sorted(taps | {"logits"})}
         extractor = create_feature_extractor(model, nodes)
-        # compile: torch.compile the traced graph (a speed option for GPU runs).
-        object.__setattr__(self, "_extractor", torch.compile(extractor) if compile else extractor)
+        if compile != "off":  # torch.compile's mode: "default" or "reduce-overhead" (CUDA graphs)
+            extractor = torch.compile(extractor, mode=compile)
+        object.__setattr__(self, "_extractor", extractor)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -112,8 +112,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--devices", nargs="+", help="default: cpu, and cuda when available")
     args = parser.parse_args()
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     jobs = []
     for device in devices:
         for batch in args.batches:

@@ -52,7 +52,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Speed (GPU): bf16 autocast of the networks (losses stay float32), channels_last memory
     # format, torch.compile of the tapped networks ("reduce-overhead" adds CUDA graphs, which
-    # is what small CIFAR batches need: their steps are bound by kernel launches).
+    # is what small CIFAR batches need: their steps are bound by kernel launches; CUDA only).
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     compile: Literal["off", "default", "reduce-overhead"] = "off"

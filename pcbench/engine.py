@@ -153,6 +153,8 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
     device = device or pick_device(cfg.train.device)
     torch.manual_seed(cfg.seed)  # identical initial models and path sampling on every rank
     precision = cfg.train.precision
+    # compiling pays off where kernel launches dominate: on a GPU (and CUDA graphs exist only there)
+    compile_mode = cfg.train.compile if device.type == "cuda" else "off"
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
 
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
@@ -166,10 +168,10 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
         teacher = load_teacher(cfg, data)
         teacher_info = model_info(teacher, data.input_shape, cfg.teacher)
         teacher = teacher.to(device, memory_format=memory_format)
-        teacher_taps = Tapped(teacher, taps, compile=cfg.train.compile)
+        teacher_taps = Tapped(teacher, taps, compile=compile_mode)
     data_info = DataInfo(data.num_classes, data.size("train"))
     method = method_class(cfg.method, student_info, teacher_info, data_info)
-    distiller = Distiller(student, method, taps, precision, cfg.train.compile)
+    distiller = Distiller(student, method, taps, precision, compile_mode)
     distiller = distiller.to(device, memory_format=memory_format)
     trainer = distiller
     if world > 1:
@@ -177,7 +179,9 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
 
     optimizer = torch.optim.SGD(distiller.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay,
-                                fused=device.type == "cuda")  # one kernel for all parameters
+                                # one kernel for all parameters; PyTorch's fused SGD fails on a
+                                # parameter whose first gradient comes after the first step
+                                fused=device.type == "cuda" and not method.sometimes_unused)
     schedule = make_schedule(optimizer, cfg.train)
     start_epoch = 0
     if (resume := reporter.latest_checkpoint()) is not None:

@@ -92,6 +92,8 @@ def test_the_cifar100_suite_runs_on_a_directory_in_the_real_format(cifar100_dir,
     _invoke("benchmark", REPO_ROOT / "suites" / "cifar100.yaml", "--data-dir", cifar100_dir,
             "--method", "kd", "--samples", 1, "--epochs", 1, "--seeds", 1, "--final-epochs", 1,
             "--gpus-per-trial", 0, "--cpus-per-trial", 1, "--concurrent", 2,
+            # the suite's GPU settings (bf16 autocast, channels_last) only slow a CPU down
+            "--set", "train.precision=fp32", "--set", "train.channels_last=false",
             "--results", tmp_path / "results", "--teachers", teachers,
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
     trials = pd.read_parquet(tmp_path / "results" / "trials")

@@ -82,7 +82,7 @@ def test_report_ranks_every_method_on_its_validation_choice(searched, tmp_path):
     assert result.exit_code == 0, result.output
     board = pd.read_parquet(tmp_path / "leaderboard.parquet")
     assert sorted(board.method) == sorted(METHODS)
-    assert board.test_acc.notna().all() and (board.trials == 2).all()
+    assert board.test_acc_mean.notna().all() and (board.trials == 2).all() and (board.seeds == 1).all()
     markdown = (tmp_path / "leaderboard.md").read_text()
     assert all(f"| {m} |" in markdown for m in METHODS)
 

@@ -13,7 +13,12 @@ def carve(x: torch.Tensor, y: torch.Tensor, val_fraction: float, split_seed: int
         return (x, y), (x[:0], y[:0])
     from sklearn.model_selection import train_test_split  # slow to import: only when used
 
+    sizes = np.bincount(y.numpy())
+    sizes = sizes[sizes > 0]
+    # stratified where every class can give the split a sample (not so on tiny generated sets)
+    stratified = sizes.min() >= 2 and round(val_fraction * len(y)) >= len(sizes)
+    stratify = y.numpy() if stratified else None
     train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=val_fraction,
-                                          stratify=y.numpy(), random_state=split_seed)
+                                          stratify=stratify, random_state=split_seed)
     train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
     return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])

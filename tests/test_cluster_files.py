@@ -55,7 +55,7 @@ def test_kuberay_manifests_carry_what_ray_needs(name):
             assert env["RAY_AUTH_MODE"]["value"] == "token"
             assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
     if manifest["kind"] == "RayJob":
-        assert manifest["spec"]["entrypoint"].startswith("pcbench search")
+        assert manifest["spec"]["entrypoint"].startswith("pcbench benchmark suites/cifar100.yaml")
 
 
 def test_dockerfile_uses_the_installed_ray_version():

@@ -10,7 +10,6 @@ import time
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-
 from servers import free_ports
 
 pytestmark = pytest.mark.ray

@@ -5,10 +5,10 @@ import sys
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from servers import free_ports, http_server
 from typer.testing import CliRunner
 
 from pcbench.cli import app
-from servers import free_ports, http_server
 
 pytestmark = pytest.mark.ray
 

@@ -1,0 +1,84 @@
+"""Teachers through the CLI: trained with the data set's recipe on Ray, imported from a
+RepDistiller-format checkpoint (checked by loading and by its test accuracy), and a trial
+whose teacher is missing says how to get one."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pcbench.cli import app
+from pcbench.data import cifar
+from pcbench.engine import accuracy_on_test
+from pcbench.models import create_model
+from pcbench.teachers import TeacherStore, sha256_of
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.ray
+def test_teacher_train_runs_the_recipe_on_ray_and_stores_a_checked_record(tmp_path, local_ray):
+    result = _invoke("teacher", "train", "--model", "cnn_small", "--dataset", "digits",
+                     "--set", "train.epochs=3", "--teachers", tmp_path / "teachers",
+                     "--results", tmp_path / "results")
+    assert result.exit_code == 0, result.output
+    record = TeacherStore(tmp_path / "teachers").get("cnn_small", "digits")
+    assert record.sha256 == sha256_of(record.path) and record.test_acc > 0.5
+    assert record.recipe["epochs"] == 3
+    assert set(torch.load(record.path, weights_only=True)) == {"model"}
+    assert any((tmp_path / "results" / "ray").iterdir())  # it ran as a Ray trial
+    listing = _invoke("teacher", "list", "--teachers", tmp_path / "teachers")
+    assert "cnn_small" in listing.output
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    cifar.write("cifar100", root, per_class=2, test_per_class=1)
+    return root
+
+
+def test_import_accepts_dataparallel_keys_and_records_the_measured_accuracy(cifar_dir, tmp_path):
+    model = create_model("resnet8")
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"model": state, "epoch": 240, "best_acc": 0.0}, tmp_path / "ckpt.pth")
+    result = _invoke("teacher", "import", tmp_path / "ckpt.pth", "--model", "resnet8", "--dataset", "cifar100",
+                     "--data-dir", cifar_dir, "--teachers", tmp_path / "teachers")
+    assert result.exit_code == 0, result.output
+    record = TeacherStore(tmp_path / "teachers").get("resnet8", "cifar100")
+    stored = torch.load(record.path, weights_only=True)["model"]
+    assert list(stored) == list(model.state_dict())  # RepDistiller's keys, in order
+    assert record.test_acc == pytest.approx(accuracy_on_test("resnet8", stored, "cifar100", str(cifar_dir)))
+    assert record.recipe["imported_from"] == str((tmp_path / "ckpt.pth").resolve())
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_and_nothing_is_stored(cifar_dir, tmp_path):
+    torch.save({"model": create_model("resnet20").state_dict()}, tmp_path / "ckpt.pth")
+    result = _invoke("teacher", "import", tmp_path / "ckpt.pth", "--model", "resnet8", "--dataset", "cifar100",
+                     "--data-dir", cifar_dir, "--teachers", tmp_path / "teachers")
+    assert result.exit_code == 2
+    assert "does not fit resnet8" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "teachers").exists()
+
+
+def test_a_missing_teacher_names_both_ways_to_get_one(cifar_dir, tmp_path):
+    result = _invoke("run", "--method", "kd", "--dataset", "cifar100", "--data-dir", cifar_dir,
+                     "--teacher", "resnet32x4", "--student", "resnet8x4", "--no-ray",
+                     "--teachers", tmp_path / "teachers", "--results", tmp_path / "results",
+                     "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert result.exit_code == 2
+    assert "pcbench teacher train --model resnet32x4 --dataset cifar100" in result.output
+    assert "pcbench teacher import FILE --model resnet32x4" in result.output
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_cifar_teacher_trains_with_the_published_recipe_on_all_the_training_data(cifar_dir):
+    from pcbench.teachers import teacher_config
+    config = teacher_config("resnet32x4", "cifar100", str(cifar_dir))
+    assert (config.train.recipe, config.train.epochs, config.data.val_fraction) == ("cifar100-crd", 240, 0.0)
+    assert config.train.milestones == [150, 180, 210] and config.data.batch_size == 64
+    assert teacher_config("MobileNetV2", "cifar100").train.lr == 0.01
+    assert json.loads(config.model_dump_json())["method"]["name"] == "ce"

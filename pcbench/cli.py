@@ -40,13 +40,20 @@ Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher model
 Student = Annotated[Optional[str], typer.Option("--student", help="Student model.")]
 Sets = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Dotted override, repeatable: method.tau=0.05, train.lr=0.1, pc.weight=2.")]
-Results = Annotated[Path, typer.Option("--results", help="Results folder (Parquet, checkpoints).")]
+# A str, not a Path: a Path would turn s3://bucket/x into s3:/bucket/x.
+Results = Annotated[str, typer.Option("--results", help=(
+    "Results folder or URI (Parquet, Ray's trial folders and checkpoints): a path, or file://, "
+    "s3://, gs://, ... (any pyarrow filesystem); every node must reach it."))]
+DEFAULT_RESULTS = "pcbench-results"
+# `pcbench report` with a remote --results and no --out writes the report here, locally.
+REMOTE_REPORT = Path("pcbench-report")
 Teachers = Annotated[Path, typer.Option("--teachers", help="Teacher store folder.")]
 TrackingUri = Annotated[Optional[str], typer.Option(
     "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")]
 Experiment = Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment name.")]
 OptunaStorage = Annotated[Optional[str], typer.Option(
-    "--optuna-storage", help="Optuna study database (default: optuna.db beside a SQLite MLflow store).")]
+    "--optuna-storage", help="Optuna study database (default: optuna.db beside a SQLite MLflow store, "
+    "else in a local --results folder, else in the working directory).")]
 Address = Annotated[Optional[str], typer.Option(
     "--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local instance).")]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Epochs per trial.")]
@@ -57,7 +64,8 @@ Recipe = Annotated[Optional[str], typer.Option(
 Workers = Annotated[Optional[int], typer.Option("--workers", help="DDP workers per trial (>1: Ray Train).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the trials and of the Optuna sampler.")]
 CpusPerTrial = Annotated[float, typer.Option("--cpus-per-trial", help="CPUs a trial holds.")]
-GpusPerTrial = Annotated[float, typer.Option("--gpus-per-trial", help="GPUs a trial holds (fractions share one).")]
+GpusPerTrial = Annotated[float, typer.Option(
+    "--gpus-per-trial", help="GPUs a trial holds (fractions share one).")]
 
 
 def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None) -> dict[str, Any]:
@@ -162,7 +170,7 @@ def run(
     epochs: Epochs = None, workers: Workers = None, seed: Seed = 0, data_dir: DataDir = None,
     recipe: Recipe = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process, without Ray.")] = False,
-    results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
+    results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
 ) -> None:
@@ -191,7 +199,8 @@ def _search(methods_, dataset, teacher, student, set_, space, samples, concurren
 
 
 Methods = Annotated[Optional[list[str]], typer.Option("--method", help="Method to search, repeatable.")]
-Space = Annotated[Optional[str], typer.Option("--space", help="Search space YAML (default: search_spaces/<method>.yaml).")]
+Space = Annotated[Optional[str], typer.Option(
+    "--space", help="Search space YAML (default: search_spaces/<method>.yaml).")]
 Samples = Annotated[int, typer.Option("--samples", help="Trials per method.")]
 Concurrent = Annotated[int, typer.Option("--concurrent", help="Trials at once.")]
 
@@ -202,7 +211,7 @@ def search(
     method: Methods = None, dataset: Dataset = None, teacher: Teacher = None,
     student: Student = None, set_: Sets = None, space: Space = None, samples: Samples = 8,
     concurrent: Concurrent = 2, epochs: Epochs = None, workers: Workers = None, seed: Seed = 0,
-    results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
+    results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
     optuna_storage: OptunaStorage = None, data_dir: DataDir = None, recipe: Recipe = None,
@@ -272,13 +281,15 @@ def benchmark(
                                                    "(default: the suite's budget).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per search trial.")] = None,
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="Final runs per method.")] = None,
-    final_epochs: Annotated[Optional[int], typer.Option("--final-epochs", help="Epochs per final run.")] = None,
+    final_epochs: Annotated[Optional[int], typer.Option(
+        "--final-epochs", help="Epochs per final run.")] = None,
     method: Methods = None, set_: Sets = None,
     concurrent: Annotated[Optional[int], typer.Option("--concurrent", help="Trials at once.")] = None,
-    cpus_per_trial: Annotated[Optional[float], typer.Option("--cpus-per-trial", help="CPUs a trial holds.")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(
+        "--cpus-per-trial", help="CPUs a trial holds.")] = None,
     gpus_per_trial: Annotated[Optional[float], typer.Option(
         "--gpus-per-trial", help="GPUs a trial holds (0.25: four trials share a GPU).")] = None,
-    results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
+    results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, address: Address = None, optuna_storage: OptunaStorage = None,
 ) -> None:
     """Every method x pair of a suite: the same search budget each, selection on the validation
@@ -296,7 +307,7 @@ def benchmark(
 def demo(
     samples: Annotated[Optional[int], typer.Option("--samples", help="Trials per method.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per trial.")] = None,
-    results: Results = Path("pcbench-results"), teachers: Teachers = Path("pcbench-teachers"),
+    results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, address: Address = None,
 ) -> None:
     """The whole loop on the embedded default: `pcbench benchmark suites/demo.yaml` (ce, kd,
@@ -306,14 +317,19 @@ def demo(
                samples=samples, epochs=epochs)
 
 
-def _report(results: Path, out: Optional[Path]) -> None:
+def _report(results: str, out: Optional[Path]) -> None:
     from pcbench.results import ResultsStore, leaderboard, write_report
+    from pcbench.storage import resolve
     from pcbench.workflow import check_writable
-    if not (results / "trials").is_dir():
+    store = ResultsStore(resolve(results, "--results"))
+    if not store.parts("trials"):
         raise UserError(f"no trials under {results}; run `pcbench search` first or pass --results")
-    check_writable(out or results / "report", "--out")
-    board = leaderboard(ResultsStore(results).read("trials"))
-    paths = write_report(board, out or results / "report", trials=ResultsStore(results).read("trials"))
+    if out is None:
+        out = store.location.local_path / "report" if store.location.is_local else REMOTE_REPORT
+    check_writable(out, "--out")
+    trials = store.read("trials")
+    board = leaderboard(trials)
+    paths = write_report(board, out, trials=trials)
     table = Table("data set", "pair", "method", "test acc", "seeds", "val acc", "trials")
     for row in board.itertuples():
         spread = f" ± {100 * row.test_acc_std:.2f}" if row.seeds > 1 else ""
@@ -327,8 +343,10 @@ def _report(results: Path, out: Optional[Path]) -> None:
 @app.command()
 @user_errors
 def report(
-    results: Results = Path("pcbench-results"),
-    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: <results>/report).")] = None,
+    results: Results = DEFAULT_RESULTS,
+    out: Annotated[Optional[Path], typer.Option("--out", help=(
+        "Local report folder (default: <results>/report; ./pcbench-report when --results is a "
+        "remote URI such as s3://...)."))] = None,
 ) -> None:
     """Write leaderboard.parquet, .md and .html from the results store."""
     _report(results, out)
@@ -341,14 +359,14 @@ def teacher_train(
     dataset: Annotated[str, typer.Option("--dataset", help="Data set.")] = "digits",
     data_dir: DataDir = None, set_: Sets = None, teachers: Teachers = Path("pcbench-teachers"),
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process.")] = False,
-    results: Results = Path("pcbench-results"), address: Address = None,
+    results: Results = DEFAULT_RESULTS, address: Address = None,
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
 ) -> None:
     """Train a teacher with its data set's standard recipe (on Ray) and store it, replacing a
     stored one."""
     from pcbench.data import check_dataset
     from pcbench.teachers import TeacherStore, teacher_config
-    from pcbench.workflow import check_writable
+    from pcbench.workflow import check_results, check_writable, ray_storage
     config = teacher_config(model, dataset, data_dir, parse_overrides(set_ or []))
     check_dataset(dataset, data_dir)
     check_writable(teachers, "--teachers")
@@ -356,9 +374,9 @@ def teacher_train(
     if not no_ray:
         from pcbench.launch.cluster import start_ray
         from pcbench.launch.search import train_one
-        check_writable(results, "--results")
+        check_results(results, "--results")
         start_ray(address)
-        runner = lambda c: train_one(c, (results / "ray").resolve(), f"teacher-{dataset}-{model}",  # noqa: E731
+        runner = lambda c: train_one(c, ray_storage(results), f"teacher-{dataset}-{model}",  # noqa: E731
                                      cpus_per_trial, gpus_per_trial)
     console.print(f"training {model} on {dataset}: {config.train.epochs} epochs, "
                   f"recipe {config.train.recipe or 'default'}", highlight=False)
@@ -371,7 +389,8 @@ def teacher_train(
 @teacher_app.command("import")
 @user_errors
 def teacher_import(
-    checkpoint: Annotated[Path, typer.Argument(help="RepDistiller / mdistiller checkpoint ({'model': state_dict}).")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="RepDistiller / mdistiller checkpoint ({'model': state_dict}).")],
     model: Annotated[str, typer.Option("--model", help="Its architecture (see `pcbench models`).")],
     dataset: Annotated[str, typer.Option("--dataset", help="The data set it was trained on.")],
     data_dir: DataDir = None, teachers: Teachers = Path("pcbench-teachers"),

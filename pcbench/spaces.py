@@ -70,7 +70,8 @@ class SearchSpace:
                 try:
                     build_config(base, {**overrides, key: value})
                 except UserError as error:
-                    raise UserError(f"{self.path}: knob '{key}' value {value!r} is invalid: {error}") from None
+                    raise UserError(f"{self.path}: knob '{key}' value {value!r} is invalid: "
+                                    f"{error}") from None
             default = _as_choice(flat[key])
             inside = (default in dist.choices if isinstance(dist, od.CategoricalDistribution)
                       else dist.low <= default <= dist.high)

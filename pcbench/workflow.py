@@ -6,6 +6,7 @@ record every trial, write the Parquet parts."""
 import json
 import os
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from pcbench.recording import SearchRecorder, TrialListener
 from pcbench.results import ResultsStore
 from pcbench.results.leaderboard import best_trial
 from pcbench.spaces import SearchSpace, default_space_path, load_space
+from pcbench.storage import Location, is_uri, resolve
 from pcbench.teachers import TeacherStore, attach
 
 
@@ -37,10 +39,12 @@ class Request:
     samples: int = 1
     concurrent: int = 1
     seed: int = 0
-    results: Path = Path("pcbench-results")
+    # A folder or a URI pyarrow opens (file://, s3://, gs://, ...): the Parquet store and
+    # Ray's trial folders (<results>/ray), seen by every node.
+    results: str | Path = "pcbench-results"
     teachers: Path = Path("pcbench-teachers")
     tracking_uri: str = ""
-    optuna_storage: str = ""  # "": a SQLite file beside the MLflow store (or in --results)
+    optuna_storage: str = ""  # "": default_optuna_storage
     experiment: str | None = None
     address: str | None = None
     cpus_per_trial: float = 1.0
@@ -68,6 +72,16 @@ def check_writable(path: Path, flag: str) -> None:
                         f"pass a folder you can write to")
 
 
+def check_results(value: "str | Path", flag: str = "--results") -> Location:
+    """A folder must be writable (check_writable); a URI must give a pyarrow filesystem
+    (unknown scheme, missing library or credentials: a UserError). Nothing is created and,
+    beyond what `FileSystem.from_uri` does itself, nothing is asked of a remote store."""
+    location = resolve(value, flag)
+    if location.is_local:
+        check_writable(location.local_path if is_uri(value) else Path(value), flag)
+    return location
+
+
 def validate(request: Request) -> list[Prepared]:
     """Every check a user's input can fail, before anything is written or Ray starts."""
     if not request.methods:
@@ -78,7 +92,7 @@ def validate(request: Request) -> list[Prepared]:
         raise UserError(f"--concurrent {request.concurrent} runs nothing; give 1 or more")
     if request.cpus_per_trial <= 0 or request.gpus_per_trial < 0:
         raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-    check_writable(request.results, "--results")
+    check_results(request.results, "--results")
     check_writable(request.teachers, "--teachers")
     if request.tracking_uri.startswith("sqlite:///"):
         check_writable(Path(request.tracking_uri.removeprefix("sqlite:///")).parent, "--tracking-uri")
@@ -148,13 +162,22 @@ def _check_resources(request: Request, template: TrialConfig) -> None:
                         "--gpus-per-trial 0, or attach to a GPU cluster with --address")
 
 
-def default_optuna_storage(tracking_uri: str, results: Path) -> str:
-    """Beside a SQLite MLflow store, else in the results folder."""
+def default_optuna_storage(tracking_uri: str, results: "str | Path") -> str:
+    """Beside a SQLite MLflow store, else in a local results folder, else (--results is a
+    remote URI, where SQLite cannot live) `optuna.db` in the working directory: the study is
+    used by the driver only."""
     if tracking_uri.startswith("sqlite:///"):
         folder = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent
     else:
-        folder = results.resolve()
+        location = resolve(results, "--results")
+        folder = location.local_path if location.is_local else Path.cwd()
     return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def ray_storage(results: "str | Path") -> str:
+    """Ray Tune's storage_path: <results>/ray, an absolute path or a URI (Ray opens it with
+    pyarrow on every node)."""
+    return resolve(results).join("ray").uri
 
 
 def experiment_name(template: TrialConfig) -> str:
@@ -269,7 +292,7 @@ def _search(request: Request, item: Prepared, listeners, recorder: SearchRecorde
         run_search(SearchPlan(
             name=f"{search_id}-{pair}-{item.method}", template=item.template, space=item.space,
             samples=request.samples, concurrent=request.concurrent, seed=request.seed,
-            storage=(request.results / "ray").resolve(), cpus_per_trial=request.cpus_per_trial,
+            storage=ray_storage(request.results), cpus_per_trial=request.cpus_per_trial,
             gpus_per_trial=request.gpus_per_trial, optuna_storage=request.optuna_storage or None,
             # a suite's experiment spans pairs: one study per pair and method
             study_name=study_name(f"{experiment}-{pair}" if recorder.suite else experiment,
@@ -312,16 +335,28 @@ def _final_runs(request: Request, item: Prepared, listeners, recorder: SearchRec
     run_search(SearchPlan(
         name=f"{search_id}-{t.teacher}-{t.student}-{item.method}-final", template=template, space=None,
         samples=1, concurrent=request.concurrent, seed=request.seed,
-        storage=(request.results / "ray").resolve(), cpus_per_trial=request.cpus_per_trial,
+        storage=ray_storage(request.results), cpus_per_trial=request.cpus_per_trial,
         gpus_per_trial=request.gpus_per_trial, seeds=request.final_seeds), listeners)
     recorder.flush(_part(search_id, t, "final"))
 
 
-def _run_here(config: TrialConfig, results: Path, listeners: Sequence[TrialListener]) -> None:
-    """One trial in this process: the same engine, no Ray."""
+def _run_here(config: TrialConfig, results: "str | Path", listeners: Sequence[TrialListener]) -> None:
+    """One trial in this process: the same engine, no Ray. Its checkpoints go to
+    <results>/runs/<trial> in a local results folder; with a remote results URI, to a local
+    temporary folder removed when the trial ends (its rows still go to the URI)."""
+    trial_id = uuid.uuid4().hex[:8]
+    location = resolve(results)
+    if location.is_local:
+        _train_here(config, str(location.local_path / "runs" / trial_id), trial_id, listeners)
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"pcbench-run-{trial_id}-") as folder:
+            _train_here(config, folder, trial_id, listeners)
+
+
+def _train_here(config: TrialConfig, folder: str, trial_id: str,
+                listeners: Sequence[TrialListener]) -> None:
     from pcbench.engine import LocalReporter, train_trial
 
-    trial_id = uuid.uuid4().hex[:8]
     for listener in listeners:
         listener.trial_started(trial_id, config, {})
 
@@ -331,7 +366,7 @@ def _run_here(config: TrialConfig, results: Path, listeners: Sequence[TrialListe
 
     error = None
     try:
-        train_trial(config, LocalReporter(str(results.resolve() / "runs" / trial_id), on_epoch))
+        train_trial(config, LocalReporter(folder, on_epoch))
     except Exception as exc:  # recorded on the trial, then raised
         error = f"{type(exc).__name__}: {exc}"
         raise

@@ -46,7 +46,8 @@ def test_rkd_distance_and_angle_by_hand():
     d_s = torch.tensor([2.0, 1.0, math.sqrt(5)])
     d_t, d_s = d_t / d_t.mean(), d_s / d_s.mean()
     full = lambda d: torch.tensor([[0, d[0], d[1]], [d[0], 0, d[2]], [d[1], d[2], 0]])  # noqa: E731
-    assert rkd_distance(s2, t).item() == pytest.approx(F.smooth_l1_loss(full(d_s), full(d_t)).item(), rel=1e-5)
+    expected = F.smooth_l1_loss(full(d_s), full(d_t)).item()
+    assert rkd_distance(s2, t).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_pkt_is_kl_between_row_normalised_cosine_kernels():
@@ -143,6 +144,7 @@ def _crd_rank(rank: int, world: int, port: int, out: dict) -> None:
 
 def test_crd_memory_stays_identical_across_ddp_ranks():
     import socket
+
     import torch.multiprocessing as mp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

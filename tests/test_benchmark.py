@@ -97,8 +97,9 @@ def test_the_cifar100_suite_runs_on_a_directory_in_the_real_format(cifar100_dir,
             "--results", tmp_path / "results", "--teachers", teachers,
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
     trials = pd.read_parquet(tmp_path / "results" / "trials")
-    assert sorted(zip(trials.teacher, trials.student)) == sorted(
-        [("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")] * 2)
+    pairs = [("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"),
+             ("vgg13", "vgg8")]
+    assert sorted(zip(trials.teacher, trials.student)) == sorted(pairs * 2)
     assert (trials.status == "completed").all() and (trials.dataset == "cifar100").all()
     config = json.loads(trials.iloc[0].config)
     assert config["train"]["recipe"] == "cifar100-crd" and config["train"]["schedule"] == "step"

@@ -23,7 +23,8 @@ def test_method_scoped_overrides_apply_to_their_method_only():
 
 
 def test_ot_taps_accept_a_comma_separated_string():
-    assert build_config({"method": "ot"}, {"method.taps": "stage2,stage3"}).method.taps == ["stage2", "stage3"]
+    config = build_config({"method": "ot"}, {"method.taps": "stage2,stage3"})
+    assert config.method.taps == ["stage2", "stage3"]
 
 
 def test_config_hash_ignores_the_seed_but_not_the_knobs():
@@ -47,7 +48,7 @@ def test_bad_values_give_one_line_naming_the_fix(overrides, message):
 
 
 def test_unknown_method_lists_the_registered_ones():
-    with pytest.raises(UserError, match="unknown method .pcx.: choose one of at, ce, crd, dkd, fcfd, fitnet, kd"):
+    with pytest.raises(UserError, match="unknown method .pcx.: choose one of at, ce, crd, dkd, fcfd, fitnet"):
         build_config({"method": "pcx"}, {})
 
 
@@ -74,5 +75,5 @@ def test_a_space_naming_an_unknown_knob_is_rejected(tmp_path):
 def test_a_space_that_excludes_the_default_is_rejected(tmp_path):
     path = tmp_path / "narrow.yaml"
     path.write_text("knobs:\n  method.tau: {type: float, low: 0.6, high: 1.0}\n")
-    with pytest.raises(UserError, match="method.tau=0.5 .the method.s default or your --set. lies outside the space"):
+    with pytest.raises(UserError, match="method.tau=0.5 .the method.s default or your --set. lies outside"):
         load_space(path).validate({"method": "pc"}, {})

@@ -11,7 +11,8 @@ from pcbench.results.store import TRIALS_SCHEMA
 
 
 def _row(trial, method, val, test, status="completed", rule="last_epoch"):
-    return {**{f.name: None for f in TRIALS_SCHEMA}, "search_id": "s", "trial_id": trial, "method": method, "dataset": "digits",
+    return {**{f.name: None for f in TRIALS_SCHEMA}, "search_id": "s", "trial_id": trial, "method": method,
+            "dataset": "digits",
             "teacher": "cnn_large", "student": "cnn_small", "seed": 0,
             "knobs": json.dumps({"method.tau": 0.123456}), "val_acc": val, "test_acc": test,
             "status": status, "wall_seconds": 36.0, "scoring_rule": rule,

@@ -45,8 +45,8 @@ def test_import_accepts_dataparallel_keys_and_records_the_measured_accuracy(cifa
     model = create_model("resnet8")
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
     torch.save({"model": state, "epoch": 240, "best_acc": 0.0}, tmp_path / "ckpt.pth")
-    result = _invoke("teacher", "import", tmp_path / "ckpt.pth", "--model", "resnet8", "--dataset", "cifar100",
-                     "--data-dir", cifar_dir, "--teachers", tmp_path / "teachers")
+    result = _invoke("teacher", "import", tmp_path / "ckpt.pth", "--model", "resnet8",
+                     "--dataset", "cifar100", "--data-dir", cifar_dir, "--teachers", tmp_path / "teachers")
     assert result.exit_code == 0, result.output
     record = TeacherStore(tmp_path / "teachers").get("resnet8", "cifar100")
     stored = torch.load(record.path, weights_only=True)["model"]
@@ -57,8 +57,8 @@ def test_import_accepts_dataparallel_keys_and_records_the_measured_accuracy(cifa
 
 def test_a_checkpoint_of_another_architecture_is_refused_and_nothing_is_stored(cifar_dir, tmp_path):
     torch.save({"model": create_model("resnet20").state_dict()}, tmp_path / "ckpt.pth")
-    result = _invoke("teacher", "import", tmp_path / "ckpt.pth", "--model", "resnet8", "--dataset", "cifar100",
-                     "--data-dir", cifar_dir, "--teachers", tmp_path / "teachers")
+    result = _invoke("teacher", "import", tmp_path / "ckpt.pth", "--model", "resnet8",
+                     "--dataset", "cifar100", "--data-dir", cifar_dir, "--teachers", tmp_path / "teachers")
     assert result.exit_code == 2
     assert "does not fit resnet8" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "teachers").exists()

@@ -4,8 +4,9 @@ import json
 import sys
 import urllib.request
 
-from pcbench.tracking import Tracker
 from servers import free_ports, http_server
+
+from pcbench.tracking import Tracker
 
 
 def _get(url: str):

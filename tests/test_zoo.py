@@ -55,7 +55,8 @@ def test_cifar_model_matches_repdistiller(name, reference):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         taps = Tapped(model, set(tap_names(name))).eval()(x)
-        assert [list(taps[t].shape[1:]) for t in ["stem", *stages, "embedding"]] == ref["feature_shapes_is_feat"]
+        shapes = [list(taps[t].shape[1:]) for t in ["stem", *stages, "embedding"]]
+        assert shapes == ref["feature_shapes_is_feat"]
         assert list(taps["logits"].shape[1:]) == ref["logits"] == [100]
         # The taps are the stage boundaries run_stages and head use, not nodes of equal shape.
         h = model.forward_stem(x)

@@ -4,7 +4,8 @@ import logging
 import os
 
 # Before Ray Tune is imported: no CSV/TensorBoard loggers per trial (MLflow and Parquet record
-# everything; search.py keeps Tune's JSON log for its own ResultGrid), and no per-trial working-directory switch (all paths are absolute).
+# everything; search.py keeps Tune's JSON log for its own ResultGrid), and no per-trial
+# working-directory switch (all paths are absolute).
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no console tables
@@ -24,7 +25,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     try:
         # "local": a new instance of our own, never a cluster some `ray start` left running.
+        # It runs without the dashboard: its processes compete with the trials for a laptop's
+        # few cores, and the MLflow UI is where pcbench's runs are watched.
         ray.init(address=address or "local", num_cpus=None if address else num_cpus,
+                 include_dashboard=None if address else False,
                  log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "

@@ -36,7 +36,9 @@ class SearchPlan:
     samples: int
     concurrent: int
     seed: int
-    storage: Path
+    # Ray's storage_path: an absolute folder or a URI (s3://, gs://, ...) that Ray opens with
+    # pyarrow on every node (pcbench.workflow.ray_storage).
+    storage: str
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     # Optuna study in a database (optuna-dashboard, optuna.load_study); a repeated search with
@@ -87,7 +89,7 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
     epochs = plan.template.train.epochs
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, template=template, cpus=plan.cpus_per_trial,
-                             gpus=plan.gpus_per_trial, storage=str(plan.storage)),
+                             gpus=plan.gpus_per_trial, storage=plan.storage),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
     param_space = None
     if plan.space is None:
@@ -112,7 +114,7 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
         param_space=param_space,
         tune_config=tune_config,
         run_config=tune.RunConfig(
-            name=plan.name, storage_path=str(plan.storage), verbose=0,
+            name=plan.name, storage_path=plan.storage, verbose=0,
             callbacks=[_Relay(template, listeners), JsonLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # A trial that dies (a lost node, a pre-empted worker) restarts once from its
@@ -123,16 +125,17 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
     return tuner.fit()
 
 
-def train_one(config: TrialConfig, storage: Path, name: str, cpus_per_trial: float = 1.0,
+def train_one(config: TrialConfig, storage: str, name: str, cpus_per_trial: float = 1.0,
               gpus_per_trial: float = 0.0) -> tuple[dict[str, Any], str]:
     """One trial on the cluster (a teacher's training): its last metrics and the folder of
-    its final checkpoint, copied to this machine."""
+    its final checkpoint, copied to this machine. `storage`: a folder or a URI, as
+    SearchPlan.storage."""
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, template=config.to_dict(), cpus=cpus_per_trial,
-                             gpus=gpus_per_trial, storage=str(storage)),
+                             gpus=gpus_per_trial, storage=storage),
         trial_resources(config.train.workers, cpus_per_trial, gpus_per_trial))
     result = tune.Tuner(trainable, run_config=tune.RunConfig(
-        name=name, storage_path=str(storage), verbose=0,
+        name=name, storage_path=storage, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=1))).fit()[0]
     if result.error is not None:

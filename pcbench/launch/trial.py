@@ -14,6 +14,7 @@ from pcbench.config import build_config
 from pcbench.engine import train_trial
 from pcbench.launch.resources import worker_resources
 
+
 class TuneReporter:
     def report(self, metrics, checkpoint_dir):
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -57,7 +58,7 @@ def tune_trial(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float, 
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         run_config=ray.train.RunConfig(
             name=tune.get_context().get_trial_id(),  # stable: a restarted trial resumes
-            storage_path=storage,
+            storage_path=storage,  # the search's: a folder or a URI, opened with pyarrow by Ray
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=1),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),

@@ -7,7 +7,8 @@ import pkgutil
 from pcbench.errors import UserError
 from pcbench.methods.base import DataInfo, DistillConfig, Method, MethodConfig, Step
 
-__all__ = ["DataInfo", "DistillConfig", "Method", "MethodConfig", "Step", "get_method", "method_names", "register"]
+__all__ = ["DataInfo", "DistillConfig", "Method", "MethodConfig", "Step", "get_method", "method_names",
+           "register"]
 
 _REGISTRY: dict[str, type[Method]] = {}
 _discovered = False

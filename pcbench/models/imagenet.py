@@ -67,7 +67,8 @@ class ImageNetMobileNetV2(TapModel, tv_mobilenet.MobileNetV2):
         super().__init__(num_classes=num_classes)
         if in_channels != 3:
             conv = self.features[0][0]
-            self.features[0][0] = nn.Conv2d(in_channels, conv.out_channels, 3, stride=2, padding=1, bias=False)
+            self.features[0][0] = nn.Conv2d(in_channels, conv.out_channels, 3, stride=2, padding=1,
+                                            bias=False)
             nn.init.kaiming_normal_(self.features[0][0].weight, mode="fan_out")
 
     def forward_stem(self, x):

@@ -64,7 +64,8 @@ class ShuffleNetV1(TapModel):
         "logits": "linear",
     }
 
-    def __init__(self, widths: tuple[int, int, int] = (240, 480, 960), blocks: tuple[int, int, int] = (4, 8, 4),
+    def __init__(self, widths: tuple[int, int, int] = (240, 480, 960),
+                 blocks: tuple[int, int, int] = (4, 8, 4),
                  groups: int = 3, num_classes: int = 100, in_channels: int = 3):
         super().__init__()
         self.conv1 = pointwise(in_channels, 24)

@@ -1,5 +1,7 @@
 """The Parquet store: `trials/` (one row per trial) and `epochs/` (one row per trial-epoch),
-each a dataset of part files with one fixed schema, written to a temporary name and renamed."""
+each a dataset of part files with one fixed schema, written whole or not at all (a temporary
+name then a rename; on object stores one upload). The store is a folder or a URI that pyarrow
+opens (`pcbench.storage`: file://, s3://, gs://, ...)."""
 
 from pathlib import Path
 from typing import Any
@@ -8,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pcbench.atomic import write_atomic
+from pcbench.storage import Location, list_files, resolve, write_file
 
 TRIALS_SCHEMA = pa.schema([
     ("search_id", pa.string()),
@@ -62,21 +64,26 @@ SCHEMAS = {"trials": TRIALS_SCHEMA, "epochs": EPOCHS_SCHEMA}
 
 
 class ResultsStore:
-    def __init__(self, root: str | Path):
-        self.root = Path(root).resolve()
+    def __init__(self, root: "str | Path | Location"):
+        self.location = resolve(root)
+        self.root = self.location.uri  # the absolute folder, or the URI
 
-    def write(self, table: str, rows: list[dict[str, Any]], part: str) -> Path | None:
+    def write(self, table: str, rows: list[dict[str, Any]], part: str) -> str | None:
+        """One part file of `table`; returns its path (or URI)."""
         if not rows:
             return None
         schema = SCHEMAS[table]
-        directory = self.root / table
-        directory.mkdir(parents=True, exist_ok=True)
         columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
-        arrow_table = pa.table(columns, schema=schema)
-        return write_atomic(directory / f"{part}.parquet", lambda p: pq.write_table(arrow_table, p))
+        sink = pa.BufferOutputStream()  # serialised first: the upload is then one write
+        pq.write_table(pa.table(columns, schema=schema), sink)
+        return write_file(self.location.join(table, f"{part}.parquet"), sink.getvalue()).uri
+
+    def parts(self, table: str) -> list[str]:
+        """The part files of `table`, as paths on the store's filesystem."""
+        return list_files(self.location.join(table), ".parquet")
 
     def read(self, table: str) -> pd.DataFrame:
-        directory = self.root / table
-        if not any(directory.glob("*.parquet")):
+        parts = self.parts(table)
+        if not parts:
             return SCHEMAS[table].empty_table().to_pandas()
-        return pq.read_table(directory, schema=SCHEMAS[table]).to_pandas()
+        return pq.read_table(parts, schema=SCHEMAS[table], filesystem=self.location.fs).to_pandas()

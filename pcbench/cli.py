@@ -253,7 +253,7 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
             optuna_storage=optuna_storage or workflow.default_optuna_storage(tracking_uri, results),
             address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
             gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial,
-            final_seeds=suite.final_seeds[:seeds] if seeds else suite.final_seeds,
+            final_seeds=suite.final_seeds(seeds),
             final_epochs=final_epochs or suite.final_epochs)
         work.append((request, workflow.validate(request)))  # every pair before Ray starts
     first = work[0][0]

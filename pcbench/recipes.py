@@ -40,11 +40,14 @@ def recipe(name: str, student: str | None = None) -> dict[str, Any]:
     return fragment
 
 
-def with_recipe(base: dict[str, Any], name: str | None) -> dict[str, Any]:
+def with_recipe(base: dict[str, Any], name: str | None,
+                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """`base` on top of the recipe: what the user gave explicitly wins. A shorter or longer
-    run keeps the shape of the step schedule: the milestones scale with the epochs."""
+    run keeps the shape of the step schedule: the milestones scale with the epochs, whether
+    `base` or the dotted `overrides` (--set, a suite's `set`) change them."""
     if not name:
         return base
+    overrides = overrides or {}
     merged = recipe(name, base.get("student"))
     planned = merged["train"]["epochs"]
     for section, values in base.items():
@@ -53,7 +56,8 @@ def with_recipe(base: dict[str, Any], name: str | None) -> dict[str, Any]:
         else:
             merged[section] = values
     train = merged["train"]
-    if train["epochs"] != planned and "milestones" in train and "milestones" not in base.get("train", {}):
-        train["milestones"] = sorted({max(1, round(m * train["epochs"] / planned))
-                                      for m in train["milestones"]})
+    epochs = overrides.get("train.epochs", train["epochs"])
+    explicit = "milestones" in base.get("train", {}) or "train.milestones" in overrides
+    if epochs != planned and "milestones" in train and not explicit:
+        train["milestones"] = sorted({max(1, round(m * epochs / planned)) for m in train["milestones"]})
     return merged

@@ -49,9 +49,10 @@ class Suite(_Strict):
             raise ValueError(f"unknown recipe '{name}'; choose one of {', '.join(recipe_names())}")
         return name
 
-    @property
-    def final_seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.seeds)]
+    def final_seeds(self, count: int | None = None) -> list[int]:
+        """Seeds of the final runs: never the search's own, so no final run repeats the very
+        initialisation that won the selection."""
+        return [self.seed + 1 + i for i in range(count or self.seeds)]
 
 
 def load_suite(path: str | Path) -> Suite:

@@ -1,6 +1,7 @@
 """Teacher store: one trained teacher per (data set, architecture), as a RepDistiller-format
 checkpoint plus a JSON record of its sha256, accuracy and recipe. Trials record the hash."""
 
+import argparse
 import hashlib
 import pickle
 import shutil
@@ -34,7 +35,7 @@ def teacher_config(model: str, dataset: str, data_dir: str | None = None,
     base = {"data": {"name": dataset, "root": data_dir}, "student": model, "method": "ce",
             "seed": RECIPE_SEED}
     if dataset in TEACHER_RECIPES:
-        base = with_recipe(base, TEACHER_RECIPES[dataset])
+        base = with_recipe(base, TEACHER_RECIPES[dataset], overrides)
         base["data"]["val_fraction"] = 0.0
     else:
         base["train"] = dict(DIGITS_RECIPE)
@@ -98,8 +99,9 @@ class TeacherStore:
         """Store a RepDistiller / mdistiller checkpoint ({'model': state_dict}; a bare state
         dict or DataParallel's 'module.' keys also load) after loading it strictly into `model`
         and measuring its test accuracy with `evaluate(model_name, state_dict) -> accuracy`."""
-        try:
-            loaded = torch.load(source, map_location="cpu", weights_only=True)
+        try:  # RepDistiller's checkpoints may also hold its argparse options
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                loaded = torch.load(source, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, pickle.UnpicklingError) as error:
             raise UserError(f"cannot read {source} as a PyTorch checkpoint ({error}); "
                             f"pass a file saved with torch.save") from None

@@ -101,7 +101,7 @@ def validate(request: Request) -> list[Prepared]:
     prepared = []
     for method in dict.fromkeys(request.methods):
         get_method(method)
-        base = {**with_recipe(request.base, request.recipe), "method": method}
+        base = {**with_recipe(request.base, request.recipe, request.overrides), "method": method}
         if request.search:
             space = load_space(request.space_file or default_space_path(method))
             prepared.append(Prepared(method, space.validate(base, request.overrides), space))
@@ -110,6 +110,9 @@ def validate(request: Request) -> list[Prepared]:
     for item in prepared:
         _check_resources(request, item.template)
     template = prepared[0].template
+    if request.search and template.data.val_fraction == 0:
+        raise UserError("a search selects on the validation split: data.val_fraction must be > 0 "
+                        "(0 is for final runs, which `pcbench benchmark` makes itself)")
     check_dataset(template.data.name, template.data.root)
     _check_teachers(request, prepared)
     if request.ray:
@@ -294,8 +297,9 @@ def _search(request: Request, item: Prepared, listeners, recorder: SearchRecorde
             samples=request.samples, concurrent=request.concurrent, seed=request.seed,
             storage=ray_storage(request.results), cpus_per_trial=request.cpus_per_trial,
             gpus_per_trial=request.gpus_per_trial, optuna_storage=request.optuna_storage or None,
-            # a suite's experiment spans pairs: one study per pair and method
-            study_name=study_name(f"{experiment}-{pair}" if recorder.suite else experiment,
+            # a benchmark's study is its own (every method gets the same fresh budget, never
+            # one warm-started by an earlier run of the suite), per pair and method
+            study_name=study_name(f"{experiment}-{search_id}-{pair}" if recorder.suite else experiment,
                                   item.method)), listeners)
     recorder.flush(_part(search_id, item.template, "search"))
 

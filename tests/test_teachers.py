@@ -81,4 +81,7 @@ def test_a_cifar_teacher_trains_with_the_published_recipe_on_all_the_training_da
     assert (config.train.recipe, config.train.epochs, config.data.val_fraction) == ("cifar100-crd", 240, 0.0)
     assert config.train.milestones == [150, 180, 210] and config.data.batch_size == 64
     assert teacher_config("MobileNetV2", "cifar100").train.lr == 0.01
+    # a shorter run keeps the schedule's shape, however its length is given
+    short = teacher_config("resnet56", "cifar100", overrides={"train.epochs": 30})
+    assert (short.train.epochs, short.train.milestones) == (30, [19, 22, 26])
     assert json.loads(config.model_dump_json())["method"]["name"] == "ce"

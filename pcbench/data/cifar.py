@@ -105,6 +105,13 @@ def _download(name: str, root: Path) -> None:
 def load(name: str, root: str | Path, val_fraction: float, split_seed: int) -> Splits:
     fmt = _formats()[name]
     folder = Path(root).expanduser() / fmt.folder
+    if any(not (folder / n).is_file() for n, _ in fmt.files()):
+        # a node other than the driver's: fetch it here too, one process per node at a time
+        from filelock import FileLock
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder.parent / f".{fmt.folder}.lock")):
+            if any(not (folder / n).is_file() for n, _ in fmt.files()):
+                _download(name, folder.parent)
     x, y = _concat(folder, fmt.train_files, fmt.label_key)
     test = _concat(folder, fmt.test_files, fmt.label_key)
     train, val = carve(x, y, val_fraction, split_seed)

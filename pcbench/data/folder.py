@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from pcbench.data.splits import chunks, rank_order
+from pcbench.data.splits import augment_seed, chunks, rank_order
 from pcbench.data.validation import carve
 from pcbench.errors import UserError
 
@@ -79,7 +79,8 @@ class FolderSplits:
         loader = DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks(
                                 order, batch_size, drop_last=shuffle_seed is not None)],
                             num_workers=self.loader_workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+                            # workers' augmentation: this epoch's and this rank's own
+                            generator=torch.Generator().manual_seed(augment_seed(shuffle_seed or 0, rank)))
         for x, y, index in loader:
             yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
                    index.to(self.device, non_blocking=True))

@@ -85,6 +85,11 @@ def rank_order(n: int, rank: int, world: int, shuffle_seed: int | None,
     return order[: (n // world) * world][rank::world]
 
 
+def augment_seed(shuffle_seed: int, rank: int) -> int:
+    """Each rank's own augmentation stream, apart from every epoch's shuffle seed."""
+    return ((shuffle_seed * 2 + 1) << 10) + rank
+
+
 def chunks(indices: torch.Tensor, batch_size: int, drop_last: bool) -> Iterator[torch.Tensor]:
     stop = len(indices) - len(indices) % batch_size if drop_last else len(indices)
     for start in range(0, stop, batch_size):
@@ -119,7 +124,7 @@ class Splits:
         x, y = getattr(self, split)
         generator = None
         if shuffle_seed is not None:  # batch-relational losses (PC, RKD, CRD) never see a batch of one
-            generator = torch.Generator(device=x.device).manual_seed(shuffle_seed + 1)
+            generator = torch.Generator(device=x.device).manual_seed(augment_seed(shuffle_seed, rank))
         order = rank_order(len(x), rank, world, shuffle_seed, x.device)
         for idx in chunks(order, batch_size, drop_last=shuffle_seed is not None):
             yield self.transform(x[idx], generator if augment else None), y[idx], idx

@@ -12,10 +12,12 @@ import pandas as pd
 
 from pcbench.results.published import published
 
-GROUP = ["dataset", "teacher", "student", "epochs_planned", "scoring_rule"]
+# protocol: "final" (mean over seed runs on all the training data) or "search" (a search's
+# chosen trial); the two are never ranked together.
+GROUP = ["dataset", "teacher", "student", "epochs_planned", "scoring_rule", "protocol"]
 
-COLUMNS = ["dataset", "teacher", "student", "epochs_planned", "method", "test_acc_mean", "test_acc_std",
-           "seeds", "val_acc", "knobs", "trials", "completed", "compute_hours", "gpu_hours",
+COLUMNS = ["dataset", "teacher", "student", "epochs_planned", "protocol", "method", "test_acc_mean",
+           "test_acc_std", "seeds", "val_acc", "knobs", "trials", "completed", "compute_hours", "gpu_hours",
            "published_acc", "published_rule", "suite", "search_id", "config_hash", "teacher_sha256",
            "trial_id", "mlflow_run_id", "scoring_rule", "selection_split"]
 
@@ -29,7 +31,8 @@ def best_trial(trials: pd.DataFrame) -> pd.Series | None:
 
 
 def _gpu_hours(rows: pd.DataFrame) -> float:
-    return float((rows["wall_seconds"] * rows["gpus"].fillna(0.0)).sum() / 3600.0)
+    """From training time: a DDP trial's wall time includes waiting for its GPUs."""
+    return float((rows["train_seconds"].fillna(0.0) * rows["gpus"].fillna(0.0)).sum() / 3600.0)
 
 
 def _row(search: pd.DataFrame, finals: pd.DataFrame) -> dict | None:
@@ -38,12 +41,13 @@ def _row(search: pd.DataFrame, finals: pd.DataFrame) -> dict | None:
         return None
     row = best.to_dict()
     spent = pd.concat([search, finals])
-    accs = finals.loc[finals["status"] == "completed", "test_acc"].dropna()
-    if len(accs):
-        row.update(test_acc_mean=accs.mean(), test_acc_std=accs.std(ddof=1) if len(accs) > 1 else math.nan,
-                   seeds=len(accs), epochs_planned=int(finals["epochs_planned"].iloc[0]))
+    if len(finals):  # a benchmark: its final runs are the result, even when they all failed
+        accs = finals.loc[finals["status"] == "completed", "test_acc"].dropna()
+        row.update(test_acc_mean=accs.mean() if len(accs) else math.nan,
+                   test_acc_std=accs.std(ddof=1) if len(accs) > 1 else math.nan, seeds=len(accs),
+                   epochs_planned=int(finals["epochs_planned"].iloc[0]), protocol="final")
     else:
-        row.update(test_acc_mean=best["test_acc"], test_acc_std=math.nan, seeds=1)
+        row.update(test_acc_mean=best["test_acc"], test_acc_std=math.nan, seeds=1, protocol="search")
     row.update(trials=len(search), completed=int((search["status"] == "completed").sum()),
                compute_hours=spent["wall_seconds"].sum() / 3600.0, gpu_hours=_gpu_hours(spent))
     reference = published(row["dataset"], row["teacher"], row["student"], row["method"])

@@ -46,11 +46,13 @@ def _knobs(text: str) -> str:
 def _groups(board: pd.DataFrame):
     """(group key, that group's board rows, title, note, the table as shown)."""
     for key, rows in board.groupby(GROUP, sort=True):
-        dataset, teacher, student, epochs, rule = key
+        dataset, teacher, student, epochs, rule, protocol = key
         shown = _table(rows)
         title = f"{dataset}: {teacher} -> {student}, {epochs} epochs"
-        note = (f"Scoring: test accuracy at the {rule.replace('_', ' ')}; configuration chosen "
-                f"by accuracy on the validation split (never on test).")
+        runs = ("mean ± std over the final runs, one per seed, on all the training data"
+                if protocol == "final" else "the chosen search trial")
+        note = (f"Scoring: test accuracy at the {rule.replace('_', ' ')}, {runs}; configuration "
+                f"chosen by accuracy on the validation split (never on test).")
         yield key, rows, title, note, shown
 
 
@@ -72,28 +74,25 @@ def _figure(kind: str, index: int, svg: str, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def _searched(rows: pd.DataFrame, key: tuple, trials: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The search trials behind a group's rows: those of each row's search and method where the
-    board names its search (final seed runs left out), else those of the same group."""
+def _searched(rows: pd.DataFrame, trials: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The search trials behind a group's rows: those of each row's search, pair and method
+    (final seed runs left out)."""
     if trials is None or trials.empty:
         return None
     if "phase" in trials:
         trials = trials[trials["phase"].fillna("search") != "final"]
-    if "search_id" in rows and "search_id" in trials and rows["search_id"].notna().all():
-        chosen = pd.MultiIndex.from_frame(rows[["search_id", "method"]])
-        mine = trials[pd.MultiIndex.from_frame(trials[["search_id", "method"]]).isin(chosen)]
-    else:
-        mine = trials[(trials[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
+    keys = ["search_id", "teacher", "student", "method"]
+    mine = trials[pd.MultiIndex.from_frame(trials[keys]).isin(pd.MultiIndex.from_frame(rows[keys]))]
     return mine[mine["val_acc"].notna()]
 
 
-def _plots(index: int, key: tuple, rows: pd.DataFrame, trials: pd.DataFrame | None) -> str:
+def _plots(index: int, rows: pd.DataFrame, trials: pd.DataFrame | None) -> str:
     """The group's figures: test accuracy per method and, when the trials are given, the
     progress of the searches that chose the group's configurations."""
     from pcbench.results import plots  # matplotlib only where a report is drawn
 
     salt = f"pcbench-{index}"
-    mine = _searched(rows, key, trials)
+    mine = _searched(rows, trials)
     # one colour per method across the group's figures
     palette = plots.colours(set(rows["method"]) | (set(mine["method"]) if mine is not None else set()))
     parts = [_figure("test-acc", index, plots.accuracy_bars_svg(rows, f"{salt}-test-acc", palette),
@@ -113,8 +112,8 @@ def to_html(board: pd.DataFrame, trials: pd.DataFrame | None = None) -> str:
     sections = [f'<section class="group" id="group-{i}"><h2>{html.escape(title)}</h2>'
                 f"<p>{html.escape(note)}</p>"
                 + shown.to_html(index=False, border=0, classes="board")
-                + _plots(i, key, rows, trials) + "</section>"
-                for i, (key, rows, title, note, shown) in enumerate(_groups(board), start=1)]
+                + _plots(i, rows, trials) + "</section>"
+                for i, (_, rows, title, note, shown) in enumerate(_groups(board), start=1)]
     sections = sections or ["<p>No completed trials yet.</p>"]
     style = ("body{font-family:system-ui,sans-serif;margin:2rem;color:#222}"
              "table.board{border-collapse:collapse}th,td{padding:.3rem .8rem;text-align:left;"

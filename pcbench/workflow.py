@@ -259,8 +259,8 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
     status = "FAILED"
     try:
         for item_request, items in work:
-            recorder.gpus_per_trial = item_request.gpus_per_trial if item_request.ray else 0.0
             for item in items:
+                recorder.gpus_per_trial = _gpus_held(item_request, item.template)
                 on_search(item)
                 _search(item_request, item, [recorder, *listeners], recorder, search_id, experiment)
                 if item_request.final_seeds:
@@ -273,6 +273,14 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
         recorder.flush(f"{search_id}-interrupted")  # rows of trials that did finish
         tracker.end_run(parent, status)
     return Outcome(search_id, recorder.trials_seen, recorder.trials_failed)
+
+
+def _gpus_held(request: Request, template: TrialConfig) -> float:
+    """What a trial's GPU-hours count: its Ray reservation, or the one GPU of a --no-ray run."""
+    if request.ray:
+        return request.gpus_per_trial
+    import torch
+    return 1.0 if template.train.device != "cpu" and torch.cuda.is_available() else 0.0
 
 
 def study_name(experiment: str, method: str) -> str:

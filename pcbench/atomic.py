@@ -1,5 +1,7 @@
-"""Files written for users appear whole or not at all: write a temporary name, then rename."""
+"""Files: those written for users appear whole or not at all (a temporary name, then a
+rename), and checkpoints are identified by their content hash."""
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -16,3 +18,11 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     finally:
         staged.unlink(missing_ok=True)
     return path
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

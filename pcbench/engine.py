@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pcbench.atomic import sha256_of
 from pcbench.config import TrialConfig
 from pcbench.data import DataSource, load_dataset
 from pcbench.errors import UserError
@@ -96,6 +97,10 @@ def pick_device(requested: str) -> torch.device:
 
 
 def load_teacher(config: TrialConfig, data: DataSource) -> TapModel:
+    """The stored teacher, which must still be the file whose hash the trial records."""
+    if config.teacher_sha256 and sha256_of(config.teacher_weights) != config.teacher_sha256:
+        raise RuntimeError(f"teacher {config.teacher_weights} changed since this trial was set up "
+                           f"(its sha256 is no longer {config.teacher_sha256[:12]}); run it again")
     teacher = create_model(config.teacher, data.num_classes, data.input_shape[0])
     state = torch.load(config.teacher_weights, map_location="cpu", weights_only=True)
     teacher.load_state_dict(state["model"])

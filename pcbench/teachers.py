@@ -2,7 +2,6 @@
 checkpoint plus a JSON record of its sha256, accuracy and recipe. Trials record the hash."""
 
 import argparse
-import hashlib
 import pickle
 import shutil
 import tempfile
@@ -13,7 +12,7 @@ from typing import Callable
 import torch
 from pydantic import BaseModel
 
-from pcbench.atomic import write_atomic
+from pcbench.atomic import sha256_of, write_atomic
 from pcbench.config import TrialConfig, build_config
 from pcbench.engine import MODEL_FILE, LocalReporter, train_trial
 from pcbench.errors import UserError
@@ -51,14 +50,6 @@ class TeacherRecord(BaseModel):
     test_acc: float
     recipe: dict  # the trial's train settings, or where an imported checkpoint came from
     created: str
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class TeacherStore:

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from pcbench.atomic import sha256_of
 from pcbench.config import build_config
 from pcbench.engine import MODEL_FILE, LocalReporter, train_trial
-from pcbench.teachers import attach, sha256_of
+from pcbench.teachers import attach
 
 
 def test_teacher_is_trained_once_stored_with_its_hash_and_reused(teacher_store):
@@ -46,3 +47,18 @@ def test_a_restarted_trial_resumes_from_its_checkpoint(teacher_store, tmp_path):
     final = train_trial(config, resumed)
     assert [m["epoch"] for m in resumed.history] == [3]
     assert final["val_acc"] == pytest.approx(straight["val_acc"])
+
+
+def test_a_trial_refuses_a_teacher_file_that_changed_since_it_was_set_up(teacher_store, tmp_path):
+    import shutil
+    record = teacher_store.get("cnn_large", "digits")
+    copy = tmp_path / "teacher.pt"
+    shutil.copyfile(record.path, copy)
+    config = build_config({"method": "kd"}, {"train.epochs": 1}).model_copy(
+        update={"teacher_weights": str(copy), "teacher_sha256": record.sha256})
+    train_trial(config, LocalReporter())  # the same bytes: fine
+    state = torch.load(copy, weights_only=True)
+    next(iter(state["model"].values())).add_(1.0)
+    torch.save(state, copy)
+    with pytest.raises(RuntimeError, match="changed since this trial was set up"):
+        train_trial(config, LocalReporter())

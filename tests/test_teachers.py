@@ -8,11 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from pcbench.atomic import sha256_of
 from pcbench.cli import app
 from pcbench.data import cifar
 from pcbench.engine import accuracy_on_test
 from pcbench.models import create_model
-from pcbench.teachers import TeacherStore, sha256_of
+from pcbench.teachers import TeacherStore
 
 
 def _invoke(*args):

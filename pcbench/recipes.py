@@ -58,6 +58,13 @@ def with_recipe(base: dict[str, Any], name: str | None,
     train = merged["train"]
     epochs = overrides.get("train.epochs", train["epochs"])
     explicit = "milestones" in base.get("train", {}) or "train.milestones" in overrides
-    if epochs != planned and "milestones" in train and not explicit:
-        train["milestones"] = sorted({max(1, round(m * epochs / planned)) for m in train["milestones"]})
+    if "milestones" in train and not explicit:
+        train["milestones"] = scale_milestones(train["milestones"], planned, epochs)
     return merged
+
+
+def scale_milestones(milestones: list[int], planned: int, epochs: int) -> list[int]:
+    """The same points of the schedule for a run of `epochs` instead of `planned`."""
+    if epochs == planned:
+        return list(milestones)
+    return sorted({max(1, round(m * epochs / planned)) for m in milestones})

@@ -121,8 +121,11 @@ class SearchRecorder:
                 "epoch_seconds": e.get("epoch_seconds"),
             })
 
-    def flush(self, part: str) -> None:
-        """Write the rows gathered so far as one part of each table, then forget them."""
-        self.store.write("trials", self._trial_rows, part)
+    def flush(self, part: str) -> list[dict[str, Any]]:
+        """Write the rows gathered so far as one part of each table, forget them, and return
+        the trial rows written."""
+        trial_rows = self._trial_rows
+        self.store.write("trials", trial_rows, part)
         self.store.write("epochs", self._epoch_rows, part)
         self._trial_rows, self._epoch_rows = [], []
+        return trial_rows

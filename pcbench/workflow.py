@@ -13,12 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import pandas as pd
+
 from pcbench.config import TrialConfig, build_config
 from pcbench.data import check_dataset, get_dataset
 from pcbench.errors import UserError
 from pcbench.launch.resources import COORDINATOR_CPUS
 from pcbench.methods import get_method
-from pcbench.recipes import with_recipe
+from pcbench.recipes import recipe, scale_milestones, with_recipe
 from pcbench.recording import SearchRecorder, TrialListener
 from pcbench.results import ResultsStore
 from pcbench.results.leaderboard import best_trial
@@ -262,9 +264,10 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
             for item in items:
                 recorder.gpus_per_trial = _gpus_held(item_request, item.template)
                 on_search(item)
-                _search(item_request, item, [recorder, *listeners], recorder, search_id, experiment)
+                searched = _search(item_request, item, [recorder, *listeners], recorder, search_id,
+                                   experiment)
                 if item_request.final_seeds:
-                    _final_runs(item_request, item, [recorder, *listeners], recorder, search_id)
+                    _final_runs(item_request, item, [recorder, *listeners], recorder, search_id, searched)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -293,7 +296,8 @@ def _part(search_id: str, template: TrialConfig, phase: str) -> str:
 
 
 def _search(request: Request, item: Prepared, listeners, recorder: SearchRecorder, search_id: str,
-            experiment: str) -> None:
+            experiment: str) -> list[dict[str, Any]]:
+    """Run one method's search (or single trial); return its trial rows."""
     recorder.phase, recorder.selected_trial = ("search" if request.search else "run"), None
     if not request.ray:
         _run_here(item.template, request.results, listeners)
@@ -309,7 +313,7 @@ def _search(request: Request, item: Prepared, listeners, recorder: SearchRecorde
             # one warm-started by an earlier run of the suite), per pair and method
             study_name=study_name(f"{experiment}-{search_id}-{pair}" if recorder.suite else experiment,
                                   item.method)), listeners)
-    recorder.flush(_part(search_id, item.template, "search"))
+    return recorder.flush(_part(search_id, item.template, "search"))
 
 
 def final_config(selected: TrialConfig, epochs: int | None) -> TrialConfig:
@@ -318,28 +322,22 @@ def final_config(selected: TrialConfig, epochs: int | None) -> TrialConfig:
     tree = selected.to_dict()
     tree["data"]["val_fraction"] = 0.0
     if epochs is not None and epochs != selected.train.epochs:
-        train = tree["train"]
+        train, recipe_name = tree["train"], selected.train.recipe
+        # from the recipe's own milestones where there is one: scaling the search's scaled
+        # (rounded) milestones back would drift from 150/180/210
+        source = (recipe(recipe_name)["train"] if recipe_name
+                  else {"milestones": selected.train.milestones, "epochs": selected.train.epochs})
+        train["milestones"] = scale_milestones(source.get("milestones", []), source["epochs"], epochs)
         train["epochs"] = epochs
-        if selected.train.recipe:
-            recipe_train = with_recipe({"student": selected.student, "train": {"epochs": epochs}},
-                                       selected.train.recipe)["train"]
-            train["milestones"] = recipe_train["milestones"] if "milestones" in recipe_train else []
-        else:
-            ratio = epochs / selected.train.epochs
-            train["milestones"] = sorted({max(1, round(m * ratio)) for m in selected.train.milestones})
     return TrialConfig.parse(tree)
 
 
 def _final_runs(request: Request, item: Prepared, listeners, recorder: SearchRecorder,
-                search_id: str) -> None:
+                search_id: str, searched: list[dict[str, Any]]) -> None:
     from pcbench.launch.search import SearchPlan, run_search
 
     t = item.template
-    trials = ResultsStore(request.results).read("trials")
-    mine = trials[(trials["search_id"] == search_id) & (trials["phase"] == "search")
-                  & (trials["method"] == item.method) & (trials["teacher"] == t.teacher)
-                  & (trials["student"] == t.student)]
-    best = best_trial(mine)
+    best = best_trial(pd.DataFrame(searched)) if searched else None
     if best is None:
         return  # no trial completed: the leaderboard has no row for this method
     template = final_config(TrialConfig.parse(json.loads(best["config"])), request.final_epochs)

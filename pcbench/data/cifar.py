@@ -66,15 +66,19 @@ def _concat(folder: Path, files, label_key: str) -> tuple[torch.Tensor, torch.Te
             torch.from_numpy(np.concatenate([p[1] for p in parts])))
 
 
+def _missing(fmt: CifarFormat, folder: Path) -> list[str]:
+    return [n for n, _ in fmt.files() if not (folder / n).is_file()]
+
+
 def check(name: str, root: str | Path, download: bool = True) -> None:
     """Before any trial: the files exist (downloaded with torchvision when missing and the
     machine is online), else one line naming the expected path. Warns on non-official files."""
     fmt = _formats()[name]
     folder = Path(root).expanduser() / fmt.folder
-    missing = [n for n, _ in fmt.files() if not (folder / n).is_file()]
+    missing = _missing(fmt, folder)
     if missing and download:
         _download(name, Path(root).expanduser())
-        missing = [n for n, _ in fmt.files() if not (folder / n).is_file()]
+        missing = _missing(fmt, folder)
     if missing:
         raise UserError(f"{name} not found: expected {', '.join(str(folder / n) for n in missing)} "
                         f"(torchvision's CIFAR python format); put the files there or pass "
@@ -105,12 +109,12 @@ def _download(name: str, root: Path) -> None:
 def load(name: str, root: str | Path, val_fraction: float, split_seed: int) -> Splits:
     fmt = _formats()[name]
     folder = Path(root).expanduser() / fmt.folder
-    if any(not (folder / n).is_file() for n, _ in fmt.files()):
+    if _missing(fmt, folder):
         # a node other than the driver's: fetch it here too, one process per node at a time
         from filelock import FileLock
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder.parent / f".{fmt.folder}.lock")):
-            if any(not (folder / n).is_file() for n, _ in fmt.files()):
+            if _missing(fmt, folder):
                 _download(name, folder.parent)
     x, y = _concat(folder, fmt.train_files, fmt.label_key)
     test = _concat(folder, fmt.test_files, fmt.label_key)

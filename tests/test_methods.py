@@ -1,4 +1,4 @@
-"""KD and FCFD against METHODS.md; the registry."""
+"""KD and FCFD against their definitions (docs/methods.md); the registry."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""OT against METHODS.md section 2 and POT's reference solvers."""
+"""OT against its definition (docs/methods.md) and POT's reference solvers."""
 
 import numpy as np
 import ot as pot

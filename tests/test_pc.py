@@ -1,4 +1,4 @@
-"""PC against METHODS.md section 1, property by property, and against a naive reference."""
+"""PC against its definition (docs/methods.md), property by property, and against a naive reference."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """The model zoo: RepDistiller's CIFAR models exactly (state_dict keys, shapes, parameter counts,
-feature shapes, from ../shared/repdistiller_zoo.json), torchvision's ImageNet models, the taps
+feature shapes, from tests/data/repdistiller_zoo.json: RepDistiller's own models, measured), torchvision's ImageNet models, the taps
 and the stage contract FCFD relies on."""
 
 import json
@@ -17,12 +17,12 @@ from pcbench.methods.fcfd import FCFDConfig
 from pcbench.models import Tapped, create_model, model_info, stage_taps, tap_names
 from pcbench.models.shufflenet import channel_shuffle
 
-ZOO_JSON = Path(__file__).parents[1].parent / "shared" / "repdistiller_zoo.json"
+ZOO_JSON = Path(__file__).parent / "data" / "repdistiller_zoo.json"
 CIFAR_ZOO = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
              "resnet8x4", "resnet32x4", "ResNet50", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
              "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2", "ShuffleV1", "ShuffleV2"]
 IMAGENET = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
-FOUR_STAGES = {"vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2", "ResNet50"}  # METHODS.md
+FOUR_STAGES = {"vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2", "ResNet50"}  # FCFD's stage split
 
 
 @pytest.fixture(scope="module")

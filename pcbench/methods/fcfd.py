@@ -2,7 +2,7 @@
 
 Features are judged by what the rest of the network does with them: student features are fed
 through the teacher's later stages (s->t) and teacher features through the student's (t->s),
-and the outputs must agree with the teacher's. See METHODS.md section 3.
+and the outputs must agree with the teacher's. See docs/methods.md.
 """
 
 import contextlib

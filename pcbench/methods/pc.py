@@ -4,7 +4,7 @@ teacher *ranks* the rest of the batch by dissimilarity, seen from every input in
 F_r(j) is the normalised rank of j from reference r: the fraction of the other points that
 look closer to r than j does (the empirical distribution function of r's row). The teacher's
 is hard; the student's replaces the indicator with sigmoid((d_rj - d_rk) / tau_r). See
-METHODS.md section 1. The soft rank needs B x B x B comparisons; they are made in chunks of
+docs/methods.md. The soft rank needs B x B x B comparisons; they are made in chunks of
 reference rows under activation checkpointing, so memory stays O(B^2 + chunk * B^2) in the
 forward and the backward alike.
 """

@@ -117,14 +117,53 @@ class ProgressDisplay:
             self.progress.console.print(f"[yellow]{key.strip()} trial {trial_id} failed:[/yellow] {error}")
 
 
-def _execute(request) -> None:
+DryRun = Annotated[bool, typer.Option(
+    "--dry-run", help="Print the plan (budget, first point, every knob as resolved for the pair) "
+    "and what is missing; start and write nothing.")]
+Json = Annotated[bool, typer.Option("--json", help="With --dry-run: the plan as one JSON list on stdout.")]
+
+
+def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool) -> None:
+    """A dry run's output: the plan on stdout (text or JSON), what is missing on stderr."""
+    import json
+    if as_json:
+        typer.echo(json.dumps(entries, indent=1))
+    else:
+        for e in entries:
+            budget = e["budget"]
+            line = f"{e['teacher']} -> {e['student']}  {e['method']}: {budget['trials']} trials x {budget['epochs']} epochs"
+            if "final" in e:
+                line += f", then {len(e['final']['seeds'])} seeds x {e['final']['epochs']} epochs"
+            typer.echo(line)
+            for key, spec in e["knobs"].items():
+                if spec["type"] == "categorical":
+                    domain = "{" + ", ".join(map(str, spec["choices"])) + "}"
+                else:
+                    domain = f"{spec['type']} {spec['low']:.4g}..{spec['high']:.4g}" + (" log" if spec["log"] else "")
+                typer.echo(f"    {key:<24} {domain:<52} first {e['first_point'][key]}")
+    for line in dict.fromkeys(missing):
+        console.print(f"[yellow]missing:[/yellow] {line}", highlight=False, soft_wrap=True)
+    console.print("dry run: nothing started, nothing written", highlight=False)
+
+
+def _complete_stores(request) -> None:
+    """The stores a request did not name: MLflow's default, Optuna beside it."""
     from pcbench import workflow
     from pcbench.tracking import default_tracking_uri
-
     request.tracking_uri = request.tracking_uri or default_tracking_uri()
     if request.search:
         request.optuna_storage = request.optuna_storage or workflow.default_optuna_storage(
             request.tracking_uri, request.results)
+
+
+def _execute(request, dry_run: bool = False, as_json: bool = False) -> None:
+    from pcbench import workflow
+
+    _complete_stores(request)
+    if dry_run:
+        missing: list[str] = []
+        _show_plan(workflow.plan(request, workflow.validate(request, missing)), missing, as_json)
+        return
     prepared = workflow.validate(request)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -186,7 +225,7 @@ def run(
 
 def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus,
-            optuna_storage=None, data_dir=None, recipe=None) -> None:
+            optuna_storage=None, data_dir=None, recipe=None, dry_run=False, as_json=False) -> None:
     from pcbench.workflow import Request
     if space is not None and len(set(methods_)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
@@ -195,7 +234,7 @@ def _search(methods_, dataset, teacher, student, set_, space, samples, concurren
                       concurrent=concurrent, seed=seed, results=results, teachers=teachers,
                       tracking_uri=tracking_uri or "", experiment=experiment, address=address,
                       cpus_per_trial=cpus, gpus_per_trial=gpus, optuna_storage=optuna_storage or "")
-    _execute(request)
+    _execute(request, dry_run, as_json)
 
 
 Methods = Annotated[Optional[list[str]], typer.Option("--method", help="Method to search, repeatable.")]
@@ -215,16 +254,18 @@ def search(
     tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
     optuna_storage: OptunaStorage = None, data_dir: DataDir = None, recipe: Recipe = None,
+    dry_run: DryRun = False, as_json: Json = False,
 ) -> None:
     """Search each method's knobs with Ray Tune + Optuna (TPE) and ASHA."""
     _search(method or [], dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address,
-            cpus_per_trial, gpus_per_trial, optuna_storage, data_dir, recipe)
+            cpus_per_trial, gpus_per_trial, optuna_storage, data_dir, recipe, dry_run, as_json)
 
 
 def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, data_dir=None,
                samples=None, epochs=None, seeds=None, final_epochs=None, methods=None, set_=None,
-               concurrent=None, cpus_per_trial=None, gpus_per_trial=None, optuna_storage=None) -> None:
+               concurrent=None, cpus_per_trial=None, gpus_per_trial=None, optuna_storage=None,
+               dry_run=False, as_json=False) -> None:
     from pcbench import workflow
     from pcbench.suite import load_suite
     from pcbench.tracking import default_tracking_uri
@@ -236,9 +277,8 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
             raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
                             f"choose among {', '.join(suite.methods)}")
     tracking_uri = tracking_uri or default_tracking_uri()
-    overrides = {**suite.set, **parse_overrides(set_ or [])}
     budget_epochs = epochs or suite.budget.epochs
-    work = []
+    work, missing = [], []
     for pair in suite.pairs:
         base = {"seed": suite.seed, "data": {"name": suite.dataset}, "teacher": pair.teacher,
                 "student": pair.student}
@@ -246,6 +286,8 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
             base["data"]["root"] = data_dir
         if budget_epochs is not None:
             base["train"] = {"epochs": budget_epochs}
+        # the suite's settings, then the pair's published ones, then the command line's
+        overrides = {**suite.set, **pair.set, **parse_overrides(set_ or [])}
         request = workflow.Request(
             methods or suite.methods, base, overrides, recipe=suite.recipe,
             samples=samples or suite.budget.trials, concurrent=concurrent or suite.concurrent,
@@ -255,7 +297,12 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
             gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial,
             final_seeds=suite.final_seeds(seeds),
             final_epochs=final_epochs or suite.final_epochs)
-        work.append((request, workflow.validate(request)))  # every pair before Ray starts
+        # every pair before Ray starts
+        work.append((request, workflow.validate(request, missing if dry_run else None)))
+    if dry_run:
+        _show_plan([e for request, prepared in work for e in workflow.plan(request, prepared)],
+                   missing, as_json)
+        return
     first = work[0][0]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -291,6 +338,7 @@ def benchmark(
         "--gpus-per-trial", help="GPUs a trial holds (0.25: four trials share a GPU).")] = None,
     results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, address: Address = None, optuna_storage: OptunaStorage = None,
+    dry_run: DryRun = False, as_json: Json = False,
 ) -> None:
     """Every method x pair of a suite: the same search budget each, selection on the validation
     split, the winner re-run with several seeds on the full training set, then the report."""
@@ -299,7 +347,7 @@ def benchmark(
     _benchmark(suite, results, teachers, tracking_uri, address, data_dir=data_dir, samples=samples,
                epochs=epochs, seeds=seeds, final_epochs=final_epochs, methods=method, set_=set_,
                concurrent=concurrent, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-               optuna_storage=optuna_storage)
+               optuna_storage=optuna_storage, dry_run=dry_run, as_json=as_json)
 
 
 @app.command()

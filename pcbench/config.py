@@ -24,6 +24,7 @@ from pcbench.data import dataset_names
 from pcbench.errors import UserError
 from pcbench.methods import MethodConfig, get_method, method_names
 from pcbench.models import model_names, stage_taps, tap_names
+from pcbench.models.roles import common_stages
 
 
 class _Section(BaseModel):
@@ -87,15 +88,24 @@ class TrialConfig(_Section):
         return name
 
     @model_validator(mode="after")
-    def _taps_exist(self) -> "TrialConfig":
+    def _taps_resolved(self) -> "TrialConfig":
+        """Layer roles become the pair's concrete tap names, and every tap must exist."""
         method = get_method(self.method.name)
-        for role in ("student", "teacher") if method.needs_teacher else ("student",):
+        roles = ("student", "teacher") if method.needs_teacher else ("student",)
+        stages = {role: stage_taps(getattr(self, role)) for role in roles}
+        if method.same_stages and len(stages["student"]) != len(stages["teacher"]):
+            raise ValueError(f"{method.name} pairs stage with stage: teacher {self.teacher} has "
+                             f"{len(stages['teacher'])} stages and student {self.student} "
+                             f"{len(stages['student'])}; choose a pair with equal stage counts")
+        self.method = method.resolved(self.method, common_stages(*stages.values()))
+        for role in roles:
             model = getattr(self, role)
             valid = tap_names(model)
-            for tap in sorted(method.taps(self.method, stage_taps(model))):
+            for tap in sorted(method.taps(self.method, stages[role])):
                 if tap not in valid:
                     raise ValueError(f"tap '{tap}' does not exist in {role} {model}; "
-                                     f"valid taps: {', '.join(valid)}")
+                                     f"valid taps: {', '.join(valid)} or a layer role "
+                                     f"(last_stage, stage[-2], all_stages, middle_stage)")
         return self
 
     @classmethod

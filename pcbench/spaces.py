@@ -1,9 +1,14 @@
-"""Search spaces: `search_spaces/<method>.yaml` maps dotted config keys to Optuna
-distributions. The method's own defaults (the published setting) are the first point tried.
+"""Search spaces. `search_spaces/<method>.yaml` maps the method's own dotted knobs to Optuna
+distributions; `search_spaces/training.yaml` holds the training knobs, which every method
+searches alike (one block, never copied into a method's file). A space is resolved against
+the trial it searches before the search starts: layer roles become the pair's tap names and
+relative ranges become absolute ones. The trial's own settings (the method's defaults, the
+suite's per-pair published setting, --set) are the first point tried.
 
     knobs:
       method.tau: {type: float, low: 0.05, high: 2.0, log: true}
-      method.tap: {type: categorical, choices: [embedding, stage3]}
+      method.tap: {type: categorical, choices: [embedding, last_stage, "stage[-2]"]}
+      train.lr: {type: float, low: 0.25, high: 4.0, log: true, relative: true}   # training.yaml
 """
 
 from dataclasses import dataclass
@@ -15,18 +20,21 @@ import optuna.distributions as od
 from pcbench import REPO_ROOT
 from pcbench.config import TrialConfig, build_config, load_yaml
 from pcbench.errors import UserError
+from pcbench.methods import get_method
+from pcbench.models import stage_taps
+from pcbench.models.roles import common_stages, resolve_taps
 
 SPACES_DIR = REPO_ROOT / "search_spaces"
+TRAINING_SPACE = SPACES_DIR / "training.yaml"
+TAP_KNOBS = ("method.tap", "method.taps")
 
 
 def default_space_path(method: str) -> Path:
     return SPACES_DIR / f"{method}.yaml"
 
 
-def _distribution(path: str, key: str, spec: Any) -> od.BaseDistribution:
+def _distribution(path: str, key: str, spec: dict[str, Any]) -> od.BaseDistribution:
     where = f"{path}: knob '{key}'"
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise UserError(f"{where} must be a mapping with a type (float, int or categorical)")
     kind, rest = spec["type"], {k: v for k, v in spec.items() if k != "type"}
     try:
         if kind == "float":
@@ -46,8 +54,37 @@ def _as_choice(value: Any) -> Any:
     return ",".join(value) if isinstance(value, list) else value
 
 
+def describe_distribution(dist: od.BaseDistribution) -> dict[str, Any]:
+    """{type, choices} or {type, low, high, log}: how a dry run shows a knob."""
+    if isinstance(dist, od.CategoricalDistribution):
+        return {"type": "categorical", "choices": list(dist.choices)}
+    kind = "int" if isinstance(dist, od.IntDistribution) else "float"
+    return {"type": kind, "low": dist.low, "high": dist.high, "log": dist.log}
+
+
+def read_knobs(path: str | Path, allowed_prefix: str | None = None) -> dict[str, dict[str, Any]]:
+    """The `knobs:` mapping of a space file, each a mapping with a type."""
+    data = load_yaml(str(path))
+    knobs = data.get("knobs")
+    if knobs is None:
+        knobs = {}
+    if not isinstance(knobs, dict):
+        raise UserError(f"{path}: expected a 'knobs:' mapping of dotted keys to distributions")
+    for key, spec in knobs.items():
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise UserError(f"{path}: knob '{key}' must be a mapping with a type "
+                            f"(float, int or categorical)")
+        if allowed_prefix and not str(key).startswith(allowed_prefix):
+            raise UserError(f"{path}: '{key}' is not a method knob; a method's space holds only "
+                            f"{allowed_prefix}* knobs (training knobs are searched for every "
+                            f"method alike, from {TRAINING_SPACE.relative_to(REPO_ROOT)})")
+    return knobs
+
+
 @dataclass
 class SearchSpace:
+    """A space resolved against one trial template: concrete tap names, absolute ranges."""
+
     path: str
     distributions: dict[str, od.BaseDistribution]
 
@@ -55,16 +92,15 @@ class SearchSpace:
         flat = template.flat()
         return {key: _as_choice(flat[key]) for key in self.distributions}
 
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {key: describe_distribution(dist) for key, dist in self.distributions.items()}
+
     def validate(self, base: dict[str, Any], overrides: dict[str, Any]) -> TrialConfig:
-        """Check every knob names a config field of this method, every choice and range end
-        builds a valid config, and the default lies inside the space. Returns the template."""
+        """Check every choice and range end builds a valid config and the template's own value
+        (the first point) lies inside the space. Returns the template."""
         template = build_config(base, overrides)
         flat = template.flat()
         for key, dist in self.distributions.items():
-            if key not in flat:
-                raise UserError(f"{self.path}: knob '{key}' is not a setting of method "
-                                f"'{template.method.name}'; valid keys: "
-                                + ", ".join(k for k in flat if k.startswith(("method.", "train."))))
             values = dist.choices if isinstance(dist, od.CategoricalDistribution) else (dist.low, dist.high)
             for value in values:
                 try:
@@ -76,15 +112,58 @@ class SearchSpace:
             inside = (default in dist.choices if isinstance(dist, od.CategoricalDistribution)
                       else dist.low <= default <= dist.high)
             if not inside:
-                raise UserError(f"{self.path}: {key}={default!r} (the method's default or your "
-                                f"--set) lies outside the space; widen the space, since that "
+                raise UserError(f"{self.path}: {key}={default!r} (the method's default, the suite's "
+                                f"per-pair setting or your --set) lies outside the space "
+                                f"{describe_distribution(dist)}; widen the space, since that "
                                 f"setting is the first point tried")
         return template
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    data = load_yaml(str(path))
-    knobs = data.get("knobs")
-    if not isinstance(knobs, dict) or not knobs:
-        raise UserError(f"{path}: expected a 'knobs:' mapping of dotted keys to distributions")
-    return SearchSpace(str(path), {k: _distribution(str(path), k, v) for k, v in knobs.items()})
+def _resolve(path: str, key: str, spec: dict[str, Any], template: TrialConfig,
+             stages: list[str]) -> dict[str, Any]:
+    """One knob's spec for this trial: tap roles to tap names, relative ranges to absolute."""
+    spec = dict(spec)
+    if spec.pop("relative", False):
+        value = template.flat()[key]
+        if spec.get("type") not in ("float", "int") or not isinstance(value, (int, float)):
+            raise UserError(f"{path}: knob '{key}' is relative, so it must be a float or int "
+                            f"knob with a numeric setting")
+        spec["low"], spec["high"] = value * float(spec["low"]), value * float(spec["high"])
+    if key in TAP_KNOBS and spec.get("type") == "categorical":
+        resolved = []
+        for choice in spec.get("choices") or []:
+            names = resolve_taps(choice, stages) if choice is not None else None
+            if names == [] or (key == "method.tap" and names is not None and len(names) != 1):
+                continue  # a role this pair has no layer for (stage[-4] of three stages)
+            resolved.append(None if names is None else ",".join(names))
+        if not resolved:
+            raise UserError(f"{path}: no choice of '{key}' names a layer of "
+                            f"{template.teacher} -> {template.student} (stages: {', '.join(stages)})")
+        spec["choices"] = list(dict.fromkeys(resolved))
+    return spec
+
+
+def load_space(path: str | Path, template: TrialConfig) -> SearchSpace:
+    """The method's knobs in `path` and the shared training block, resolved against `template`
+    (the trial as configured, without the search's choices)."""
+    path = str(path)
+    knobs = {**read_knobs(path, allowed_prefix="method."), **read_knobs(TRAINING_SPACE)}
+    flat = template.flat()
+    for key in knobs:
+        if key not in flat:
+            raise UserError(f"{path}: knob '{key}' is not a setting of method "
+                            f"'{template.method.name}'; valid keys: "
+                            + ", ".join(k for k in flat if k.startswith("method.")))
+    method = get_method(template.method.name)
+    models = (template.teacher, template.student) if method.needs_teacher else (template.student,)
+    stages = common_stages(*(stage_taps(m) for m in models))
+    return SearchSpace(path, {key: _distribution(path, key, _resolve(path, key, spec, template, stages))
+                              for key, spec in knobs.items()})
+
+
+def prepare_search(base: dict[str, Any], overrides: dict[str, Any],
+                   path: str | Path | None = None) -> tuple[TrialConfig, SearchSpace]:
+    """The trial template and its resolved, checked space (default: the method's own file)."""
+    template = build_config(base, overrides)
+    space = load_space(path or default_space_path(template.method.name), template)
+    return space.validate(base, overrides), space

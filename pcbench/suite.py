@@ -18,6 +18,9 @@ class _Strict(BaseModel):
 class Pair(_Strict):
     teacher: str
     student: str
+    # Dotted overrides for this pair only, usually scoped to a method (`fcfd.weight: 0.02`):
+    # the authors' setting for the pair, which becomes the first point of that method's search.
+    set: dict[str, Any] = {}
 
 
 class Budget(_Strict):
@@ -40,7 +43,7 @@ class Suite(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     seed: int = 0  # of the search (Optuna's sampler) and the first final run
-    set: dict[str, Any] = {}  # dotted overrides, as --set
+    set: dict[str, Any] = {}  # dotted overrides for every pair, as --set
 
     @field_validator("recipe")
     @classmethod

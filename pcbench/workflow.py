@@ -24,7 +24,7 @@ from pcbench.recipes import recipe, scale_milestones, with_recipe
 from pcbench.recording import SearchRecorder, TrialListener
 from pcbench.results import ResultsStore
 from pcbench.results.leaderboard import best_trial
-from pcbench.spaces import SearchSpace, default_space_path, load_space
+from pcbench.spaces import SearchSpace, prepare_search
 from pcbench.storage import Location, is_uri, resolve
 from pcbench.teachers import TeacherStore, attach
 
@@ -84,8 +84,10 @@ def check_results(value: "str | Path", flag: str = "--results") -> Location:
     return location
 
 
-def validate(request: Request) -> list[Prepared]:
-    """Every check a user's input can fail, before anything is written or Ray starts."""
+def validate(request: Request, missing: list[str] | None = None) -> list[Prepared]:
+    """Every check a user's input can fail, before anything is written or Ray starts. With a
+    `missing` list (a dry run), what only a real run needs (data files, teachers, GPUs, the
+    Ray cluster) is appended to it instead of raised, and nothing is downloaded."""
     if not request.methods:
         raise UserError("no method given; name one with --method (see `pcbench methods`)")
     if request.samples < 1:
@@ -105,21 +107,49 @@ def validate(request: Request) -> list[Prepared]:
         get_method(method)
         base = {**with_recipe(request.base, request.recipe, request.overrides), "method": method}
         if request.search:
-            space = load_space(request.space_file or default_space_path(method))
-            prepared.append(Prepared(method, space.validate(base, request.overrides), space))
+            template, space = prepare_search(base, request.overrides, request.space_file)
+            prepared.append(Prepared(method, template, space))
         else:
             prepared.append(Prepared(method, build_config(base, request.overrides), None))
-    for item in prepared:
-        _check_resources(request, item.template)
     template = prepared[0].template
     if request.search and template.data.val_fraction == 0:
         raise UserError("a search selects on the validation split: data.val_fraction must be > 0 "
                         "(0 is for final runs, which `pcbench benchmark` makes itself)")
-    check_dataset(template.data.name, template.data.root)
-    _check_teachers(request, prepared)
+    dry = missing is not None
+
+    def needed(check: Callable[[], None]) -> None:
+        try:
+            check()
+        except UserError as error:
+            if not dry:
+                raise
+            missing.append(str(error))
+
+    for item in prepared:
+        needed(lambda: _check_resources(request, item.template))
+    needed(lambda: check_dataset(template.data.name, template.data.root, download=not dry))
+    needed(lambda: _check_teachers(request, prepared))
     if request.ray:
-        _check_address(request.address or os.environ.get("RAY_ADDRESS"))
+        needed(lambda: _check_address(request.address or os.environ.get("RAY_ADDRESS")))
     return prepared
+
+
+def plan(request: Request, prepared: list[Prepared]) -> list[dict[str, Any]]:
+    """What a validated request will run, per pair and method: its budget, the first point and
+    every knob as resolved for the pair (a dry run prints this)."""
+    entries = []
+    for item in prepared:
+        t = item.template
+        entry = {"teacher": t.teacher, "student": t.student, "method": item.method,
+                 "dataset": t.data.name,
+                 "budget": {"trials": request.samples if request.search else 1, "epochs": t.train.epochs},
+                 "first_point": item.space.first_point(t) if item.space else {},
+                 "knobs": item.space.describe() if item.space else {}}
+        if request.final_seeds:
+            entry["final"] = {"seeds": list(request.final_seeds),
+                              "epochs": request.final_epochs or t.train.epochs}
+        entries.append(entry)
+    return entries
 
 
 def _check_address(address: str | None) -> None:

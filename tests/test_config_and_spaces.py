@@ -6,7 +6,7 @@ import pytest
 from pcbench.config import build_config, parse_overrides
 from pcbench.errors import UserError
 from pcbench.methods import method_names
-from pcbench.spaces import default_space_path, load_space
+from pcbench.spaces import prepare_search
 
 
 def test_overrides_reach_nested_fields_and_parse_as_yaml():
@@ -54,8 +54,7 @@ def test_unknown_method_lists_the_registered_ones():
 
 @pytest.mark.parametrize("method", method_names())
 def test_every_space_loads_starts_at_the_default_and_samples_valid_configs(method):
-    space = load_space(default_space_path(method))
-    template = space.validate({"method": method}, {})
+    template, space = prepare_search({"method": method}, {})
     first = space.first_point(template)
     assert build_config({"method": method}, first).hash == template.hash  # defaults first
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
@@ -65,15 +64,75 @@ def test_every_space_loads_starts_at_the_default_and_samples_valid_configs(metho
         study.tell(trial, 0.5)
 
 
+PAIRS = [("cnn_large", "cnn_small"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"),
+         ("resnet34", "resnet18")]
+
+
+@pytest.mark.parametrize("teacher, student", PAIRS)
+def test_spaces_differ_only_in_their_own_method_knobs(teacher, student):
+    """Equal searches: every method searches the same training knobs over the same ranges,
+    and nothing else but its own method.* knobs."""
+    shared = {}
+    for method in method_names():
+        _, space = prepare_search({"method": method, "teacher": teacher, "student": student}, {})
+        others = {k: d for k, d in space.distributions.items() if not k.startswith("method.")}
+        shared[method] = others
+    reference = shared["ce"]
+    assert set(reference) == {"train.lr", "train.weight_decay"}
+    for method, others in shared.items():
+        assert others == reference, method
+
+
+def test_a_method_space_may_not_carry_training_knobs(tmp_path):
+    path = tmp_path / "kd.yaml"
+    path.write_text("knobs:\n  train.lr: {type: float, low: 0.01, high: 0.1}\n")
+    with pytest.raises(UserError, match="'train.lr' is not a method knob.*training.yaml"):
+        prepare_search({"method": "kd"}, {}, path)
+
+
+def test_training_ranges_follow_the_trials_own_setting():
+    _, space = prepare_search({"method": "kd"}, {"train.lr": 0.01})
+    lr = space.distributions["train.lr"]
+    assert (lr.low, lr.high, lr.log) == pytest.approx((0.0025, 0.04, True))
+
+
+def test_layer_roles_resolve_to_the_pairs_taps():
+    _, four = prepare_search({"method": "ot", "teacher": "vgg13", "student": "vgg8"}, {})
+    assert four.distributions["method.taps"].choices == (
+        "stage4", "stage3,stage4", "stage1,stage2,stage3,stage4", "embedding")
+    _, three = prepare_search({"method": "ot", "teacher": "resnet32x4", "student": "resnet8x4"}, {})
+    assert three.distributions["method.taps"].choices == (
+        "stage3", "stage2,stage3", "stage1,stage2,stage3", "embedding")
+    template, fitnet = prepare_search({"method": "fitnet", "teacher": "vgg13", "student": "vgg8"}, {})
+    assert template.method.tap == "stage2"  # FitNets' middle stage
+    assert fitnet.distributions["method.tap"].choices == ("stage2", "stage1", "stage3", "stage4")
+    assert prepare_search({"method": "at", "teacher": "vgg13", "student": "vgg8"}, {})[0].method.taps \
+        == ["stage1", "stage2", "stage3", "stage4"]
+
+
+def test_pairs_of_different_stage_counts_count_on_the_shorter_model():
+    template, space = prepare_search({"method": "sp", "teacher": "resnet56", "student": "vgg8"}, {})
+    assert template.method.tap == "stage3"  # resnet56 has 3 stages, vgg8 has 4
+    assert "stage4" not in space.distributions["method.tap"].choices
+    with pytest.raises(UserError, match="fcfd pairs stage with stage: teacher resnet56 has 3 stages"):
+        build_config({"method": "fcfd", "teacher": "resnet56", "student": "vgg8"}, {})
+
+
+def test_a_role_is_recorded_as_the_concrete_tap():
+    config = build_config({"method": "pc", "teacher": "vgg13", "student": "vgg8"},
+                          {"method.tap": "last_stage"})
+    assert config.method.tap == "stage4" and config.flat()["method.tap"] == "stage4"
+
+
 def test_a_space_naming_an_unknown_knob_is_rejected(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("knobs:\n  method.sharpness: {type: float, low: 0.1, high: 1}\n")
     with pytest.raises(UserError, match="knob 'method.sharpness' is not a setting of method 'pc'"):
-        load_space(path).validate({"method": "pc"}, {})
+        prepare_search({"method": "pc"}, {}, path)
 
 
 def test_a_space_that_excludes_the_default_is_rejected(tmp_path):
     path = tmp_path / "narrow.yaml"
     path.write_text("knobs:\n  method.tau: {type: float, low: 0.6, high: 1.0}\n")
-    with pytest.raises(UserError, match="method.tau=0.5 .the method.s default or your --set. lies outside"):
-        load_space(path).validate({"method": "pc"}, {})
+    with pytest.raises(UserError, match="method.tau=0.5 .the method.s default.*lies outside"):
+        prepare_search({"method": "pc"}, {}, path)

@@ -18,7 +18,8 @@ class DataSet:
     name: str
     val_fraction: float  # the default validation share of the training data
     load: Callable[..., DataSource]  # (root, val_fraction, split_seed, loader_workers)
-    check: Callable[[str], None] = lambda root: None  # files present, before any trial
+    # files present, before any trial; (root, download): fetch what is missing where possible
+    check: Callable[[str, bool], None] = lambda root, download: None
     embedded: bool = False  # ships with the installed packages: no --data-dir needed
 
 
@@ -32,7 +33,7 @@ def _cifar(name: str) -> DataSet:
     return DataSet(name, 0.1,  # 5,000 of the 50,000 training images
                    lambda root, val_fraction, split_seed, loader_workers:
                    cifar.load(name, root, val_fraction, split_seed),
-                   lambda root: cifar.check(name, root))
+                   lambda root, download: cifar.check(name, root, download))
 
 
 def _imagenet() -> DataSet:
@@ -40,7 +41,7 @@ def _imagenet() -> DataSet:
     return DataSet("imagenet", 0.01,
                    lambda root, val_fraction, split_seed, loader_workers:
                    folder.FolderSplits(root, val_fraction, split_seed, loader_workers=loader_workers),
-                   folder.check)
+                   lambda root, download: folder.check(root))
 
 
 _DATASETS = {d.name: d for d in (DataSet("digits", 0.15, _digits, embedded=True),
@@ -57,8 +58,9 @@ def get_dataset(name: str) -> DataSet:
     return _DATASETS[name]
 
 
-def check_dataset(name: str, root: str | None) -> None:
-    get_dataset(name).check(str(Path(root or DEFAULT_ROOT).expanduser()))
+def check_dataset(name: str, root: str | None, download: bool = True) -> None:
+    """The data set's files are there (downloaded first where possible, unless download=False)."""
+    get_dataset(name).check(str(Path(root or DEFAULT_ROOT).expanduser()), download)
 
 
 def load_dataset(name: str, root: str | None, val_fraction: float | None, split_seed: int,

@@ -1,7 +1,7 @@
 """at: attention transfer (Zagoruyko & Komodakis, 2017). Spatial attention maps, the channel
 mean of |f|^p, L2-normalised, matched at each inner stage. RepDistiller's CIFAR weight: 1000."""
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ class ATConfig(DistillConfig):
     name: Literal["at"] = "at"
     weight: NonNegativeFloat = 1000.0
     p: PositiveFloat = 2.0
-    taps: TapList | None = None  # None: every stage
+    taps: TapList = ["all_stages"]  # layer roles or tap names (see pcbench.models.roles)
 
 
 def attention(f: torch.Tensor, p: float) -> torch.Tensor:
@@ -34,13 +34,9 @@ class AttentionTransfer(Method):
     name = "at"
     Config = ATConfig
 
-    @classmethod
-    def taps(cls, config: ATConfig, stages: Sequence[str]) -> set[str]:
-        return set(config.taps or stages)
-
     def __init__(self, config, student, teacher, data):
         super().__init__(config, student, teacher, data)
-        self.tap_list = sorted(self.taps(config, student.stages))
+        self.tap_list = sorted(self.config.taps)
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         loss = sum(at_loss(step.student_feats[t], step.teacher_feats[t], self.config.p)

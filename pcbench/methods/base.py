@@ -10,6 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeF
 from torch import nn
 
 from pcbench.models import ModelInfo, TapModel
+from pcbench.models.roles import common_stages, resolve_taps
 
 
 def _split_commas(value):
@@ -72,19 +73,44 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = True
     # True when some trainable extra modules sit out some steps (DDP must then look for them).
     sometimes_unused: ClassVar[bool] = False
+    # True when teacher and student must have as many stages (stage i is paired with stage i).
+    same_stages: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, student: ModelInfo, teacher: ModelInfo | None,
                  data: DataInfo):
         super().__init__()
-        self.config = config
+        # roles resolved here too, so a method built outside a TrialConfig reads concrete taps
+        stages = common_stages(student.stages, *([teacher.stages] if teacher else []))
+        self.config = type(self).resolved(config, stages)
 
     @classmethod
     def taps(cls, config: MethodConfig, stages: Sequence[str]) -> set[str]:
         """Tap names this method reads on both models (logits are always read): by convention
-        its `tap` or `taps` knob. `stages` are the models' stage taps, for methods whose
-        default depends on them."""
+        its `tap` or `taps` knob, layer roles (`last_stage`, ...) resolved against `stages`."""
+        return set(resolve_taps(cls._tap_knobs(config), stages))
+
+    @classmethod
+    def resolved(cls, config: MethodConfig, stages: Sequence[str]) -> MethodConfig:
+        """The config with the roles of its `tap`/`taps` knob replaced by concrete tap names of
+        the pair (`stages`: the stages both models have). Raises ValueError when a role names
+        no layer of the pair, or `tap` names more than one."""
+        update = {}
+        for knob in ("tap", "taps"):
+            value = getattr(config, knob, None)
+            if value is None:
+                continue
+            names = resolve_taps(value, stages)
+            if not names or (knob == "tap" and len(names) != 1):
+                raise ValueError(f"{knob} {value!r} names {len(names)} layers of this pair "
+                                 f"(stages: {', '.join(stages)}); "
+                                 + ("name one layer" if knob == "tap" else "name at least one"))
+            update[knob] = names[0] if knob == "tap" else names
+        return config.model_copy(update=update)
+
+    @staticmethod
+    def _tap_knobs(config: MethodConfig) -> list[str]:
         tap, taps = getattr(config, "tap", None), getattr(config, "taps", None)
-        return ({tap} if tap else set()) | set(taps or ())
+        return ([tap] if tap else []) + list(taps or ())
 
     @property
     def teacher_train_mode(self) -> bool:

@@ -56,8 +56,8 @@ class CRD(Method):
         super().__init__(config, student, teacher, data)
         self.train_size = data.train_size
         self.k = min(config.negatives, data.train_size - 1)
-        self.embed_s = nn.Linear(math.prod(student.tap_shapes[config.tap]), config.feat_dim)
-        self.embed_t = nn.Linear(math.prod(teacher.tap_shapes[config.tap]), config.feat_dim)
+        self.embed_s = nn.Linear(math.prod(student.tap_shapes[self.config.tap]), config.feat_dim)
+        self.embed_t = nn.Linear(math.prod(teacher.tap_shapes[self.config.tap]), config.feat_dim)
         bound = 1.0 / math.sqrt(config.feat_dim / 3)
         for name in ("memory_s", "memory_t"):
             self.register_buffer(name, torch.rand(data.train_size, config.feat_dim) * 2 * bound - bound)

@@ -70,6 +70,7 @@ def pooled(f: torch.Tensor) -> torch.Tensor:
 class FCFD(Method):
     name = "fcfd"
     Config = FCFDConfig
+    same_stages = True
     sometimes_unused = True  # only the sampled paths' bridges take part in a step
 
     def __init__(self, config: FCFDConfig, student: ModelInfo, teacher: ModelInfo, data: DataInfo):

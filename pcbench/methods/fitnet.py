@@ -16,7 +16,7 @@ from pcbench.models import ModelInfo
 class FitNetConfig(DistillConfig):
     name: Literal["fitnet"] = "fitnet"
     weight: NonNegativeFloat = 100.0
-    tap: str = "stage2"
+    tap: str = "middle_stage"  # FitNets' hint: the middle stage (stage2 of 3 or 4, as RepDistiller)
 
 
 def conv_regressor(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Sequential:
@@ -41,7 +41,8 @@ class FitNet(Method):
 
     def __init__(self, config: FitNetConfig, student: ModelInfo, teacher: ModelInfo, data: DataInfo):
         super().__init__(config, student, teacher, data)
-        s_shape, t_shape = student.tap_shapes[config.tap], teacher.tap_shapes[config.tap]
+        tap = self.config.tap
+        s_shape, t_shape = student.tap_shapes[tap], teacher.tap_shapes[tap]
         self.regressor = (conv_regressor(s_shape, t_shape) if len(s_shape) == 3
                           else nn.Linear(s_shape[0], t_shape[0]))
 

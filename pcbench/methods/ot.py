@@ -18,7 +18,7 @@ from pcbench.methods.base import DistillConfig, Method, Step, TapList
 class OTConfig(DistillConfig):
     name: Literal["ot"] = "ot"
     weight: NonNegativeFloat = 1.0
-    taps: TapList = ["stage3"]
+    taps: TapList = ["last_stage"]  # layer roles or tap names (see pcbench.models.roles)
     solver: Literal["exact", "sinkhorn"] = "exact"
     epsilon: PositiveFloat = 0.05  # Sinkhorn regularisation, relative to the median cost
     normalize: Literal["none", "zscore"] = "none"

@@ -1,7 +1,7 @@
 """sp: similarity-preserving KD (Tung & Mori, 2019). The batch's row-normalised Gram matrices
 of the last stage must agree. RepDistiller's CIFAR weight: 3000."""
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from pcbench.methods.base import DistillConfig, Method, Step
 class SPConfig(DistillConfig):
     name: Literal["sp"] = "sp"
     weight: NonNegativeFloat = 3000.0
-    tap: str | None = None  # None: the last stage
+    tap: str = "last_stage"  # a layer role or a tap name (see pcbench.models.roles)
 
 
 def sp_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
@@ -30,13 +30,9 @@ class SimilarityPreserving(Method):
     name = "sp"
     Config = SPConfig
 
-    @classmethod
-    def taps(cls, config: SPConfig, stages: Sequence[str]) -> set[str]:
-        return {config.tap or stages[-1]}
-
     def __init__(self, config, student, teacher, data):
         super().__init__(config, student, teacher, data)
-        (self.tap,) = self.taps(config, student.stages)
+        self.tap = self.config.tap
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         loss = sp_loss(step.student_feats[self.tap], step.teacher_feats[self.tap])

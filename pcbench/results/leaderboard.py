@@ -4,21 +4,22 @@ A benchmark's row is its final runs: the configuration that won the search on th
 split, re-run with several seeds on the full training set, test accuracy as mean +- std over
 the seeds. A plain search's row is its best trial by validation accuracy. Test accuracy is
 shown, never used to choose, and results of different scoring rules or training lengths are
-never ranked together."""
+never ranked together. Each group marks the methods tied with its best (significance.py)."""
 
 import math
 
 import pandas as pd
 
 from pcbench.results.published import published
+from pcbench.results.significance import ALPHA, ci95, p_value
 
 # protocol: "final" (mean over seed runs on all the training data) or "search" (a search's
 # chosen trial); the two are never ranked together.
 GROUP = ["dataset", "teacher", "student", "epochs_planned", "scoring_rule", "protocol"]
 
 COLUMNS = ["dataset", "teacher", "student", "epochs_planned", "protocol", "method", "test_acc_mean",
-           "test_acc_std", "seeds", "val_acc", "knobs", "trials", "completed", "compute_hours", "gpu_hours",
-           "published_acc", "published_rule", "suite", "search_id", "config_hash", "teacher_sha256",
+           "test_acc_std", "seeds", "ci95_low", "ci95_high", "p_vs_best", "tied_with_best", "val_acc", "knobs", "trials", "completed", "compute_hours", "gpu_hours",
+           "published_acc", "published_rule", "published_source", "suite", "search_id", "config_hash", "teacher_sha256",
            "trial_id", "mlflow_run_id", "scoring_rule", "selection_split"]
 
 
@@ -42,18 +43,36 @@ def _row(search: pd.DataFrame, finals: pd.DataFrame) -> dict | None:
     row = best.to_dict()
     spent = pd.concat([search, finals])
     if len(finals):  # a benchmark: its final runs are the result, even when they all failed
-        accs = finals.loc[finals["status"] == "completed", "test_acc"].dropna()
+        done = finals[(finals["status"] == "completed") & finals["test_acc"].notna()]
+        accs = done["test_acc"]
+        row["_runs"] = list(zip(done["seed"].fillna(-1).astype(int), accs.astype(float)))
         row.update(test_acc_mean=accs.mean() if len(accs) else math.nan,
                    test_acc_std=accs.std(ddof=1) if len(accs) > 1 else math.nan, seeds=len(accs),
                    epochs_planned=int(finals["epochs_planned"].iloc[0]), protocol="final")
     else:
-        row.update(test_acc_mean=best["test_acc"], test_acc_std=math.nan, seeds=1, protocol="search")
+        row.update(test_acc_mean=best["test_acc"], test_acc_std=math.nan, seeds=1, protocol="search",
+                   _runs=[])
     row.update(trials=len(search), completed=int((search["status"] == "completed").sum()),
                compute_hours=spent["wall_seconds"].sum() / 3600.0, gpu_hours=_gpu_hours(spent))
     reference = published(row["dataset"], row["teacher"], row["student"], row["method"])
-    row.update(published_acc=reference[0] / 100 if reference else math.nan,
-               published_rule=reference[1] if reference else None)
+    row.update(published_acc=reference.accuracy / 100 if reference else math.nan,
+               published_rule=reference.rule if reference else None,
+               published_source=reference.source if reference else None)
     return row
+
+
+def _mark_ties(group: pd.DataFrame) -> pd.DataFrame:
+    """CI per method; p against the group's best (highest mean) and whether it is tied."""
+    group = group.copy()
+    best = group["test_acc_mean"].idxmax() if group["test_acc_mean"].notna().any() else None
+    intervals = [ci95([acc for _, acc in runs]) for runs in group["_runs"]]
+    group["ci95_low"], group["ci95_high"] = [i[0] for i in intervals], [i[1] for i in intervals]
+    p = [math.nan if best is None else (1.0 if index == best else p_value(runs, group.at[best, "_runs"]))
+         for index, runs in group["_runs"].items()]
+    group["p_vs_best"] = p
+    group["tied_with_best"] = pd.array([None if math.isnan(v) else bool(v >= ALPHA) for v in p],
+                                       dtype="boolean")
+    return group
 
 
 def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
@@ -71,5 +90,6 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     board = pd.DataFrame(rows).sort_values("_finished").drop_duplicates(GROUP + ["method"], keep="last")
+    board = pd.concat([_mark_ties(group) for _, group in board.groupby(GROUP, sort=False, dropna=False)])
     board = board.sort_values(GROUP + ["test_acc_mean"], ascending=[True] * len(GROUP) + [False])
     return board[COLUMNS].reset_index(drop=True)

@@ -1,28 +1,50 @@
-"""Published CIFAR-100 top-1 accuracies (METHODS.md section 5), shown beside measured results
-with their own scoring rule, never ranked with them."""
+"""Published top-1 accuracies, shown beside measured results with their own source and scoring
+rule, never ranked with them. Every number here was read in the source it names; numbers
+whose source could not be checked are left out."""
 
-# CRD README, last epoch, (teacher, student) -> {method: accuracy %}; "teacher" and "student"
-# are the two networks trained alone.
-_CRD_LAST_EPOCH = {
-    ("wrn_40_2", "wrn_16_2"): dict(teacher=75.61, student=73.26, kd=74.92, fitnet=73.58, at=74.08,
-                                   sp=73.83, rkd=73.35, pkt=74.54, crd=75.48),
-    ("resnet56", "resnet20"): dict(teacher=72.34, student=69.06, kd=70.66, fitnet=69.21, at=70.55,
-                                   sp=69.67, rkd=69.61, pkt=70.34, crd=71.16),
-    ("resnet32x4", "resnet8x4"): dict(teacher=79.42, student=72.50, kd=73.33, fitnet=73.50, at=73.44,
-                                      sp=72.94, rkd=71.90, pkt=73.64, crd=75.51),
-    ("vgg13", "vgg8"): dict(teacher=74.64, student=70.36, kd=72.98, fitnet=71.02, at=71.43,
-                            sp=72.68, rkd=71.48, pkt=72.88, crd=73.94),
+from typing import NamedTuple
+
+
+class Published(NamedTuple):
+    accuracy: float  # top-1, %
+    source: str  # repository and file (or paper table) the number was read in
+    rule: str  # how that source scores, in its own terms
+
+
+_REPDISTILLER = ("HobbitLong/RepDistiller, README.md (CIFAR-100 table)",
+                 "not stated in the README; train_student.py comments that the reported results "
+                 "are from the last epoch")
+_MDISTILLER = ("megvii-research/mdistiller, README.md",
+               "not stated in the README; mdistiller's trainer tracks the best test epoch")
+
+# (dataset, teacher, student) -> {method: accuracy}; "teacher" and "student" are the two
+# networks trained alone (pcbench's `ce` is the student alone).
+_TABLES = {
+    _REPDISTILLER: {
+        ("cifar100", "wrn_40_2", "wrn_16_2"): dict(teacher=75.61, ce=73.26, kd=74.92, fitnet=73.58,
+                                                   at=74.08, sp=73.83, rkd=73.35, pkt=74.54, crd=75.48),
+        ("cifar100", "resnet56", "resnet20"): dict(teacher=72.34, ce=69.06, kd=70.66, fitnet=69.21,
+                                                   at=70.55, sp=69.67, rkd=69.61, pkt=70.34, crd=71.16),
+        ("cifar100", "resnet32x4", "resnet8x4"): dict(teacher=79.42, ce=72.50, kd=73.33, fitnet=73.50,
+                                                      at=73.44, sp=72.94, rkd=71.90, pkt=73.64,
+                                                      crd=75.51),
+        ("cifar100", "vgg13", "vgg8"): dict(teacher=74.64, ce=70.36, kd=72.98, fitnet=71.02, at=71.43,
+                                            sp=72.68, rkd=71.48, pkt=72.88, crd=73.94),
+    },
+    _MDISTILLER: {
+        ("cifar100", "wrn_40_2", "wrn_16_2"): dict(dkd=76.23),
+        ("cifar100", "resnet56", "resnet20"): dict(dkd=71.97),
+        ("cifar100", "resnet32x4", "resnet8x4"): dict(dkd=76.32),
+        ("cifar100", "vgg13", "vgg8"): dict(dkd=74.68),
+        ("imagenet", "resnet34", "resnet18"): dict(kd=71.03, dkd=71.70),
+    },
 }
-LAST_EPOCH_RULE = "last epoch (CRD README)"
-BEST_EPOCH_RULE = "best test epoch (FCFD paper)"
 
 
-def published(dataset: str, teacher: str, student: str, method: str) -> tuple[float, str] | None:
-    """(top-1 %, its scoring rule), or None where nothing was published."""
-    if dataset != "cifar100":
-        return None
-    if method == "fcfd" and (teacher, student) == ("resnet32x4", "resnet8x4"):
-        return 76.62, BEST_EPOCH_RULE
-    name = "student" if method == "ce" else method
-    value = _CRD_LAST_EPOCH.get((teacher, student), {}).get(name)
-    return (value, LAST_EPOCH_RULE) if value is not None else None
+def published(dataset: str, teacher: str, student: str, method: str) -> Published | None:
+    """The published number for this pair and method, or None where none was checked."""
+    for (source, rule), table in _TABLES.items():
+        value = table.get((dataset, teacher, student), {}).get(method)
+        if value is not None:
+            return Published(value, source, rule)
+    return None

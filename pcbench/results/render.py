@@ -8,6 +8,7 @@ import pandas as pd
 
 from pcbench.atomic import write_atomic
 from pcbench.results.leaderboard import GROUP
+from pcbench.results.significance import TEST_NOTE
 
 
 def _pct(value) -> str:
@@ -19,10 +20,33 @@ def _test_acc(mean, std) -> str:
     return _pct(mean) + ("" if pd.isna(std) else f" ± {100 * std:.2f}")
 
 
+def _verdict(rows: pd.DataFrame) -> list[str]:
+    """best / tied (p) / worse (p) per row; blank where no test could be made."""
+    best = rows["test_acc_mean"].idxmax() if rows["test_acc_mean"].notna().any() else None
+    out = []
+    for index, p, tied in zip(rows.index, rows["p_vs_best"], rows["tied_with_best"]):
+        if index == best:
+            out.append("best")
+        elif pd.isna(tied):
+            out.append("")
+        else:
+            out.append(f"{'tied' if tied else 'worse'} ({'p<0.001' if p < 0.001 else f'p={p:.2g}'})")
+    return out
+
+
+def _sources(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """The distinct (source, rule) of the group's published numbers, in order of appearance."""
+    pairs = zip(rows["published_source"], rows["published_rule"])
+    return list(dict.fromkeys((s, r) for s, r in pairs if isinstance(s, str)))
+
+
 def _table(rows: pd.DataFrame) -> pd.DataFrame:
     """The group's rows as shown; `published` only where there is a published number."""
     shown = pd.DataFrame({"method": rows["method"].astype(str)})
     shown["test acc"] = [_test_acc(m, s) for m, s in zip(rows["test_acc_mean"], rows["test_acc_std"])]
+    shown["95% CI"] = ["" if pd.isna(lo) else f"[{_pct(lo)}, {_pct(hi)}]"
+                       for lo, hi in zip(rows["ci95_low"], rows["ci95_high"])]
+    shown["vs best"] = _verdict(rows)
     shown["seeds"] = rows["seeds"].astype(int)
     shown["val acc"] = rows["val_acc"].map(_pct)
     shown["chosen knobs"] = rows["knobs"].map(_knobs)
@@ -31,8 +55,10 @@ def _table(rows: pd.DataFrame) -> pd.DataFrame:
     shown["compute (h)"] = rows["compute_hours"].map(lambda v: f"{v:.3f}")
     shown["GPU-hours"] = rows["gpu_hours"].map(lambda v: f"{v:.3f}")
     if rows["published_acc"].notna().any():
-        shown["published"] = [("" if pd.isna(acc) else f"{_pct(acc)} ({rule})")
-                              for acc, rule in zip(rows["published_acc"], rows["published_rule"])]
+        sources = _sources(rows)
+        shown["published"] = ["" if pd.isna(acc) else f"{_pct(acc)} [{sources.index((src, rule)) + 1}]"
+                              for acc, src, rule in zip(rows["published_acc"], rows["published_source"],
+                                                        rows["published_rule"])]
     return shown
 
 
@@ -44,29 +70,84 @@ def _knobs(text: str) -> str:
 
 
 def _groups(board: pd.DataFrame):
-    """(group key, that group's board rows, title, note, the table as shown)."""
+    """(group key, that group's board rows, title, notes, the table as shown)."""
     for key, rows in board.groupby(GROUP, sort=True):
         dataset, teacher, student, epochs, rule, protocol = key
         shown = _table(rows)
         title = f"{dataset}: {teacher} -> {student}, {epochs} epochs"
         runs = ("mean ± std over the final runs, one per seed, on all the training data"
                 if protocol == "final" else "the chosen search trial")
-        note = (f"Scoring: test accuracy at the {rule.replace('_', ' ')}, {runs}; configuration "
-                f"chosen by accuracy on the validation split (never on test).")
-        yield key, rows, title, note, shown
+        notes = [f"Scoring: test accuracy at the {rule.replace('_', ' ')}, {runs}; configuration "
+                 f"chosen by accuracy on the validation split (never on test)."]
+        if protocol == "final":
+            notes.append(f"95% CI: Student's t interval of the mean over seeds; {TEST_NOTE}.")
+        notes += [f"[{i}] {source}; scoring: {rule}." for i, (source, rule) in
+                  enumerate(_sources(rows), start=1)]
+        yield key, rows, title, notes, shown
 
 
 def to_markdown(board: pd.DataFrame) -> str:
     parts = ["# pcbench leaderboard\n"]
-    for _, _, title, note, shown in _groups(board):
+    for _, _, title, notes, shown in _groups(board):
         header = "| " + " | ".join(shown.columns) + " |"
         rule = "|" + "|".join("---" for _ in shown.columns) + "|"
-        body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
-                for row in shown.itertuples(index=False)]
-        parts.append("\n".join([f"## {title}\n", note + "\n", header, rule, *body, ""]))
+        body = []
+        for row in shown.itertuples(index=False):
+            cells = [str(v).replace("|", "\\|") for v in row]
+            if row[shown.columns.get_loc("vs best")] == "best":
+                cells[1] = f"**{cells[1]}**"
+            body.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join([f"## {title}\n", header, rule, *body, "",
+                                *(note + "\n" for note in notes)]))
     if len(parts) == 1:
         parts.append("No completed trials yet.\n")
     return "\n".join(parts)
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(c, c) for c in str(text))
+
+
+def _tex_acc(mean, std) -> str:
+    return _pct(mean) + ("" if pd.isna(std) else f" $\\pm$ {100 * std:.2f}")
+
+
+def to_latex(board: pd.DataFrame) -> str:
+    """One booktabs table per group, ready for a paper (needs \\usepackage{booktabs}): the best
+    mean in bold, methods tied with it marked with a dagger."""
+    tables = ["% pcbench leaderboard; needs \\usepackage{booktabs}"]
+    for _, rows, title, notes, _shown in _groups(board):
+        verdicts = _verdict(rows)
+        sources = _sources(rows)
+        with_published = bool(sources)
+        header = ["Method", "Test acc. (\\%)", "95\\% CI", "Seeds"]
+        header += ["Published"] if with_published else []
+        body = []
+        for (_, row), verdict in zip(rows.iterrows(), verdicts):
+            acc = _tex_acc(row["test_acc_mean"], row["test_acc_std"])
+            if verdict == "best":
+                acc = f"\\textbf{{{acc}}}"
+            elif verdict.startswith("tied"):
+                acc += "$^{\\dagger}$"
+            ci = "" if pd.isna(row["ci95_low"]) else f"[{_pct(row['ci95_low'])}, {_pct(row['ci95_high'])}]"
+            cells = [_tex(row["method"]), acc, ci, str(int(row["seeds"]))]
+            if with_published:
+                source = (row["published_source"], row["published_rule"])
+                cells.append("" if pd.isna(row["published_acc"]) else
+                             f"{_pct(row['published_acc'])}$^{{{sources.index(source) + 1}}}$")
+            body.append(" & ".join(cells) + " \\\\")
+        caption = (f"{_tex(title)}. Best mean in bold; $^\\dagger$: not significantly different "
+                   f"from the best. " + _tex(" ".join(notes)))
+        tables.append("\n".join([
+            "\\begin{table}[t]", "\\centering", f"\\caption{{{caption}}}",
+            f"\\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", "\\toprule",
+            " & ".join(header) + " \\\\", "\\midrule", *body, "\\bottomrule", "\\end{tabular}",
+            "\\end{table}"]))
+    return "\n\n".join(tables) + "\n"
 
 
 def _figure(kind: str, index: int, svg: str, caption: str) -> str:
@@ -110,10 +191,10 @@ def _plots(index: int, rows: pd.DataFrame, trials: pd.DataFrame | None) -> str:
 
 def to_html(board: pd.DataFrame, trials: pd.DataFrame | None = None) -> str:
     sections = [f'<section class="group" id="group-{i}"><h2>{html.escape(title)}</h2>'
-                f"<p>{html.escape(note)}</p>"
                 + shown.to_html(index=False, border=0, classes="board")
+                + "".join(f'<p class="note">{html.escape(note)}</p>' for note in notes)
                 + _plots(i, rows, trials) + "</section>"
-                for i, (_, rows, title, note, shown) in enumerate(_groups(board), start=1)]
+                for i, (_, rows, title, notes, shown) in enumerate(_groups(board), start=1)]
     sections = sections or ["<p>No completed trials yet.</p>"]
     style = ("body{font-family:system-ui,sans-serif;margin:2rem;color:#222}"
              "table.board{border-collapse:collapse}th,td{padding:.3rem .8rem;text-align:left;"
@@ -126,12 +207,14 @@ def to_html(board: pd.DataFrame, trials: pd.DataFrame | None = None) -> str:
 
 
 def write_report(board: pd.DataFrame, out: str | Path, trials: pd.DataFrame | None = None) -> list[Path]:
-    """leaderboard.parquet, .md and .html; `trials` (the store's trials table) adds the
+    """leaderboard.parquet, .md, .html and .tex; `trials` (the store's trials table) adds the
     search-progress figure to the HTML."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "leaderboard.parquet", out / "leaderboard.md", out / "leaderboard.html"]
+    paths = [out / "leaderboard.parquet", out / "leaderboard.md", out / "leaderboard.html",
+             out / "leaderboard.tex"]
     write_atomic(paths[0], lambda p: board.to_parquet(p, index=False))
     write_atomic(paths[1], lambda p: p.write_text(to_markdown(board)))
     write_atomic(paths[2], lambda p: p.write_text(to_html(board, trials)))
+    write_atomic(paths[3], lambda p: p.write_text(to_latex(board)))
     return paths

@@ -97,6 +97,12 @@ class TrialConfig(_Section):
             raise ValueError(f"{method.name} pairs stage with stage: teacher {self.teacher} has "
                              f"{len(stages['teacher'])} stages and student {self.student} "
                              f"{len(stages['student'])}; choose a pair with equal stage counts")
+        per_rank = self.data.batch_size // self.train.workers
+        if per_rank < method.min_batch:
+            raise ValueError(f"{method.name} needs at least {method.min_batch} samples per worker's "
+                             f"batch, and data.batch_size={self.data.batch_size} over "
+                             f"train.workers={self.train.workers} gives {per_rank}; raise "
+                             f"data.batch_size or use fewer workers")
         self.method = method.resolved(self.method, common_stages(*stages.values()))
         for role in roles:
             model = getattr(self, role)

@@ -24,7 +24,8 @@ from pcbench.recipes import recipe, scale_milestones, with_recipe
 from pcbench.recording import SearchRecorder, TrialListener
 from pcbench.results import ResultsStore
 from pcbench.results.leaderboard import best_trial
-from pcbench.spaces import SearchSpace, prepare_search
+from pcbench.models import shapes_of
+from pcbench.spaces import TAP_KNOBS, SearchSpace, prepare_search
 from pcbench.storage import Location, is_uri, resolve
 from pcbench.teachers import TeacherStore, attach
 
@@ -115,6 +116,8 @@ def validate(request: Request, missing: list[str] | None = None) -> list[Prepare
     if request.search and template.data.val_fraction == 0:
         raise UserError("a search selects on the validation split: data.val_fraction must be > 0 "
                         "(0 is for final runs, which `pcbench benchmark` makes itself)")
+    for item in prepared:
+        _check_pair(item)
     dry = missing is not None
 
     def needed(check: Callable[[], None]) -> None:
@@ -132,6 +135,29 @@ def validate(request: Request, missing: list[str] | None = None) -> list[Prepare
     if request.ray:
         needed(lambda: _check_address(request.address or os.environ.get("RAY_ADDRESS")))
     return prepared
+
+
+def _check_pair(item: Prepared) -> None:
+    """The method against the pair's tap shapes (traced, nothing trained), for the template and
+    every layer choice its search may make."""
+    t = item.template
+    method = get_method(item.method)
+    shape = get_dataset(t.data.name).input_shape
+    student = shapes_of(t.student, shape)
+    teacher = shapes_of(t.teacher, shape) if method.needs_teacher else None
+    configs = [t.method]
+    for key in TAP_KNOBS if item.space else ():
+        dist = item.space.distributions.get(key)
+        knob = key.removeprefix("method.")
+        for choice in getattr(dist, "choices", ()):
+            if choice is not None:
+                value = choice if knob == "tap" else choice.split(",")
+                configs.append(t.method.model_copy(update={knob: value}))
+    for config in configs:
+        try:
+            method.check_pair(config, student, teacher)
+        except ValueError as error:
+            raise UserError(f"{t.teacher} -> {t.student}: {error}") from None
 
 
 def plan(request: Request, prepared: list[Prepared]) -> list[dict[str, Any]]:

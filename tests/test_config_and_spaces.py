@@ -136,3 +136,11 @@ def test_a_space_that_excludes_the_default_is_rejected(tmp_path):
     path.write_text("knobs:\n  method.tau: {type: float, low: 0.6, high: 1.0}\n")
     with pytest.raises(UserError, match="method.tau=0.5 .the method.s default.*lies outside"):
         prepare_search({"method": "pc"}, {}, path)
+
+
+@pytest.mark.parametrize("batch, workers", [(2, 1), (4, 2), (5, 2)])
+def test_pc_refuses_per_worker_batches_of_two_or_fewer(batch, workers):
+    with pytest.raises(UserError, match=f"pc needs at least 3 samples per worker's batch, and "
+                                        f"data.batch_size={batch} over train.workers={workers}"):
+        build_config({"method": "pc"}, {"data.batch_size": batch, "train.workers": workers})
+    build_config({"method": "pc"}, {"data.batch_size": 3 * workers, "train.workers": workers})

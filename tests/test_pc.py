@@ -109,3 +109,21 @@ def test_memory_grows_as_b_squared_not_b_cubed(monkeypatch):
         loss = pc_loss(s, torch.randn(b, 8), 0.2)
     loss.backward()
     assert biggest <= b * b * 4 < b ** 3
+
+
+@pytest.mark.parametrize("delta", ["cosine", "euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("tau", [0.5, 0.01])
+def test_rows_without_spread_give_bounded_gradients(delta, tau):
+    """Degenerate students: a dead unit's zero row (its cosine row is constant; before the
+    floors its gradient reached 1e21), a collapsed batch, features at the scale of rounding."""
+    g = torch.Generator().manual_seed(5)
+    t = torch.randn(16, 6, generator=g)
+    zero_row = torch.randn(16, 6, generator=g)
+    zero_row[3] = 0.0
+    cases = {"zero row": zero_row, "all zero": torch.zeros(16, 6),
+             "collapsed": torch.ones(16, 6) + 1e-7 * torch.randn(16, 6, generator=g),
+             "tiny": 1e-9 * torch.randn(16, 6, generator=g)}
+    for name, features in cases.items():
+        s = features.clone().requires_grad_()
+        pc_loss(s, t, tau, delta).backward()
+        assert torch.isfinite(s.grad).all() and s.grad.abs().max() < 1e5, name

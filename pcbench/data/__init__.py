@@ -18,6 +18,7 @@ class DataSet:
     name: str
     val_fraction: float  # the default validation share of the training data
     load: Callable[..., DataSource]  # (root, val_fraction, split_seed, loader_workers)
+    input_shape: tuple[int, int, int]  # one image, as the models see it
     # files present, before any trial; (root, download): fetch what is missing where possible
     check: Callable[[str, bool], None] = lambda root, download: None
     embedded: bool = False  # ships with the installed packages: no --data-dir needed
@@ -32,7 +33,7 @@ def _cifar(name: str) -> DataSet:
     from pcbench.data import cifar
     return DataSet(name, 0.1,  # 5,000 of the 50,000 training images
                    lambda root, val_fraction, split_seed, loader_workers:
-                   cifar.load(name, root, val_fraction, split_seed),
+                   cifar.load(name, root, val_fraction, split_seed), (3, 32, 32),
                    lambda root, download: cifar.check(name, root, download))
 
 
@@ -41,10 +42,11 @@ def _imagenet() -> DataSet:
     return DataSet("imagenet", 0.01,
                    lambda root, val_fraction, split_seed, loader_workers:
                    folder.FolderSplits(root, val_fraction, split_seed, loader_workers=loader_workers),
+                   (3, folder.IMAGE_SIZE, folder.IMAGE_SIZE),
                    lambda root, download: folder.check(root))
 
 
-_DATASETS = {d.name: d for d in (DataSet("digits", 0.15, _digits, embedded=True),
+_DATASETS = {d.name: d for d in (DataSet("digits", 0.15, _digits, (1, 8, 8), embedded=True),
                                  _cifar("cifar10"), _cifar("cifar100"), _imagenet())}
 
 

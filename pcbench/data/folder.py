@@ -12,6 +12,7 @@ from pcbench.data.validation import carve
 from pcbench.errors import UserError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_SIZE = 224  # the training crop
 
 
 def check(root: str | Path) -> None:
@@ -46,7 +47,7 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 class FolderSplits:
-    def __init__(self, root: str | Path, val_fraction: float, split_seed: int, image_size: int = 224,
+    def __init__(self, root: str | Path, val_fraction: float, split_seed: int, image_size: int = IMAGE_SIZE,
                  loader_workers: int = 8, device: torch.device | str = "cpu"):
         from torchvision.datasets import ImageFolder
         root = Path(root).expanduser()

@@ -75,6 +75,8 @@ class Method(nn.Module):
     sometimes_unused: ClassVar[bool] = False
     # True when teacher and student must have as many stages (stage i is paired with stage i).
     same_stages: ClassVar[bool] = False
+    # The smallest per-rank training batch the loss is defined on (batch-relational losses).
+    min_batch: ClassVar[int] = 1
 
     def __init__(self, config: MethodConfig, student: ModelInfo, teacher: ModelInfo | None,
                  data: DataInfo):
@@ -106,6 +108,11 @@ class Method(nn.Module):
                                  + ("name one layer" if knob == "tap" else "name at least one"))
             update[knob] = names[0] if knob == "tap" else names
         return config.model_copy(update=update)
+
+    @classmethod
+    def check_pair(cls, config: MethodConfig, student: ModelInfo, teacher: ModelInfo | None) -> None:
+        """Refuse, with a ValueError naming the fix, a configuration these two models' tap
+        shapes cannot train (checked before anything runs)."""
 
     @staticmethod
     def _tap_knobs(config: MethodConfig) -> list[str]:

@@ -60,6 +60,18 @@ class OptimalTransport(Method):
     name = "ot"
     Config = OTConfig
 
+    @classmethod
+    def check_pair(cls, config: OTConfig, student, teacher) -> None:
+        if config.spatial != "flatten":
+            return
+        for tap in config.taps:
+            s, t = student.tap_shapes[tap][1:], teacher.tap_shapes[tap][1:]
+            if s != t:
+                raise ValueError(f"ot spatial=flatten matches responses position by position, but "
+                                 f"{tap} is {'x'.join(map(str, s)) or 'flat'} in the student and "
+                                 f"{'x'.join(map(str, t)) or 'flat'} in the teacher; use "
+                                 f"ot.spatial=pool or taps of the same size")
+
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config
         total = 0.0

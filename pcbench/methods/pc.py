@@ -23,6 +23,11 @@ Dissimilarity = Literal["cosine", "euclidean", "sqeuclidean"]
 
 CHUNK_ELEMENTS = 1 << 22  # comparisons held at once: 16 MB of float32 per intermediate
 _EPS = 1e-12
+# A row with no spread (a collapsed student, a constant row) carries no ranking; its tau is
+# floored so the sigmoid's slope, 1 / (4 tau), stays bounded instead of reaching 1e12.
+SPREAD_FLOOR_REL = 1e-3  # of the row's mean dissimilarity
+SPREAD_FLOOR_ABS = 1e-4  # in the dissimilarity's own units, for rows of zeros
+NORM_FLOOR_REL = 1e-3  # cosine: of the batch's mean feature norm
 
 
 class PCConfig(DistillConfig):
@@ -40,7 +45,11 @@ def dissimilarity(f: torch.Tensor, kind: str) -> torch.Tensor:
     duplicate points keep finite gradients."""
     f = f.flatten(1)
     if kind == "cosine":
-        unit = F.normalize(f, dim=1)
+        # |f| smoothed by a floor relative to the batch's mean norm: a zero vector (a dead
+        # unit's row) has no direction, and F.normalize's slope there is 1e12
+        sq = (f * f).sum(1, keepdim=True)
+        floor = (NORM_FLOOR_REL * sq.detach().sqrt().mean()).clamp_min(SPREAD_FLOOR_ABS)
+        unit = f * torch.rsqrt(sq + floor * floor)
         return 1.0 - unit @ unit.T
     sq = (f * f).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * f @ f.T).clamp_min(0.0)
@@ -66,12 +75,19 @@ def _soft_rank_rows(d_rows: torch.Tensor, tau: torch.Tensor, rows: torch.Tensor)
     return ranks * not_reference
 
 
-def soft_rank(d: torch.Tensor, tau_rel: float) -> torch.Tensor:
-    """Soft F_r(j) with tau_r = tau_rel * std_k d_rk (the spread is a scale: no gradient)."""
+def row_tau(d: torch.Tensor, tau_rel: float) -> torch.Tensor:
+    """tau_r = tau_rel * std_k d_rk, the spread floored (SPREAD_FLOOR_*); a scale, no gradient."""
     b = d.shape[0]
     off = ~torch.eye(b, dtype=torch.bool, device=d.device)
-    spread = d.detach()[off].view(b, b - 1).std(dim=1)
-    tau = (tau_rel * spread).clamp_min(_EPS)[:, None]
+    rows = d.detach()[off].view(b, b - 1)
+    floor = (SPREAD_FLOOR_REL * rows.abs().mean(dim=1)).clamp_min(SPREAD_FLOOR_ABS)
+    return tau_rel * torch.maximum(rows.std(dim=1), floor)
+
+
+def soft_rank(d: torch.Tensor, tau_rel: float) -> torch.Tensor:
+    """Soft F_r(j) with tau_r from `row_tau`, in chunks of reference rows."""
+    b = d.shape[0]
+    tau = row_tau(d, tau_rel)[:, None]
     chunk = max(1, min(b, CHUNK_ELEMENTS // (b * b)))
     parts = []
     for start in range(0, b, chunk):
@@ -89,7 +105,7 @@ def naive_soft_rank(d: torch.Tensor, tau_rel: float) -> torch.Tensor:
     benchmarks/losses.py hold `soft_rank` to. Never used for training."""
     b = d.shape[0]
     off = ~torch.eye(b, dtype=torch.bool, device=d.device)
-    tau = (tau_rel * d.detach()[off].view(b, b - 1).std(1)).clamp_min(_EPS)
+    tau = row_tau(d, tau_rel)
     s = torch.sigmoid((d[:, :, None] - d[:, None, :]) / tau[:, None, None])  # r, j, k
     idx = torch.arange(b, device=d.device)
     keep = ((idx[None, None, :] != idx[:, None, None])  # k != r
@@ -120,6 +136,7 @@ def pc_loss(s: torch.Tensor, t: torch.Tensor, tau: float, delta: str = "cosine",
 class PerceptionCoherence(Method):
     name = "pc"
     Config = PCConfig
+    min_batch = 3  # a rank is defined over the other B - 2 points of the batch
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -127,6 +127,13 @@ class ModelInfo:
     stages_post_relu: bool = True
 
 
+def shapes_of(name: str, input_shape: tuple[int, ...]) -> ModelInfo:
+    """A model's tap shapes for inputs of `input_shape`, traced on the meta device: no memory,
+    no weights, a fraction of a second (for checks before anything runs)."""
+    with torch.device("meta"):
+        return model_info(create_model(name, num_classes=10, in_channels=input_shape[0]), input_shape, name)
+
+
 class Tapped(nn.Module):
     """Runs a model and returns its logits plus the named taps (torchvision feature extraction).
 

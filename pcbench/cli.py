@@ -482,9 +482,17 @@ def ui(
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
 ) -> None:
-    """Start the MLflow UI on the tracking store."""
-    from pcbench.tracking import default_tracking_uri
+    """Start the MLflow UI on the tracking store; print each pcbench experiment's runs page."""
+    from mlflow.tracking import MlflowClient
+
+    from pcbench.tracking import default_tracking_uri, runs_page
     uri = tracking_uri or default_tracking_uri()
-    console.print(f"MLflow UI for {uri} at http://{host}:{port}")
+    base = f"http://{host}:{port}"
+    console.print(f"MLflow UI for {uri} at {base}", highlight=False)
+    experiments = MlflowClient(uri).search_experiments(order_by=["last_update_time DESC"], max_results=20)
+    for experiment in experiments:
+        if experiment.tags.get("mlflow.experimentKind") == "custom_model_development":
+            console.print(f"  {experiment.name}: {runs_page(base, experiment.experiment_id)}",
+                          highlight=False, soft_wrap=True)
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                               "--host", host, "--port", str(port)])

@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -16,6 +17,17 @@ from mlflow.tracking import MlflowClient
 from pcbench.errors import UserError
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema-migration chatter
+
+# MLflow 3's UI opens an experiment in its GenAI view (traces, token usage) unless the
+# experiment says it is model training; its runs page then shows the training view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The runs page as a researcher wants it first: the training view, every run (searches and
+# their trials) listed flat by validation accuracy.
+RUNS_VIEW = {"workflowType": "machine_learning", "orderByKey": "metrics.`val_acc`", "orderByAsc": "false"}
+
+
+def runs_page(base_url: str, experiment_id: str) -> str:
+    return f"{base_url}/#/experiments/{experiment_id}/runs?{urlencode(RUNS_VIEW)}"
 
 
 def default_tracking_uri() -> str:
@@ -38,8 +50,14 @@ class Tracker:
         except Exception as error:  # noqa: BLE001 - any store failure is the user's URI
             raise UserError(f"cannot open the MLflow store {uri} ({type(error).__name__}); "
                             f"check --tracking-uri or MLFLOW_TRACKING_URI") from None
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=_local_artifact_root(uri))
+        if found is None:
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=_local_artifact_root(uri), tags=EXPERIMENT_KIND)
+        else:
+            self.experiment_id = found.experiment_id
+            for key, value in EXPERIMENT_KIND.items():
+                if found.tags.get(key) != value:  # made by an older pcbench, or by hand
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def start_run(self, name: str, params: dict[str, Any], tags: dict[str, str],
                   parent_run_id: str | None = None) -> str:

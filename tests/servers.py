@@ -7,6 +7,7 @@ import subprocess
 import time
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_ports(n: int = 1) -> list[int]:
@@ -20,9 +21,11 @@ def free_ports(n: int = 1) -> list[int]:
 
 
 @contextmanager
-def http_server(command: list[str], port: int, timeout_s: float = 90):
-    """Start `command` in its own process group, wait for /health, stop the group after."""
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def http_server(command: list[str], port: int, timeout_s: float = 90, log: Path | None = None):
+    """Start `command` in its own process group, wait for /health, stop the group after. Its
+    output goes to `log` when given."""
+    sink = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT if log else sink,
                               start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -41,3 +44,5 @@ def http_server(command: list[str], port: int, timeout_s: float = 90):
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
         server.wait(timeout=30)
+        if log:
+            sink.close()

@@ -128,11 +128,16 @@ def test_mlflow_ui_shows_the_search_and_its_trial_runs(chromium, finished, artif
     [port] = free_ports()
     command = [sys.executable, "-m", "pcbench", "ui", "--tracking-uri", finished["uri"],
                "--port", str(port)]
-    with http_server(command, port) as base:
-        # The runs page of the experiment, sorted by validation accuracy: MLflow then lists
-        # every run flat (by start time, the trials would be folded under their search's run).
-        url = (f"{base}/#/experiments/{experiment.experiment_id}/runs"
-               f"?orderByKey=metrics.%60val_acc%60&orderByAsc=false")
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    log = tmp_path / "ui.log"
+    with http_server(command, port, log=log) as base:
+        # The page `pcbench ui` points at: the experiment's runs in the training view, every
+        # run listed flat by validation accuracy.
+        printed = re.search(rf"{EXPERIMENT}: (\S+)", log.read_text())
+        assert printed, f"`pcbench ui` printed no runs page for {EXPERIMENT}: {log.read_text()}"
+        url = printed.group(1)
+        assert url.startswith(f"{base}/#/experiments/{experiment.experiment_id}/runs?")
+        assert "workflowType=machine_learning" in url
         for _ in range(2):  # a loaded machine may still be fetching the first time
             dom = _browse(chromium, url, tmp_path / "profile", "--dump-dom")
             shown = _text(dom)
@@ -143,6 +148,8 @@ def test_mlflow_ui_shows_the_search_and_its_trial_runs(chromium, finished, artif
         assert "Run Name" in shown and "matching runs" in shown, "no runs table on the page"
         missing = [name for name in [*parents, *trials] if name not in shown]
         assert not missing, f"runs not in the runs table: {missing}"
+        genai = [word for word in ("Token usage", "Traces", "Evaluations") if word in shown]
+        assert not genai, f"the GenAI view is showing: {genai}"
         _screenshot(chromium, url, tmp_path / "profile", artifacts / "mlflow-runs.png")
 
 

@@ -17,11 +17,16 @@ def _get(url: str):
 def test_ui_serves_the_store_with_its_runs(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "ui-test")
+    kind = tracker.client.get_experiment(tracker.experiment_id).tags.get("mlflow.experimentKind")
+    assert kind == "custom_model_development"  # MLflow's UI opens it as model training
     parent = tracker.start_run("search-x", {}, {"pcbench.kind": "search"})
     tracker.start_run("pc-1", {"method.name": "pc"}, {}, parent_run_id=parent)
     [port] = free_ports()
     command = [sys.executable, "-m", "pcbench", "ui", "--tracking-uri", uri, "--port", str(port)]
-    with http_server(command, port) as base:
+    log = tmp_path / "ui.log"
+    with http_server(command, port, log=log) as base:
+        assert f"ui-test: {base}/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning" \
+            in log.read_text()  # the runs page in MLflow's training view, printed for the user
         request = urllib.request.Request(
             f"{base}/api/2.0/mlflow/runs/search", method="POST",
             data=json.dumps({"experiment_ids": [tracker.experiment_id]}).encode(),

@@ -98,10 +98,20 @@ def test_a_two_worker_trial_runs_as_ray_train_ddp(workspace):
 
 
 def test_no_ray_runs_the_same_engine_in_process(workspace):
-    _pcbench(workspace, "run", "--method", "pc", "--no-ray", "--epochs", "2")
-    trials = pd.read_parquet(workspace["results"] / "trials")
-    here = trials[json_field(trials.config, "method", "name") == "pc"]
-    assert (here.status == "completed").any()
+    """Only the rows this command writes count: earlier tests of the module wrote pc rows too."""
+    folder = workspace["results"] / "trials"
+    before = set(pd.read_parquet(folder).trial_id) if folder.exists() else set()
+    _pcbench(workspace, "run", "--method", "pc", "--no-ray", "--epochs", "2", "--experiment", "e2e-no-ray")
+    trials = pd.read_parquet(folder)
+    [row] = trials[~trials.trial_id.isin(before)].itertuples()
+    assert json_field(pd.Series([row.config]), "method", "name")[0] == "pc"
+    assert (row.status, row.epochs_run, row.workers) == ("completed", 2, 1)
+    client = MlflowClient(workspace["uri"])
+    [parent] = client.search_runs([client.get_experiment_by_name("e2e-no-ray").experiment_id],
+                                  filter_string="tags.`pcbench.kind` = 'run'")
+    assert parent.data.params["ray"] == "False"  # in this process, not on Ray
+    assert row.mlflow_run_id in {r.info.run_id for r in client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
 
 
 def json_field(column, *path):

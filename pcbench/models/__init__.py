@@ -4,6 +4,7 @@ The zoo: RepDistiller's CIFAR models (exact architectures and state_dict keys, s
 mdistiller's checkpoints load), torchvision's ImageNet models, and two small CNNs for digits.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -127,6 +128,7 @@ class ModelInfo:
     stages_post_relu: bool = True
 
 
+@functools.lru_cache(maxsize=None)
 def shapes_of(name: str, input_shape: tuple[int, ...]) -> ModelInfo:
     """A model's tap shapes for inputs of `input_shape`, traced on the meta device: no memory,
     no weights, a fraction of a second (for checks before anything runs)."""

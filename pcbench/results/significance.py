@@ -13,7 +13,6 @@ import math
 import warnings
 from collections.abc import Sequence
 
-from scipy import stats
 
 ALPHA = 0.05
 TEST_NOTE = ("tied: not significantly different from the group's best, two-sided t-test over "
@@ -23,6 +22,8 @@ TEST_NOTE = ("tied: not significantly different from the group's best, two-sided
 
 def ci95(values: Sequence[float]) -> tuple[float, float]:
     """Student's t interval of the mean; NaN with fewer than two values."""
+    from scipy import stats  # SciPy loads when a board is made, not with the CLI
+
     n = len(values)
     if n < 2:
         return math.nan, math.nan
@@ -35,6 +36,8 @@ def p_value(runs: Sequence[tuple[int, float]], best: Sequence[tuple[int, float]]
     """Two-sided p of `runs` against `best` ((seed, accuracy) each); NaN when either has fewer
     than two runs. Paired when both ran the same distinct seeds, Welch's otherwise. Without
     any spread (scipy's NaN) equal means are a tie and unequal ones a difference."""
+    from scipy import stats
+
     if len(runs) < 2 or len(best) < 2:
         return math.nan
     mine, theirs = dict(runs), dict(best)

@@ -116,3 +116,36 @@ def test_an_empty_image_folder_is_a_one_line_error(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(UserError, match="expected class folders under"):
         check_dataset("imagenet", str(tmp_path))
+
+
+class _Payload:
+    """What a crafted batch file would smuggle in: unpickling it runs a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_cifar_file_is_refused_without_running_its_code(tmp_path):
+    cifar.write("cifar10", tmp_path, per_class=3, test_per_class=1)
+    marker = tmp_path / "pwned"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(pickle.dumps({"data": _Payload(marker), "labels": [0]}))
+    with pytest.raises(UserError, match=r"data_batch_1 is not a CIFAR batch file \(UnpicklingError: "
+                                        r"it names posix.system"):
+        check_dataset("cifar10", str(tmp_path), download=False)
+    with pytest.raises(UserError, match="not a CIFAR batch file"):
+        load_dataset("cifar10", str(tmp_path), 0.1, 0)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x02}q\x00(X", b"not a pickle at all"])
+def test_a_corrupt_cifar_file_is_one_line_before_anything_runs(tmp_path, content):
+    cifar.write("cifar10", tmp_path, per_class=3, test_per_class=1)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(content)
+    with pytest.raises(UserError) as error:
+        check_dataset("cifar10", str(tmp_path), download=False)
+    assert "test_batch is not a CIFAR batch file" in str(error.value) and "\n" not in str(error.value)

@@ -53,11 +53,32 @@ def _formats() -> dict[str, CifarFormat]:
     }
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR's batch files hold (dicts, lists, strings and numpy arrays):
+    a file that names any other callable is refused, so a crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which CIFAR files never do")
+        return super().find_class(module, name)
+
+
 def _read(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="latin1")
-    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return images, np.asarray(batch[label_key], dtype=np.int64)
+    try:
+        with open(path, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="latin1").load()
+        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    except (pickle.UnpicklingError, EOFError, OSError, KeyError, ValueError, TypeError,
+            AttributeError, IndexError) as error:
+        raise UserError(f"{path} is not a CIFAR batch file ({type(error).__name__}: {error}); "
+                        f"replace it with the official file, or delete it to download it again") from None
+    return images, labels
 
 
 def _concat(folder: Path, files, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +106,8 @@ def check(name: str, root: str | Path, download: bool = True) -> None:
                         f"--data-dir DIR that holds {fmt.folder}/")
     from torchvision.datasets.utils import check_integrity
     altered = [n for n, md5 in fmt.files() if not check_integrity(str(folder / n), md5)]
+    for file in altered:  # not the official bytes: they must at least read as CIFAR
+        _read(folder / file, fmt.label_key)
     if altered:
         warnings.warn(f"{folder}: {', '.join(altered)} differ from the official {name} files "
                       f"(MD5); results are not comparable with published numbers", stacklevel=2)

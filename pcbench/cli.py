@@ -105,7 +105,7 @@ class ProgressDisplay:
 
     def trial_epoch(self, trial_id, metrics):
         key = self.trial_method[trial_id]
-        if "val_acc" not in metrics:  # a final run trains on all the training data
+        if "val_acc" not in metrics or "diverged" in metrics:  # a final run has no validation split
             return
         self.best[key] = max(self.best.get(key, 0.0), metrics["val_acc"])
         self.progress.update(self.tasks[key], description=f"{key}  best val {100 * self.best[key]:.1f}%")
@@ -156,6 +156,12 @@ def _complete_stores(request) -> None:
             request.tracking_uri, request.results)
 
 
+def _diverged_line(outcome) -> None:
+    if outcome.diverged:
+        console.print(f"[yellow]{outcome.diverged} of {outcome.trials} trials diverged[/yellow] "
+                      f"(non-finite loss; status 'diverged', never ranked)")
+
+
 def _execute(request, dry_run: bool = False, as_json: bool = False) -> None:
     from pcbench import workflow
 
@@ -174,6 +180,7 @@ def _execute(request, dry_run: bool = False, as_json: bool = False) -> None:
             on_teacher=lambda model, dataset: progress.console.print(
                 f"training the {model} teacher on {dataset} (first use)"),
             on_search=display.on_search)
+    _diverged_line(outcome)
     console.print(f"search {outcome.search_id}: {outcome.trials} trials; MLflow at "
                   f"{request.tracking_uri}, Parquet in {request.results}/trials and /epochs")
     if outcome.failed:
@@ -311,6 +318,7 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
             work, [display], on_teacher=lambda model, dataset: progress.console.print(
                 f"training the {model} teacher on {dataset} (first use)"),
             on_search=display.on_search, suite=suite.name)
+    _diverged_line(outcome)
     console.print(f"benchmark {suite.name} ({outcome.search_id}): {outcome.trials} trials; MLflow at "
                   f"{tracking_uri}, Parquet in {results}/trials and /epochs")
     _report(results, None)

@@ -28,7 +28,7 @@ from pcbench.models.roles import common_stages
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no lr=.inf, no tau=.nan
 
 
 class DataConfig(_Section):

@@ -5,6 +5,7 @@ and on every worker of a Ray Train DDP job: it detects torch.distributed, and ev
 Ray-specific sits behind the `Reporter` it is handed. No Ray or MLflow import here.
 """
 
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +26,16 @@ from pcbench.models import TapModel, Tapped, create_model, model_info
 
 MODEL_FILE = "model.pt"  # {'model': state_dict}: the RepDistiller checkpoint format
 TRAINER_FILE = "trainer.pt"  # method modules, optimizer, schedule, epoch
+
+# What every epoch's report holds (plus `loss/<term>` per loss term); drivers keep these keys
+# out of the fields their schedulers add.
+METRICS = frozenset({"epoch", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr",
+                     "batch_global", "epoch_seconds", "eval_seconds", "device"})
+# A trial whose loss turned non-finite ends at once with one last report: this key holds the
+# reason (epoch and step), val_acc is NaN, and no checkpoint is saved.
+DIVERGED = "diverged"
+DIVERGENCE_CHECK_STEPS = 16  # steps between checks (each check waits for the device)
+_NEVER = 1 << 62
 
 
 class Reporter(Protocol):
@@ -115,10 +126,16 @@ def teacher_features(teacher: Tapped, x: torch.Tensor, precision: str) -> dict[s
     return {k: v.to(torch.float32, copy=True) for k, v in feats.items()}
 
 
-def _all_reduce(values: torch.Tensor) -> torch.Tensor:
+def _all_reduce(values: torch.Tensor, op=None) -> torch.Tensor:
     if dist.is_initialized():
-        dist.all_reduce(values)
+        dist.all_reduce(values, op=op or dist.ReduceOp.SUM)
     return values
+
+
+def _first_bad_step(first_bad: torch.Tensor) -> int | None:
+    """The earliest step with a non-finite loss on any rank, or None."""
+    step = int(_all_reduce(first_bad.clone(), dist.ReduceOp.MIN).item())
+    return None if step == _NEVER else step
 
 
 @torch.no_grad()
@@ -205,6 +222,9 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
             teacher_taps.train(method.teacher_train_mode)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
+        # kept on the device: the loop never waits for it except every few steps
+        first_bad = torch.full((), _NEVER, dtype=torch.long, device=device)
+        bad_step = None
         # the same order on every rank, and on a resumed trial
         for x, y, index in data.batches("train", per_rank_batch, rank, world,
                                         shuffle_seed=cfg.seed * 100_003 + epoch, augment=cfg.data.augment):
@@ -217,8 +237,17 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
             optimizer.step()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
+            first_bad = torch.where(torch.isfinite(loss.detach()) | (first_bad != _NEVER), first_bad, steps)
             steps += 1
+            if steps % DIVERGENCE_CHECK_STEPS == 0 and (bad_step := _first_bad_step(first_bad)) is not None:
+                break
         lr = schedule.get_last_lr()[0]
+        if bad_step is not None or (bad_step := _first_bad_step(first_bad)) is not None:
+            metrics = {"epoch": epoch + 1, "train_loss": math.nan, "val_acc": math.nan, "lr": lr,
+                       "device": device.type,
+                       DIVERGED: f"non-finite loss at epoch {epoch + 1}, step {bad_step + 1}"}
+            reporter.report(metrics, None)  # no checkpoint: the weights are no longer numbers
+            return metrics
         schedule.step()
 
         names = sorted(sums)

@@ -8,6 +8,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pcbench.config import TrialConfig
+from pcbench.engine import DIVERGED
 from pcbench.results import ResultsStore
 
 if TYPE_CHECKING:  # MLflow is imported only where something is tracked
@@ -43,6 +44,7 @@ class _Trial:
         self.phase, self.selected_trial = phase, selected_trial
         self.started = time.monotonic()
         self.epochs: list[dict[str, Any]] = []
+        self.diverged: str | None = None  # the engine's reason, when the loss blew up
 
 
 class SearchRecorder:
@@ -57,7 +59,7 @@ class SearchRecorder:
         self.gpus_per_trial = 0.0
         self.versions = package_versions()
         self._trials: dict[str, _Trial] = {}
-        self.trials_seen = self.trials_failed = 0
+        self.trials_seen = self.trials_failed = self.trials_diverged = 0
         self._trial_rows: list[dict[str, Any]] = []
         self._epoch_rows: list[dict[str, Any]] = []
 
@@ -78,6 +80,9 @@ class SearchRecorder:
 
     def trial_epoch(self, trial_id, metrics):
         trial = self._trials[trial_id]
+        if metrics.get(DIVERGED):  # a last, partial epoch: the reason, not a row
+            trial.diverged = metrics[DIVERGED]
+            return
         trial.epochs.append(metrics)
         self.tracker.log_metrics(trial.run_id, metrics, step=int(metrics["epoch"]))
 
@@ -85,12 +90,16 @@ class SearchRecorder:
         trial = self._trials.pop(trial_id)
         self.trials_seen += 1
         self.trials_failed += error is not None
+        self.trials_diverged += error is None and trial.diverged is not None
         cfg, epochs = trial.config, trial.epochs
         last = epochs[-1] if epochs else {}
         planned = cfg.train.epochs
-        status = "error" if error else ("completed" if last.get("epoch") == planned else "stopped")
-        self.tracker.set_tags(trial.run_id, {"pcbench.status": status,
-                                             "pcbench.device": last.get("device", "")})
+        if error is None and trial.diverged is not None:
+            status, error = DIVERGED, f"diverged: {trial.diverged}"
+        else:
+            status = "error" if error else ("completed" if last.get("epoch") == planned else "stopped")
+        tags = {"pcbench.status": status, "pcbench.device": last.get("device", "")}
+        self.tracker.set_tags(trial.run_id, {**tags, **({"pcbench.error": error} if error else {})})
         self.tracker.end_run(trial.run_id, "FAILED" if error else "FINISHED")
         self._trial_rows.append({
             "search_id": self.search_id, "trial_id": trial_id, "mlflow_run_id": trial.run_id,

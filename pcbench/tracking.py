@@ -4,7 +4,6 @@ All writes happen in the driver process (one SQLite writer locally; an `mlflow s
 cluster)."""
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -73,8 +72,9 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
         now = int(time.time() * 1000)
+        # non-finite values too: MLflow stores NaN and +-inf, and a blow-up should be seen
         numeric = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if numeric:
             self.client.log_batch(run_id, metrics=numeric)
 

@@ -268,7 +268,8 @@ def _with_teacher(prepared: list[Prepared], store: TeacherStore, on_teacher) -> 
 class Outcome:
     search_id: str
     trials: int
-    failed: int
+    failed: int  # errors: the command exits non-zero
+    diverged: int = 0  # a legitimate outcome of a search (its knobs blew the loss up)
 
 
 Work = Sequence[tuple[Request, list[Prepared]]]
@@ -334,7 +335,7 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
     finally:
         recorder.flush(f"{search_id}-interrupted")  # rows of trials that did finish
         tracker.end_run(parent, status)
-    return Outcome(search_id, recorder.trials_seen, recorder.trials_failed)
+    return Outcome(search_id, recorder.trials_seen, recorder.trials_failed, recorder.trials_diverged)
 
 
 def _gpus_held(request: Request, template: TrialConfig) -> float:

@@ -137,3 +137,31 @@ def test_each_method_search_keeps_its_optuna_study_in_a_database(searched):
         knobs = [json.loads(k) for k in ours.knobs]
         assert sorted(t.params["method.weight"] for t in finished) == pytest.approx(
             sorted(k["method.weight"] for k in knobs))
+
+
+def test_a_diverged_trial_fails_everywhere_and_is_never_ranked(workspace, tmp_path):
+    """ce with a weight of 1e30 blows up in its first epoch; kd beside it is unaffected."""
+    import optuna
+
+    folder = workspace["results"] / "trials"
+    before = set(pd.read_parquet(folder).trial_id) if folder.exists() else set()
+    _pcbench(workspace, "search", "--method", "ce", "--method", "kd", "--samples", "2",
+             "--concurrent", "2", "--epochs", "2", "--set", "ce.w_ce=1e30", "--experiment", "e2e-diverged")
+    trials = pd.read_parquet(folder)
+    mine = trials[~trials.trial_id.isin(before)]
+    ce, kd = mine[mine.method == "ce"], mine[mine.method == "kd"]
+    assert len(ce) == 2 and (ce.status == "diverged").all()
+    assert ce.error.str.fullmatch(r"diverged: non-finite loss at epoch 1, step \d+").all()
+    assert len(kd) == 2 and (kd.status == "completed").all()
+    client = MlflowClient(workspace["uri"])
+    for row in ce.itertuples():
+        run = client.get_run(row.mlflow_run_id)
+        assert run.info.status == "FAILED" and run.data.tags["pcbench.status"] == "diverged"
+    storage = workspace["uri"].replace("mlflow.db", "optuna.db")
+    states = {m: [t.state for t in optuna.load_study(study_name=f"e2e-diverged-{m}", storage=storage).trials]
+              for m in ("ce", "kd")}
+    assert states == {"ce": [optuna.trial.TrialState.FAIL] * 2, "kd": [optuna.trial.TrialState.COMPLETE] * 2}
+    from pcbench.results import leaderboard
+    board = leaderboard(mine).set_index("method")
+    assert board.loc["kd", "test_acc_mean"] > 0 and board.loc["ce", "diverged"] == 2
+    assert pd.isna(board.loc["ce", "test_acc_mean"]) and board.index[0] == "kd"  # shown, never ranked

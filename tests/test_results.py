@@ -109,3 +109,15 @@ def test_benchmark_rows_are_their_final_runs_and_never_ranked_with_plain_searche
     failed = [{**f, "status": "error", "test_acc": None} for f in finals]
     [row] = leaderboard(pd.DataFrame(search + failed)).itertuples()
     assert row.seeds == 0 and math.isnan(row.test_acc_mean)  # not the search trial's number
+
+
+def test_diverged_runs_are_never_ranked_and_an_all_diverged_method_says_so():
+    trials = pd.DataFrame(_finals("kd", (0.70, 0.71, 0.72))
+                          + [_row("pc-1", "pc", None, None, status="diverged"),
+                             _row("pc-2", "pc", None, None, status="diverged")])
+    board = leaderboard(trials).set_index("method")
+    assert list(board.index) == ["kd", "pc"] and board.loc["pc", "diverged"] == 2
+    assert pd.isna(board.loc["pc", "test_acc_mean"]) and pd.isna(board.loc["pc", "tied_with_best"])
+    assert board.loc["pc", "protocol"] == "final"  # shown in the benchmark's group, beside kd
+    from pcbench.results.render import to_markdown
+    assert "| pc | diverged (2 runs) |" in to_markdown(leaderboard(trials))

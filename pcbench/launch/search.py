@@ -13,15 +13,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from pcbench.config import TrialConfig, build_config
+from pcbench.engine import DIVERGED, METRICS
 from pcbench.launch.resources import trial_resources
 from pcbench.launch.trial import tune_trial
 from pcbench.recording import TrialListener
 from pcbench.spaces import SearchSpace
 
 METRIC, MODE = "val_acc", "max"
-# What the engine reports, out of the result dicts Tune adds its own fields to.
-ENGINE_KEYS = {"epoch", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr",
-               "batch_global", "epoch_seconds", "eval_seconds", "device"}
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
 
 
@@ -49,29 +47,36 @@ class SearchPlan:
 
 
 class _Relay(tune.Callback):
-    """Driver side: turns Tune's trial events into TrialListener calls."""
+    """Driver side: turns Tune's trial events into TrialListener calls. A trial that fails
+    before it starts (its actor or workers could not be set up) is still started and finished
+    for the listeners, so it is recorded as an error like any other."""
 
     def __init__(self, template: dict[str, Any], listeners: Sequence[TrialListener]):
         self.template, self.listeners = template, listeners
+        self.started: set[str] = set()
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; listeners hold live clients
         # and consoles, which belong to this driver process only.
-        return {"template": self.template, "listeners": ()}
+        return {"template": self.template, "listeners": (), "started": set()}
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.started:
+            return  # restarted after a failure: the same trial, resumed
+        self.started.add(trial.trial_id)
         config = build_config(self.template, trial.config)
         for listener in self.listeners:
             listener.trial_started(trial.trial_id, config, dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: v for k, v in result.items() if k in ENGINE_KEYS or k.startswith("loss/")}
+        # what the engine reported, out of the result dicts Tune adds its own fields to
+        metrics = {k: v for k, v in result.items()
+                   if k in METRICS or k == DIVERGED or k.startswith("loss/")}
         for listener in self.listeners:
             listener.trial_epoch(trial.trial_id, metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        for listener in self.listeners:
-            listener.trial_finished(trial.trial_id, None)
+        self._finish(iteration, trials, trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = str(trial.error_file or "trial failed")
@@ -79,9 +84,24 @@ class _Relay(tune.Callback):
             error = Path(trial.error_file).read_text().strip().splitlines()[-1]
         except (OSError, TypeError, IndexError):
             pass
+        self._finish(iteration, trials, trial, error)
+
+    def _finish(self, iteration, trials, trial, error: str | None) -> None:
+        if trial.trial_id not in self.started:
+            self.on_trial_start(iteration, trials, trial)
+        self.started.discard(trial.trial_id)
         for listener in self.listeners:
             listener.trial_finished(trial.trial_id, error)
 
+
+class _OptunaSearch(OptunaSearch):
+    """Tells Optuna a diverged trial as FAIL (its NaN accuracy is no result; Ray's searcher
+    would log a warning and leave the Optuna trial RUNNING)."""
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if result and result.get(DIVERGED):
+            result, error = {k: v for k, v in result.items() if k != METRIC}, True
+        super().on_trial_complete(trial_id, result, error)
 
 
 def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.ResultGrid:
@@ -92,14 +112,18 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
                              gpus=plan.gpus_per_trial, storage=plan.storage),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
     param_space = None
+    # A one-worker trial's actor is reused by the next trial (the engine runs in it); a DDP
+    # trial's actor runs a TorchTrainer whose controller and workers are its own, and Tune
+    # cannot reset a function trainable's actor for another trial of that kind.
+    reuse = plan.template.train.workers == 1
     if plan.space is None:
         if plan.seeds:
             param_space = {"seed": tune.grid_search(plan.seeds)}
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.concurrent,
-                                      reuse_actors=True)
+                                      reuse_actors=reuse)
     else:
         storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
-        searcher = OptunaSearch(
+        searcher = _OptunaSearch(
             space=plan.space.distributions, metric=METRIC, mode=MODE, seed=plan.seed,
             points_to_evaluate=[plan.space.first_point(plan.template)],
             storage=storage, study_name=plan.study_name if storage else None)
@@ -108,7 +132,7 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
                                   reduction_factor=2)
         tune_config = tune.TuneConfig(
             metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
-            num_samples=plan.samples, max_concurrent_trials=plan.concurrent, reuse_actors=True)
+            num_samples=plan.samples, max_concurrent_trials=plan.concurrent, reuse_actors=reuse)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,

@@ -24,7 +24,7 @@ TapList = Annotated[list[str], BeforeValidator(_split_commas), Field(min_length=
 class MethodConfig(BaseModel):
     """Knobs shared by every method. Subclasses add theirs; unknown knobs are rejected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     w_ce: NonNegativeFloat = 1.0

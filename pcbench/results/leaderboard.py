@@ -18,7 +18,8 @@ from pcbench.results.significance import ALPHA, ci95, p_value
 GROUP = ["dataset", "teacher", "student", "epochs_planned", "scoring_rule", "protocol"]
 
 COLUMNS = ["dataset", "teacher", "student", "epochs_planned", "protocol", "method", "test_acc_mean",
-           "test_acc_std", "seeds", "ci95_low", "ci95_high", "p_vs_best", "tied_with_best", "val_acc", "knobs", "trials", "completed", "compute_hours", "gpu_hours",
+           "test_acc_std", "seeds", "ci95_low", "ci95_high", "p_vs_best", "tied_with_best", "val_acc", "knobs", "trials", "completed", "diverged", "compute_hours",
+           "gpu_hours",
            "published_acc", "published_rule", "published_source", "suite", "search_id", "config_hash", "teacher_sha256",
            "trial_id", "mlflow_run_id", "scoring_rule", "selection_split"]
 
@@ -36,11 +37,22 @@ def _gpu_hours(rows: pd.DataFrame) -> float:
     return float((rows["train_seconds"].fillna(0.0) * rows["gpus"].fillna(0.0)).sum() / 3600.0)
 
 
-def _row(search: pd.DataFrame, finals: pd.DataFrame) -> dict | None:
+def _diverged_row(search: pd.DataFrame, final_epochs: int | None) -> dict:
+    """A method none of whose trials completed, some diverged: shown as such, never ranked."""
+    row = search.iloc[-1].to_dict()
+    row.update(val_acc=math.nan, knobs="", test_acc_mean=math.nan, test_acc_std=math.nan, seeds=0,
+               protocol="final" if final_epochs else "search", _runs=[], trial_id=None,
+               mlflow_run_id=None, config_hash=None)
+    if final_epochs:
+        row["epochs_planned"] = final_epochs
+    return row
+
+
+def _row(search: pd.DataFrame, finals: pd.DataFrame, final_epochs: int | None) -> dict | None:
     best = best_trial(search)
-    if best is None:
-        return None
-    row = best.to_dict()
+    if best is None and not (search["status"] == "diverged").any():
+        return None  # nothing completed and nothing to say about it
+    row = best.to_dict() if best is not None else _diverged_row(search, final_epochs)
     spent = pd.concat([search, finals])
     if len(finals):  # a benchmark: its final runs are the result, even when they all failed
         done = finals[(finals["status"] == "completed") & finals["test_acc"].notna()]
@@ -49,10 +61,11 @@ def _row(search: pd.DataFrame, finals: pd.DataFrame) -> dict | None:
         row.update(test_acc_mean=accs.mean() if len(accs) else math.nan,
                    test_acc_std=accs.std(ddof=1) if len(accs) > 1 else math.nan, seeds=len(accs),
                    epochs_planned=int(finals["epochs_planned"].iloc[0]), protocol="final")
-    else:
+    elif best is not None:
         row.update(test_acc_mean=best["test_acc"], test_acc_std=math.nan, seeds=1, protocol="search",
                    _runs=[])
     row.update(trials=len(search), completed=int((search["status"] == "completed").sum()),
+               diverged=int((spent["status"] == "diverged").sum()),
                compute_hours=spent["wall_seconds"].sum() / 3600.0, gpu_hours=_gpu_hours(spent))
     reference = published(row["dataset"], row["teacher"], row["student"], row["method"])
     row.update(published_acc=reference.accuracy / 100 if reference else math.nan,
@@ -82,8 +95,12 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     rows = []
     # one row per (search, pair, method); a method searched again keeps only its latest
     keys = ["search_id", "dataset", "teacher", "student", "scoring_rule", "method"]
-    for _, runs in trials.groupby(keys, sort=False, dropna=False):
-        row = _row(runs[runs["phase"] != "final"], runs[runs["phase"] == "final"])
+    # a benchmark's final length per pair: where a method that never completed is shown
+    final_epochs = trials[trials["phase"] == "final"].groupby(
+        ["search_id", "teacher", "student"])["epochs_planned"].max().to_dict()
+    for key, runs in trials.groupby(keys, sort=False, dropna=False):
+        row = _row(runs[runs["phase"] != "final"], runs[runs["phase"] == "final"],
+                   final_epochs.get((key[0], key[2], key[3])))
         if row is not None:
             row["_finished"] = runs["finished_at"].max()
             rows.append(row)

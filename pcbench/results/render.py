@@ -43,7 +43,9 @@ def _sources(rows: pd.DataFrame) -> list[tuple[str, str]]:
 def _table(rows: pd.DataFrame) -> pd.DataFrame:
     """The group's rows as shown; `published` only where there is a published number."""
     shown = pd.DataFrame({"method": rows["method"].astype(str)})
-    shown["test acc"] = [_test_acc(m, s) for m, s in zip(rows["test_acc_mean"], rows["test_acc_std"])]
+    shown["test acc"] = [f"diverged ({d} runs)" if pd.isna(m) and d else _test_acc(m, s)
+                         for m, s, d, t in zip(rows["test_acc_mean"], rows["test_acc_std"],
+                                               rows["diverged"], rows["trials"])]
     shown["95% CI"] = ["" if pd.isna(lo) else f"[{_pct(lo)}, {_pct(hi)}]"
                        for lo, hi in zip(rows["ci95_low"], rows["ci95_high"])]
     shown["vs best"] = _verdict(rows)

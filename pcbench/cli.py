@@ -3,19 +3,44 @@ line naming the fix and exits with code 2."""
 
 import functools
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer._click.exceptions import ClickException  # Typer's own (vendored) Click
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pcbench.config import parse_overrides
-from pcbench.errors import UserError
+from pcbench.overrides import parse_overrides
+from pcbench.errors import Interrupted, Terminated, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+class _OneLineUsageErrors(TyperGroup):
+    """A usage error (an unknown option, a value of the wrong type) is one line naming the fix
+    and exit code 2, like every other input error, instead of Typer's framed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as error:
+            context = getattr(error, "ctx", None)
+            hint = f"; see `{context.command_path} --help`" if context else ""
+            console.print(f"[red]error:[/red] {error.format_message().rstrip('.')}{hint}", highlight=False,
+                          soft_wrap=True)
+            sys.exit(2)
+        except typer.Abort:
+            sys.exit(1)
+        if not standalone_mode:
+            return code
+        sys.exit(code or 0)
+
+
+app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Benchmark and search representation-transfer (distillation) methods.")
 teacher_app = typer.Typer(no_args_is_help=True, help="Train and list stored teachers.")
 app.add_typer(teacher_app, name="teacher")
@@ -23,15 +48,44 @@ console = Console(stderr=True)
 
 
 def user_errors(command):
-    """A UserError becomes one line on stderr and exit code 2."""
+    """A UserError becomes one line on stderr and exit code 2. The first Ctrl-C or SIGTERM
+    stops the whole command: the trials in flight end as KILLED, the local Ray instance is
+    shut down, one line says how to resume, and the exit code is 130 (143 for SIGTERM)."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if main else None
         try:
             return command(*args, **kwargs)
         except UserError as error:
             console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except Interrupted as stop:
+            _stop_ray()
+            console.print(f"stopped: {stop.search_id} is unfinished; its finished trials are recorded. "
+                          f"Continue it with the same command and --resume (or --resume-id {stop.search_id})",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(stop.exit_code) from None
+        except KeyboardInterrupt as stop:  # before any search had started
+            _stop_ray()
+            console.print("stopped before anything was recorded", highlight=False)
+            raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
     return wrapper
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _stop_ray() -> None:
+    """Shut down a local Ray instance this command started (its trials with it)."""
+    if "ray" in sys.modules:
+        import ray
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 # Options shared by run, search and demo.
@@ -121,6 +175,15 @@ DryRun = Annotated[bool, typer.Option(
     "--dry-run", help="Print the plan (budget, first point, every knob as resolved for the pair) "
     "and what is missing; start and write nothing.")]
 Json = Annotated[bool, typer.Option("--json", help="With --dry-run: the plan as one JSON list on stdout.")]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Continue the latest unfinished run of this same command: finished trials are "
+    "kept, unfinished ones go on from their checkpoints, the Optuna study where it was.")]
+ResumeId = Annotated[Optional[str], typer.Option(
+    "--resume-id", help="As --resume, for the unfinished run with this search id.")]
+
+
+def _resume(resume: bool, resume_id: Optional[str]) -> Optional[str]:
+    return resume_id or ("latest" if resume else None)
 
 
 def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool) -> None:
@@ -232,7 +295,8 @@ def run(
 
 def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus,
-            optuna_storage=None, data_dir=None, recipe=None, dry_run=False, as_json=False) -> None:
+            optuna_storage=None, data_dir=None, recipe=None, dry_run=False, as_json=False,
+            resume=None) -> None:
     from pcbench.workflow import Request
     if space is not None and len(set(methods_)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
@@ -240,7 +304,8 @@ def _search(methods_, dataset, teacher, student, set_, space, samples, concurren
                       parse_overrides(set_ or []), recipe=recipe, space_file=space, samples=samples,
                       concurrent=concurrent, seed=seed, results=results, teachers=teachers,
                       tracking_uri=tracking_uri or "", experiment=experiment, address=address,
-                      cpus_per_trial=cpus, gpus_per_trial=gpus, optuna_storage=optuna_storage or "")
+                      cpus_per_trial=cpus, gpus_per_trial=gpus, optuna_storage=optuna_storage or "",
+                      resume=resume)
     _execute(request, dry_run, as_json)
 
 
@@ -261,18 +326,19 @@ def search(
     tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
     optuna_storage: OptunaStorage = None, data_dir: DataDir = None, recipe: Recipe = None,
-    dry_run: DryRun = False, as_json: Json = False,
+    dry_run: DryRun = False, as_json: Json = False, resume: Resume = False, resume_id: ResumeId = None,
 ) -> None:
     """Search each method's knobs with Ray Tune + Optuna (TPE) and ASHA."""
     _search(method or [], dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address,
-            cpus_per_trial, gpus_per_trial, optuna_storage, data_dir, recipe, dry_run, as_json)
+            cpus_per_trial, gpus_per_trial, optuna_storage, data_dir, recipe, dry_run, as_json,
+            _resume(resume, resume_id))
 
 
 def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, data_dir=None,
                samples=None, epochs=None, seeds=None, final_epochs=None, methods=None, set_=None,
                concurrent=None, cpus_per_trial=None, gpus_per_trial=None, optuna_storage=None,
-               dry_run=False, as_json=False) -> None:
+               dry_run=False, as_json=False, resume=None) -> None:
     from pcbench import workflow
     from pcbench.suite import load_suite
     from pcbench.tracking import default_tracking_uri
@@ -303,7 +369,7 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
             address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
             gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial,
             final_seeds=suite.final_seeds(seeds),
-            final_epochs=final_epochs or suite.final_epochs)
+            final_epochs=final_epochs or suite.final_epochs, resume=resume)
         # every pair before Ray starts
         work.append((request, workflow.validate(request, missing if dry_run else None)))
     if dry_run:
@@ -346,7 +412,7 @@ def benchmark(
         "--gpus-per-trial", help="GPUs a trial holds (0.25: four trials share a GPU).")] = None,
     results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, address: Address = None, optuna_storage: OptunaStorage = None,
-    dry_run: DryRun = False, as_json: Json = False,
+    dry_run: DryRun = False, as_json: Json = False, resume: Resume = False, resume_id: ResumeId = None,
 ) -> None:
     """Every method x pair of a suite: the same search budget each, selection on the validation
     split, the winner re-run with several seeds on the full training set, then the report."""
@@ -355,7 +421,8 @@ def benchmark(
     _benchmark(suite, results, teachers, tracking_uri, address, data_dir=data_dir, samples=samples,
                epochs=epochs, seeds=seeds, final_epochs=final_epochs, methods=method, set_=set_,
                concurrent=concurrent, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-               optuna_storage=optuna_storage, dry_run=dry_run, as_json=as_json)
+               optuna_storage=optuna_storage, dry_run=dry_run, as_json=as_json,
+               resume=_resume(resume, resume_id))
 
 
 @app.command()

@@ -190,20 +190,6 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings to {key: value}; values are read as YAML (0.05, true, [a, b])."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set '{pair}' is not key=value; write it like --set method.tau=0.05")
-        try:
-            overrides[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise UserError(f"--set {pair}: the value does not parse as YAML; quote it") from None
-    return overrides
-
-
 def build_config(base: dict[str, Any], overrides: dict[str, Any]) -> TrialConfig:
     """Apply dotted overrides to a base dict and validate. A key may be scoped to one method
     (`pc.tau=0.05`): it applies only when the trial's method is that one."""

@@ -48,10 +48,12 @@ class _Trial:
 
 
 class SearchRecorder:
-    """A TrialListener that writes MLflow runs as trials go and Parquet rows on `flush`."""
+    """A TrialListener that writes MLflow runs as trials go, and each trial's Parquet rows (a
+    part file of each table, written whole) the moment it ends: a driver that dies loses at
+    most the trials in flight. `rows` keeps every trial row written, in order."""
 
     def __init__(self, tracker: "Tracker", parent_run_id: str, store: ResultsStore, search_id: str,
-                 suite: str | None = None):
+                 suite: str | None = None, resumed: bool = False):
         self.tracker, self.parent_run_id = tracker, parent_run_id
         self.store, self.search_id, self.suite = store, search_id, suite
         # What the trials being run are for; the workflow sets it before each stage.
@@ -60,12 +62,44 @@ class SearchRecorder:
         self.versions = package_versions()
         self._trials: dict[str, _Trial] = {}
         self.trials_seen = self.trials_failed = self.trials_diverged = 0
-        self._trial_rows: list[dict[str, Any]] = []
-        self._epoch_rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
+        # Resuming a killed driver's search: its finished trials are kept and never recorded
+        # twice; its trials that were in flight (their runs KILLED) get their runs back.
+        self._killed_runs: dict[str, str] = {}
+        self._finished: set[str] = set()
+        if resumed:
+            self._resume()
+
+    def _resume(self) -> None:
+        trials = self.store.read("trials")
+        self.rows = trials[trials["search_id"] == self.search_id].to_dict("records")
+        finished = {row["trial_id"] for row in self.rows}
+        for run in self.tracker.children(self.parent_run_id):
+            trial_id = run.data.tags.get("pcbench.trial_id")
+            if trial_id not in finished:
+                if run.info.status == "RUNNING":
+                    self.tracker.end_run(run.info.run_id, "KILLED")
+                self._killed_runs[trial_id] = run.info.run_id
+        self._finished = finished
+
+    def end_in_flight(self, status: str = "KILLED") -> None:
+        """The command is stopping: the trials still running end as `status` in MLflow (their
+        rows are not written; a resumed search runs them on from their checkpoints)."""
+        for trial in self._trials.values():
+            self.tracker.set_tags(trial.run_id, {"pcbench.status": status.lower()})
+            self.tracker.end_run(trial.run_id, status)
+        self._trials.clear()
 
     def trial_started(self, trial_id, config, knobs):
-        if trial_id in self._trials:
-            return  # restarted after a failure: it resumes from its checkpoint, in the same run
+        if trial_id in self._trials or trial_id in self._finished:
+            return  # restarted after a failure (the same run), or recorded before a resume
+        if trial_id in self._killed_runs:  # in flight when the last driver died: the same run
+            run_id = self._killed_runs.pop(trial_id)
+            self.tracker.reopen_run(run_id)
+            trial = _Trial(config, knobs, run_id, self.phase, self.selected_trial)
+            trial.epochs = self.tracker.epoch_history(run_id)
+            self._trials[trial_id] = trial
+            return
         tags = {"pcbench.method": config.method.name, "pcbench.teacher": config.teacher,
                 "pcbench.student": config.student, "pcbench.dataset": config.data.name,
                 "pcbench.seed": config.seed, "pcbench.teacher_sha256": config.teacher_sha256 or "",
@@ -79,14 +113,19 @@ class SearchRecorder:
         self._trials[trial_id] = _Trial(config, knobs, run_id, self.phase, self.selected_trial)
 
     def trial_epoch(self, trial_id, metrics):
+        if trial_id in self._finished:
+            return
         trial = self._trials[trial_id]
         if metrics.get(DIVERGED):  # a last, partial epoch: the reason, not a row
             trial.diverged = metrics[DIVERGED]
             return
-        trial.epochs.append(metrics)
+        # a resumed trial repeats the epochs after its last checkpoint: the new one counts
+        trial.epochs = [e for e in trial.epochs if e["epoch"] < metrics["epoch"]] + [metrics]
         self.tracker.log_metrics(trial.run_id, metrics, step=int(metrics["epoch"]))
 
     def trial_finished(self, trial_id, error):
+        if trial_id in self._finished:
+            return
         trial = self._trials.pop(trial_id)
         self.trials_seen += 1
         self.trials_failed += error is not None
@@ -101,7 +140,7 @@ class SearchRecorder:
         tags = {"pcbench.status": status, "pcbench.device": last.get("device", "")}
         self.tracker.set_tags(trial.run_id, {**tags, **({"pcbench.error": error} if error else {})})
         self.tracker.end_run(trial.run_id, "FAILED" if error else "FINISHED")
-        self._trial_rows.append({
+        row = {
             "search_id": self.search_id, "trial_id": trial_id, "mlflow_run_id": trial.run_id,
             "suite": self.suite, "phase": trial.phase, "selected_trial": trial.selected_trial,
             "method": cfg.method.name, "dataset": cfg.data.name, "teacher": cfg.teacher,
@@ -118,23 +157,17 @@ class SearchRecorder:
             "error": error, "scoring_rule": SCORING_RULE, "selection_split": SELECTION_SPLIT,
             "versions": json.dumps(self.versions, sort_keys=True),
             "finished_at": datetime.now(timezone.utc),
-        })
-        for e in epochs:
-            self._epoch_rows.append({
-                "search_id": self.search_id, "trial_id": trial_id, "method": cfg.method.name,
-                "epoch": int(e["epoch"]), "train_loss": e.get("train_loss"),
-                "loss_terms": json.dumps({k.removeprefix("loss/"): v for k, v in e.items()
-                                          if k.startswith("loss/")}, sort_keys=True),
-                "val_acc": e.get("val_acc"), "val_loss": e.get("val_loss"),
-                "test_acc": e.get("test_acc"), "lr": e.get("lr"),
-                "epoch_seconds": e.get("epoch_seconds"),
-            })
-
-    def flush(self, part: str) -> list[dict[str, Any]]:
-        """Write the rows gathered so far as one part of each table, forget them, and return
-        the trial rows written."""
-        trial_rows = self._trial_rows
-        self.store.write("trials", trial_rows, part)
-        self.store.write("epochs", self._epoch_rows, part)
-        self._trial_rows, self._epoch_rows = [], []
-        return trial_rows
+        }
+        epoch_rows = [{
+            "search_id": self.search_id, "trial_id": trial_id, "method": cfg.method.name,
+            "epoch": int(e["epoch"]), "train_loss": e.get("train_loss"),
+            "loss_terms": json.dumps({k.removeprefix("loss/"): v for k, v in e.items()
+                                      if k.startswith("loss/")}, sort_keys=True),
+            "val_acc": e.get("val_acc"), "val_loss": e.get("val_loss"),
+            "test_acc": e.get("test_acc"), "lr": e.get("lr"),
+            "epoch_seconds": e.get("epoch_seconds"),
+        } for e in epochs]
+        part = f"{self.search_id}-{trial.phase}-{trial_id}"
+        self.store.write("epochs", epoch_rows, part)  # epochs first: a trial row means all is there
+        self.store.write("trials", [row], part)
+        self.rows.append(row)

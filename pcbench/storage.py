@@ -7,6 +7,7 @@ other URI is remote: pyarrow reads and writes it, and Ray Tune gets the URI as i
 `storage_path` (Ray resolves it with pyarrow too, on every node, with that node's credentials).
 """
 
+import contextlib
 import posixpath
 import re
 import uuid
@@ -127,3 +128,12 @@ def list_files(location: Location, suffix: str) -> list[str]:
     infos = location.fs.get_file_info(pafs.FileSelector(location.path, allow_not_found=True))
     return sorted(info.path for info in infos if info.type == pafs.FileType.File
                   and info.base_name.endswith(suffix) and not info.base_name.startswith((".", "_")))
+
+
+def sqlite_lock(uri: str):
+    """A SQLite database is created (its schema migrated) by the first client that opens it;
+    two commands started at once on a new store must not both do it. Other URIs need no lock."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+    return FileLock(uri.removeprefix("sqlite:///") + ".lock")

@@ -14,6 +14,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pcbench.errors import UserError
+from pcbench.storage import sqlite_lock
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema-migration chatter
 
@@ -44,6 +45,11 @@ class Tracker:
     def __init__(self, uri: str, experiment: str):
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        with sqlite_lock(uri):
+            self._open(experiment)
+
+    def _open(self, experiment: str) -> None:
+        uri = self.uri
         try:
             found = self.client.get_experiment_by_name(experiment)
         except Exception as error:  # noqa: BLE001 - any store failure is the user's URI
@@ -86,3 +92,29 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def reopen_run(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def unfinished_parent(self, fingerprint: str, search_id: str | None) -> tuple[str, str] | None:
+        """(search id, run id) of the latest parent run with these settings that did not
+        finish (its driver was killed or stopped), or of `search_id` when given."""
+        query = f"tags.`pcbench.fingerprint` = '{fingerprint}' and attributes.status != 'FINISHED'"
+        if search_id:
+            query += f" and tags.`pcbench.search_id` = '{search_id}'"
+        runs = self.client.search_runs([self.experiment_id], query, max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+        return (runs[0].data.tags["pcbench.search_id"], runs[0].info.run_id) if runs else None
+
+    def children(self, parent_run_id: str) -> list:
+        return self.client.search_runs([self.experiment_id],
+                                       f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=50000)
+
+    def epoch_history(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's per-epoch metrics rebuilt from MLflow (a trial resumed by a new driver)."""
+        run = self.client.get_run(run_id)
+        by_step: dict[int, dict[str, Any]] = {}
+        for key in run.data.metrics:
+            for metric in self.client.get_metric_history(run_id, key):
+                by_step.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
+        return [by_step[step] for step in sorted(by_step)]

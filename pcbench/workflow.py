@@ -3,6 +3,7 @@ Ray), make sure the teachers exist, open one MLflow parent run, search each meth
 run one trial in this process), in a benchmark re-run each method's winner with several seeds,
 record every trial, write the Parquet parts."""
 
+import hashlib
 import json
 import os
 import socket
@@ -17,12 +18,12 @@ import pandas as pd
 
 from pcbench.config import TrialConfig, build_config
 from pcbench.data import check_dataset, get_dataset
-from pcbench.errors import UserError
+from pcbench.errors import Interrupted, Terminated, UserError
 from pcbench.launch.resources import COORDINATOR_CPUS
 from pcbench.methods import get_method
 from pcbench.methods.base import Method
 from pcbench.recipes import recipe, scale_milestones, with_recipe
-from pcbench.recording import SearchRecorder, TrialListener
+from pcbench.recording import SearchRecorder, TrialListener, package_versions
 from pcbench.results import ResultsStore
 from pcbench.results.leaderboard import best_trial
 from pcbench.models import shapes_of
@@ -57,6 +58,9 @@ class Request:
     # seed on the full training set (final_epochs long; None: as the search trials).
     final_seeds: list[int] = field(default_factory=list)
     final_epochs: int | None = None
+    # Continue the latest unfinished search (or benchmark) with the same settings ("latest"),
+    # or the one with this search id; None: a new one.
+    resume: str | None = None
 
 
 @dataclass
@@ -282,12 +286,21 @@ def execute(request: Request, prepared: list[Prepared], listeners: Sequence[Tria
     return execute_all([(request, prepared)], listeners, on_teacher, on_search)
 
 
+def fingerprint(work: Work, suite: str | None) -> str:
+    """What makes two commands the same search: a resumed one must match it exactly."""
+    body = [suite, [[r.samples, r.seed, r.final_seeds, r.final_epochs, r.search, r.ray,
+                     [[p.method, p.template.hash, p.space.describe() if p.space else None] for p in ps]]
+                    for r, ps in work]]
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
                 on_teacher: Callable[[str, str], None] = lambda model, dataset: None,
                 on_search: Callable[[Prepared], None] = lambda item: None,
                 suite: str | None = None) -> Outcome:
     """Run validated requests that share the stores and Ray settings of the first (one per
-    pair in a benchmark) under one MLflow parent run."""
+    pair in a benchmark) under one MLflow parent run. Ctrl-C or SIGTERM (KeyboardInterrupt)
+    ends the trials in flight as KILLED and raises Interrupted; `--resume` picks up there."""
     from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
 
     request, prepared = work[0]
@@ -298,26 +311,41 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
     experiment = request.experiment or (f"pcbench-benchmark-{suite}" if suite
                                         else experiment_name(prepared[0].template))
     tracker = Tracker(request.tracking_uri, experiment)
+    kind = "benchmark" if suite else ("search" if request.search else "run")
+    print_ = fingerprint(work, suite)
+    resumed = None
+    if request.resume:
+        resumed = tracker.unfinished_parent(print_, None if request.resume == "latest" else request.resume)
+        if resumed is None:
+            which = "" if request.resume == "latest" else f" {request.resume}"
+            raise UserError(f"no unfinished {kind}{which} with these settings in experiment "
+                            f"'{experiment}'; run the same command as before with --resume, or "
+                            f"drop --resume to start a new one")
     if request.ray:
         from pcbench.launch.cluster import start_ray
         start_ray(request.address)
     store = TeacherStore(request.teachers)
     work = [(r, _with_teacher(p, store, on_teacher)) for r, p in work]
     first = prepared[0].template
-    search_id = new_search_id()
-    kind = "benchmark" if suite else ("search" if request.search else "run")
-    parent = tracker.start_run(
-        f"{kind}-{search_id}",
-        {"methods": ",".join(dict.fromkeys(p.method for _, ps in work for p in ps)),
-         "pairs": ",".join(dict.fromkeys(f"{p.template.teacher}->{p.template.student}"
-                                         for _, ps in work for p in ps)),
-         "samples": request.samples, "concurrent": request.concurrent, "seed": request.seed,
-         "epochs": first.train.epochs, "workers": first.train.workers, "dataset": first.data.name,
-         "final_seeds": ",".join(map(str, request.final_seeds)), "ray": request.ray},
-        {"pcbench.search_id": search_id, "pcbench.kind": kind, "pcbench.suite": suite or "",
-         "pcbench.optuna_storage": request.optuna_storage})
+    if resumed:
+        search_id, parent = resumed
+        tracker.reopen_run(parent)
+    else:
+        search_id = new_search_id()
+        parent = tracker.start_run(
+            f"{kind}-{search_id}",
+            {"methods": ",".join(dict.fromkeys(p.method for _, ps in work for p in ps)),
+             "pairs": ",".join(dict.fromkeys(f"{p.template.teacher}->{p.template.student}"
+                                             for _, ps in work for p in ps)),
+             "samples": request.samples, "concurrent": request.concurrent, "seed": request.seed,
+             "epochs": first.train.epochs, "workers": first.train.workers, "dataset": first.data.name,
+             "final_seeds": ",".join(map(str, request.final_seeds)), "ray": request.ray,
+             "results": str(request.results)},
+            {"pcbench.search_id": search_id, "pcbench.kind": kind, "pcbench.suite": suite or "",
+             "pcbench.optuna_storage": request.optuna_storage, "pcbench.fingerprint": print_,
+             "pcbench.versions": json.dumps(package_versions(), sort_keys=True)})
     results = ResultsStore(request.results)
-    recorder = SearchRecorder(tracker, parent, results, search_id, suite)
+    recorder = SearchRecorder(tracker, parent, results, search_id, suite, resumed=resumed is not None)
     status = "FAILED"
     try:
         for item_request, items in work:
@@ -329,11 +357,11 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
                 if item_request.final_seeds:
                     _final_runs(item_request, item, [recorder, *listeners], recorder, search_id, searched)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as signal:
         status = "KILLED"
-        raise
+        recorder.end_in_flight("KILLED")
+        raise Interrupted(search_id, 143 if isinstance(signal, Terminated) else 130) from None
     finally:
-        recorder.flush(f"{search_id}-interrupted")  # rows of trials that did finish
         tracker.end_run(parent, status)
     return Outcome(search_id, recorder.trials_seen, recorder.trials_failed, recorder.trials_diverged)
 
@@ -351,14 +379,20 @@ def study_name(experiment: str, method: str) -> str:
     return f"{experiment}-{method}"
 
 
-def _part(search_id: str, template: TrialConfig, phase: str) -> str:
-    return f"{search_id}-{template.teacher}-{template.student}-{template.method.name}-{phase}"
+def _rows(recorder: SearchRecorder, template: TrialConfig, phase: str) -> list[dict[str, Any]]:
+    """The trial rows of one stage of one method and pair (a resumed driver's included)."""
+    return [r for r in recorder.rows if r["phase"] == phase and r["method"] == template.method.name
+            and (r["teacher"], r["student"]) == (template.teacher, template.student)]
 
 
 def _search(request: Request, item: Prepared, listeners, recorder: SearchRecorder, search_id: str,
             experiment: str) -> list[dict[str, Any]]:
     """Run one method's search (or single trial); return its trial rows."""
-    recorder.phase, recorder.selected_trial = ("search" if request.search else "run"), None
+    phase = "search" if request.search else "run"
+    recorder.phase, recorder.selected_trial = phase, None
+    done = len(_rows(recorder, item.template, phase)) if request.resume else 0
+    if done >= request.samples:
+        return _rows(recorder, item.template, phase)  # finished before the last driver died
     if not request.ray:
         _run_here(item.template, request.results, listeners)
     else:
@@ -366,14 +400,15 @@ def _search(request: Request, item: Prepared, listeners, recorder: SearchRecorde
         pair = f"{item.template.teacher}-{item.template.student}"
         run_search(SearchPlan(
             name=f"{search_id}-{pair}-{item.method}", template=item.template, space=item.space,
-            samples=request.samples, concurrent=request.concurrent, seed=request.seed,
+            # resumed without a restorable Tune state: what is left of the budget
+            samples=request.samples - done, concurrent=request.concurrent, seed=request.seed,
             storage=ray_storage(request.results), cpus_per_trial=request.cpus_per_trial,
             gpus_per_trial=request.gpus_per_trial, optuna_storage=request.optuna_storage or None,
             # a benchmark's study is its own (every method gets the same fresh budget, never
             # one warm-started by an earlier run of the suite), per pair and method
             study_name=study_name(f"{experiment}-{search_id}-{pair}" if recorder.suite else experiment,
-                                  item.method)), listeners)
-    return recorder.flush(_part(search_id, item.template, "search"))
+                                  item.method), resume=request.resume is not None), listeners)
+    return _rows(recorder, item.template, phase)
 
 
 def final_config(selected: TrialConfig, epochs: int | None) -> TrialConfig:
@@ -402,12 +437,14 @@ def _final_runs(request: Request, item: Prepared, listeners, recorder: SearchRec
         return  # no trial completed: the leaderboard has no row for this method
     template = final_config(TrialConfig.parse(json.loads(best["config"])), request.final_epochs)
     recorder.phase, recorder.selected_trial = "final", best["trial_id"]
+    if request.resume and len(_rows(recorder, t, "final")) >= len(request.final_seeds):
+        return  # finished before the last driver died
     run_search(SearchPlan(
         name=f"{search_id}-{t.teacher}-{t.student}-{item.method}-final", template=template, space=None,
         samples=1, concurrent=request.concurrent, seed=request.seed,
         storage=ray_storage(request.results), cpus_per_trial=request.cpus_per_trial,
-        gpus_per_trial=request.gpus_per_trial, seeds=request.final_seeds), listeners)
-    recorder.flush(_part(search_id, t, "final"))
+        gpus_per_trial=request.gpus_per_trial, seeds=request.final_seeds,
+        resume=request.resume is not None), listeners)
 
 
 def _run_here(config: TrialConfig, results: "str | Path", listeners: Sequence[TrialListener]) -> None:

@@ -3,7 +3,8 @@
 import optuna
 import pytest
 
-from pcbench.config import build_config, parse_overrides
+from pcbench.config import build_config
+from pcbench.overrides import parse_overrides
 from pcbench.errors import UserError
 from pcbench.methods import method_names
 from pcbench.spaces import prepare_search

@@ -67,6 +67,9 @@ def test_search_writes_trial_and_epoch_rows(searched):
     assert len(trials) == 2 * len(METHODS) and set(trials.method) == set(METHODS)
     assert set(trials.status) <= {"completed", "stopped"}
     assert len(epochs) == trials.epochs_run.sum()
+    # recorded as they went: one part file per trial, written when the trial ended
+    parts = {p.stem for p in (searched["results"] / "trials").glob("*.parquet")}
+    assert {f"{r.search_id}-search-{r.trial_id}" for r in trials.itertuples()} <= parts
     pc_trials = trials[trials.method == "pc"]
     first = json.loads(pc_trials.sort_values("finished_at").iloc[0].knobs)
     assert set(first) >= {"method.tau", "method.weight", "method.tap"}

@@ -12,6 +12,12 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no console t
 # Checkpointing every epoch with num_to_keep=1 snapshots the experiment state often; on small
 # trials that is cheap and expected, so Tune need not warn about it.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Ctrl-C stops the whole command (pcbench ends the trials in flight as KILLED and says how to
+# resume), not just the current Tune run while the driver carries on with the next method.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+# Tune saves its experiment state (trials, searcher) at most this often: what `--resume`
+# restores after a killed driver. "auto" would wait 10 s or more between saves.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 
 import ray  # noqa: E402
 

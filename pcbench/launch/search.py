@@ -18,6 +18,7 @@ from pcbench.launch.resources import trial_resources
 from pcbench.launch.trial import tune_trial
 from pcbench.recording import TrialListener
 from pcbench.spaces import SearchSpace
+from pcbench.storage import sqlite_lock
 
 METRIC, MODE = "val_acc", "max"
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
@@ -44,6 +45,13 @@ class SearchPlan:
     optuna_storage: str | None = None
     study_name: str | None = None
     seeds: list[int] | None = None
+    resume: bool = False  # continue the search of this name that a killed driver left
+
+
+# The listeners of each search running in this driver, by search name. Tune pickles its
+# callbacks with the experiment state, and restores them from it when a search is resumed;
+# listeners hold live clients and consoles, so the callback finds them here instead.
+_LISTENERS: dict[str, Sequence[TrialListener]] = {}
 
 
 class _Relay(tune.Callback):
@@ -51,14 +59,16 @@ class _Relay(tune.Callback):
     before it starts (its actor or workers could not be set up) is still started and finished
     for the listeners, so it is recorded as an error like any other."""
 
-    def __init__(self, template: dict[str, Any], listeners: Sequence[TrialListener]):
-        self.template, self.listeners = template, listeners
+    def __init__(self, name: str, template: dict[str, Any]):
+        self.name, self.template = name, template
         self.started: set[str] = set()
 
     def __getstate__(self):
-        # Tune pickles its callbacks with the experiment state; listeners hold live clients
-        # and consoles, which belong to this driver process only.
-        return {"template": self.template, "listeners": (), "started": set()}
+        return {"name": self.name, "template": self.template, "started": set()}
+
+    @property
+    def listeners(self) -> Sequence[TrialListener]:
+        return _LISTENERS.get(self.name, ())
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.started:
@@ -106,47 +116,72 @@ class _OptunaSearch(OptunaSearch):
 
 def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.ResultGrid:
     template = plan.template.to_dict()
-    epochs = plan.template.train.epochs
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, template=template, cpus=plan.cpus_per_trial,
                              gpus=plan.gpus_per_trial, storage=plan.storage),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
-    param_space = None
+    param_space = {"seed": tune.grid_search(plan.seeds)} if plan.space is None and plan.seeds else None
+    path = f"{plan.storage.rstrip('/')}/{plan.name}"
+    _LISTENERS[plan.name] = listeners
+    try:
+        if plan.resume and tune.Tuner.can_restore(path):
+            # a killed driver's search: finished trials stay finished, unfinished ones go on
+            # from their last checkpoints, the searcher (and its Optuna study) where it was
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                       param_space=param_space)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space, tune_config=_tune_config(plan),
+                run_config=tune.RunConfig(
+                    name=plan.name, storage_path=plan.storage, verbose=0,
+                    callbacks=[_Relay(plan.name, template), JsonLoggerCallback()],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    # A trial that dies (a lost node, a pre-empted worker) restarts once from
+                    # its last checkpoint.
+                    failure_config=tune.FailureConfig(max_failures=1),
+                ),
+            )
+        return tuner.fit()
+    finally:
+        _LISTENERS.pop(plan.name, None)
+
+
+def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
     # A one-worker trial's actor is reused by the next trial (the engine runs in it); a DDP
     # trial's actor runs a TorchTrainer whose controller and workers are its own, and Tune
     # cannot reset a function trainable's actor for another trial of that kind.
     reuse = plan.template.train.workers == 1
     if plan.space is None:
-        if plan.seeds:
-            param_space = {"seed": tune.grid_search(plan.seeds)}
-        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.concurrent,
-                                      reuse_actors=reuse)
-    else:
-        storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
-        searcher = _OptunaSearch(
-            space=plan.space.distributions, metric=METRIC, mode=MODE, seed=plan.seed,
-            points_to_evaluate=[plan.space.first_point(plan.template)],
-            storage=storage, study_name=plan.study_name if storage else None)
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
-                                  grace_period=max(1, epochs // 3),  # the first rung
-                                  reduction_factor=2)
-        tune_config = tune.TuneConfig(
-            metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
-            num_samples=plan.samples, max_concurrent_trials=plan.concurrent, reuse_actors=reuse)
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune_config,
-        run_config=tune.RunConfig(
-            name=plan.name, storage_path=plan.storage, verbose=0,
-            callbacks=[_Relay(template, listeners), JsonLoggerCallback()],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            # A trial that dies (a lost node, a pre-empted worker) restarts once from its
-            # last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
-    )
-    return tuner.fit()
+        return tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.concurrent, reuse_actors=reuse)
+    storage = None
+    if plan.optuna_storage:
+        with sqlite_lock(plan.optuna_storage):
+            storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    earlier = _trials_in_study(storage, plan.study_name)
+    searcher = _OptunaSearch(
+        space=plan.space.distributions, metric=METRIC, mode=MODE,
+        # a study that already holds trials (a repeated or resumed search) gets a seed of its
+        # own, so it explores new configurations instead of re-drawing the earlier ones, and
+        # its published first point, which it has tried, is not tried again
+        seed=plan.seed + 1_000_003 * earlier,
+        points_to_evaluate=None if earlier else [plan.space.first_point(plan.template)],
+        storage=storage, study_name=plan.study_name if storage else None)
+    epochs = plan.template.train.epochs
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                              grace_period=max(1, epochs // 3),  # the first rung
+                              reduction_factor=2)
+    return tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
+                           num_samples=plan.samples, max_concurrent_trials=plan.concurrent,
+                           reuse_actors=reuse)
+
+
+def _trials_in_study(storage, study_name: str | None) -> int:
+    if storage is None:
+        return 0
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet
+        return 0
 
 
 def train_one(config: TrialConfig, storage: str, name: str, cpus_per_trial: float = 1.0,

@@ -1,0 +1,93 @@
+"""A driver that dies loses nothing it had finished: `pcbench search` as a real process on its
+own local Ray instance, killed with SIGKILL once its first trial has landed and resumed with
+`--resume`, or stopped with SIGINT."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.ray
+EXPERIMENT = "resume-test"
+
+
+def _command(root: Path, teachers: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pcbench", "search", "--method", "kd", "--samples", "4",
+            "--concurrent", "1", "--epochs", "4", "--seed", "0", "--experiment", EXPERIMENT,
+            "--results", str(root / "results"), "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--teachers", str(teachers), *extra]
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)  # its own group: Ray's processes go with it
+
+
+def _wait_for_trials(results: Path, count: int, process: subprocess.Popen, timeout_s: float = 240):
+    deadline = time.monotonic() + timeout_s
+    while len(list((results / "trials").glob("*.parquet"))) < count:
+        assert process.poll() is None, "the search ended before it could be interrupted"
+        assert time.monotonic() < deadline, f"no {count} trials landed in {timeout_s} s"
+        time.sleep(0.5)
+
+
+def _mlflow_runs(root: Path):
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_a_search_killed_with_sigkill_resumes_where_it_was(tmp_path, teacher_store):
+    first = _start(_command(tmp_path, teacher_store.root), tmp_path / "first.log")
+    try:
+        _wait_for_trials(tmp_path / "results", 1, first)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    landed = set(pd.read_parquet(tmp_path / "results" / "trials").trial_id)
+    assert landed  # recorded as it went: what finished before the kill is on disk
+
+    resumed = subprocess.run(_command(tmp_path, teacher_store.root, "--resume"), capture_output=True,
+                             text=True, timeout=600, env={k: v for k, v in os.environ.items()
+                                                          if k != "RAY_ADDRESS"})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = pd.read_parquet(tmp_path / "results" / "trials")
+    assert len(trials) == 4 and trials.trial_id.is_unique and trials.search_id.nunique() == 1
+    assert landed <= set(trials.trial_id)  # kept, not re-run
+    runs = _mlflow_runs(tmp_path)
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    assert [r.info.status for r in runs if r.data.tags.get("pcbench.kind") == "search"] == ["FINISHED"]
+    assert set(trials.mlflow_run_id) <= {r.info.run_id for r in runs if r.info.status == "FINISHED"}
+    study = optuna.load_study(study_name=f"{EXPERIMENT}-kd",
+                              storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == len(trials)
+    assert all(t.state.is_finished() for t in study.trials)
+
+
+def test_sigint_stops_the_whole_command_and_says_how_to_resume(tmp_path, teacher_store):
+    log = tmp_path / "search.log"
+    process = _start(_command(tmp_path, teacher_store.root, "--method", "ce"), log)
+    try:
+        _wait_for_trials(tmp_path / "results", 1, process)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
+        started = time.monotonic()
+        assert process.wait(timeout=60) == 130, log.read_text()
+        assert time.monotonic() - started < 30
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "--resume" in log.read_text()
+    runs = _mlflow_runs(tmp_path)
+    parent = [r for r in runs if r.data.tags.get("pcbench.kind") == "search"]
+    assert [r.info.status for r in parent] == ["KILLED"]
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}  # in flight: KILLED
+    methods = set(pd.read_parquet(tmp_path / "results" / "trials").method)
+    assert "ce" not in methods  # kd was stopped, and ce never started

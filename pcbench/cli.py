@@ -13,10 +13,10 @@ import typer
 from typer._click.exceptions import ClickException  # Typer's own (vendored) Click
 from typer.core import TyperGroup
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pcbench.overrides import parse_overrides
+from pcbench.progress import showing_progress
 from pcbench.errors import Interrupted, Terminated, UserError
 
 class _OneLineUsageErrors(TyperGroup):
@@ -137,40 +137,6 @@ def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None) -> di
     return base
 
 
-class ProgressDisplay:
-    """Rich progress: one bar per method search, the best validation accuracy so far."""
-
-    def __init__(self, progress: Progress, samples: int):
-        self.progress, self.samples = progress, samples
-        self.tasks: dict[str, Any] = {}
-        self.best: dict[str, float] = {}
-        self.trial_method: dict[str, str] = {}
-
-    def on_search(self, item) -> None:
-        key = self._key(item.template)
-        self.tasks[key] = self.progress.add_task(key, total=self.samples)
-
-    @staticmethod
-    def _key(config) -> str:
-        return f"{config.method.name:>6} {config.teacher}->{config.student}"
-
-    def trial_started(self, trial_id, config, knobs):
-        self.trial_method[trial_id] = self._key(config)
-
-    def trial_epoch(self, trial_id, metrics):
-        key = self.trial_method[trial_id]
-        if "val_acc" not in metrics or "diverged" in metrics:  # a final run has no validation split
-            return
-        self.best[key] = max(self.best.get(key, 0.0), metrics["val_acc"])
-        self.progress.update(self.tasks[key], description=f"{key}  best val {100 * self.best[key]:.1f}%")
-
-    def trial_finished(self, trial_id, error):
-        key = self.trial_method.pop(trial_id)
-        self.progress.advance(self.tasks[key])
-        if error:
-            self.progress.console.print(f"[yellow]{key.strip()} trial {trial_id} failed:[/yellow] {error}")
-
-
 DryRun = Annotated[bool, typer.Option(
     "--dry-run", help="Print the plan (budget, first point, every knob as resolved for the pair) "
     "and what is missing; start and write nothing.")]
@@ -234,13 +200,10 @@ def _execute(request, dry_run: bool = False, as_json: bool = False) -> None:
         _show_plan(workflow.plan(request, workflow.validate(request, missing)), missing, as_json)
         return
     prepared = workflow.validate(request)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        display = ProgressDisplay(progress, request.samples)
+    with showing_progress(console, request.samples) as display:
         outcome = workflow.execute(
             request, prepared, [display],
-            on_teacher=lambda model, dataset: progress.console.print(
+            on_teacher=lambda model, dataset: display.say(
                 f"training the {model} teacher on {dataset} (first use)"),
             on_search=display.on_search)
     _diverged_line(outcome)
@@ -344,13 +307,20 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
     from pcbench.tracking import default_tracking_uri
 
     suite = load_suite(suite_path)
+    for flag, value in (("--samples", samples), ("--epochs", epochs), ("--seeds", seeds),
+                        ("--final-epochs", final_epochs), ("--concurrent", concurrent)):
+        if value is not None and value < 1:  # given, so never "use the suite's"
+            raise UserError(f"{flag} {value} runs nothing; give 1 or more (or leave it out for "
+                            f"the suite's value)")
+    if cpus_per_trial is not None and cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial {cpus_per_trial}: give more than 0")
     if methods:
         unknown = sorted(set(methods) - set(suite.methods))
         if unknown:
             raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
                             f"choose among {', '.join(suite.methods)}")
     tracking_uri = tracking_uri or default_tracking_uri()
-    budget_epochs = epochs or suite.budget.epochs
+    budget_epochs = epochs if epochs is not None else suite.budget.epochs
     work, missing = [], []
     for pair in suite.pairs:
         base = {"seed": suite.seed, "data": {"name": suite.dataset}, "teacher": pair.teacher,
@@ -363,13 +333,15 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
         overrides = {**suite.set, **pair.set, **parse_overrides(set_ or [])}
         request = workflow.Request(
             methods or suite.methods, base, overrides, recipe=suite.recipe,
-            samples=samples or suite.budget.trials, concurrent=concurrent or suite.concurrent,
+            samples=suite.budget.trials if samples is None else samples,
+            concurrent=suite.concurrent if concurrent is None else concurrent,
             seed=suite.seed, results=results, teachers=teachers, tracking_uri=tracking_uri,
             optuna_storage=optuna_storage or workflow.default_optuna_storage(tracking_uri, results),
-            address=address, cpus_per_trial=cpus_per_trial or suite.cpus_per_trial,
+            address=address,
+            cpus_per_trial=suite.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
             gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial,
             final_seeds=suite.final_seeds(seeds),
-            final_epochs=final_epochs or suite.final_epochs, resume=resume)
+            final_epochs=suite.final_epochs if final_epochs is None else final_epochs, resume=resume)
         # every pair before Ray starts
         work.append((request, workflow.validate(request, missing if dry_run else None)))
     if dry_run:
@@ -377,11 +349,9 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
                    missing, as_json)
         return
     first = work[0][0]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        display = ProgressDisplay(progress, first.samples + len(first.final_seeds))
+    with showing_progress(console, first.samples + len(first.final_seeds)) as display:
         outcome = workflow.execute_all(
-            work, [display], on_teacher=lambda model, dataset: progress.console.print(
+            work, [display], on_teacher=lambda model, dataset: display.say(
                 f"training the {model} teacher on {dataset} (first use)"),
             on_search=display.on_search, suite=suite.name)
     _diverged_line(outcome)
@@ -443,14 +413,22 @@ def demo(
 def _report(results: str, out: Optional[Path]) -> None:
     from pcbench.results import ResultsStore, leaderboard, write_report
     from pcbench.storage import resolve
-    from pcbench.workflow import check_writable
+    from pcbench.checks import check_writable
     store = ResultsStore(resolve(results, "--results"))
     if not store.parts("trials"):
         raise UserError(f"no trials under {results}; run `pcbench search` first or pass --results")
     if out is None:
         out = store.location.local_path / "report" if store.location.is_local else REMOTE_REPORT
     check_writable(out, "--out")
-    trials = store.read("trials")
+    skipped: list[tuple[str, str]] = []
+    trials = store.read("trials", skipped)
+    if len(skipped) == len(store.parts("trials")):
+        part, reason = skipped[0]
+        others = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        raise UserError(f"no readable trials part under {results}: {part} ({reason}){others}; "
+                        f"pass the --results of a pcbench run")
+    for part, reason in skipped:
+        console.print(f"[yellow]warning:[/yellow] skipped {part} ({reason})", highlight=False, soft_wrap=True)
     board = leaderboard(trials)
     paths = write_report(board, out, trials=trials)
     table = Table("data set", "pair", "method", "test acc", "seeds", "val acc", "trials")
@@ -489,7 +467,8 @@ def teacher_train(
     stored one."""
     from pcbench.data import check_dataset
     from pcbench.teachers import TeacherStore, teacher_config
-    from pcbench.workflow import check_results, check_writable, ray_storage
+    from pcbench.checks import check_results, check_writable
+    from pcbench.workflow import ray_storage
     config = teacher_config(model, dataset, data_dir, parse_overrides(set_ or []))
     check_dataset(dataset, data_dir)
     check_writable(teachers, "--teachers")
@@ -524,7 +503,7 @@ def teacher_import(
     from pcbench.engine import accuracy_on_test
     from pcbench.models import model_names
     from pcbench.teachers import TeacherStore
-    from pcbench.workflow import check_writable
+    from pcbench.checks import check_writable
     if not checkpoint.is_file():
         raise UserError(f"no checkpoint file {checkpoint}; pass the path of a .pth/.pt file")
     if model not in model_names():
@@ -558,10 +537,13 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the tracking store; print each pcbench experiment's runs page."""
+    from pcbench.checks import check_port, check_tracking_uri
+    check_port(port)
     from mlflow.tracking import MlflowClient
 
     from pcbench.tracking import default_tracking_uri, runs_page
     uri = tracking_uri or default_tracking_uri()
+    check_tracking_uri(uri)
     base = f"http://{host}:{port}"
     console.print(f"MLflow UI for {uri} at {base}", highlight=False)
     experiments = MlflowClient(uri).search_experiments(order_by=["last_update_time DESC"], max_results=20)

@@ -181,10 +181,14 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = tree
-    for part in parents:
+    for depth, part in enumerate(parents):
         child = node.get(part)
-        if isinstance(child, str):  # "method: pc" written as a bare name
+        if isinstance(child, str) and part == "method":  # "method: pc" written as a bare name
             child = {"name": child}
+        if child is not None and not isinstance(child, dict):
+            section = ".".join(parents[:depth + 1])
+            raise UserError(f"--set {key}: {section} is a single value, not a section; "
+                            f"write --set {section}=VALUE")
         node[part] = child = dict(child or {})
         node = child
     node[leaf] = value
@@ -208,10 +212,12 @@ def build_config(base: dict[str, Any], overrides: dict[str, Any]) -> TrialConfig
 
 def load_yaml(path: str) -> dict[str, Any]:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}; check the path") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file (not UTF-8); pass a YAML file") from None
     except yaml.YAMLError as error:
         raise UserError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from None
     if not isinstance(data, dict):

@@ -57,6 +57,9 @@ def with_recipe(base: dict[str, Any], name: str | None,
             merged[section] = values
     train = merged["train"]
     epochs = overrides.get("train.epochs", train["epochs"])
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise UserError(f"train.epochs: {epochs!r} is not a positive whole number; "
+                        f"set a valid value with --set train.epochs=...")
     explicit = "milestones" in base.get("train", {}) or "train.milestones" in overrides
     if "milestones" in train and not explicit:
         train["milestones"] = scale_milestones(train["milestones"], planned, epochs)

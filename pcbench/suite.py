@@ -55,7 +55,7 @@ class Suite(_Strict):
     def final_seeds(self, count: int | None = None) -> list[int]:
         """Seeds of the final runs: never the search's own, so no final run repeats the very
         initialisation that won the selection."""
-        return [self.seed + 1 + i for i in range(count or self.seeds)]
+        return [self.seed + 1 + i for i in range(self.seeds if count is None else count)]
 
 
 def load_suite(path: str | Path) -> Suite:

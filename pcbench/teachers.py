@@ -2,7 +2,6 @@
 checkpoint plus a JSON record of its sha256, accuracy and recipe. Trials record the hash."""
 
 import argparse
-import pickle
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -64,11 +63,10 @@ class TeacherStore:
         weights, record = self._paths(model, dataset)
         if not (weights.exists() and record.exists()):
             return None
-        return TeacherRecord.model_validate_json(record.read_text())
+        return _read_record(record)
 
     def records(self) -> list[TeacherRecord]:
-        return [TeacherRecord.model_validate_json(p.read_text())
-                for p in sorted(self.root.glob("*/*.json"))]
+        return [_read_record(p) for p in sorted(self.root.glob("*/*.json"))]
 
     def train(self, config: TrialConfig, runner: Runner | None = None, on_epoch=None) -> TeacherRecord:
         """Train `config` (see `teacher_config`) and store its student as the teacher. Without
@@ -93,8 +91,9 @@ class TeacherStore:
         try:  # RepDistiller's checkpoints may also hold its argparse options
             with torch.serialization.safe_globals([argparse.Namespace]):
                 loaded = torch.load(source, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError) as error:
-            raise UserError(f"cannot read {source} as a PyTorch checkpoint ({error}); "
+        except Exception as error:  # noqa: BLE001 - whatever the file is, it is not a checkpoint
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"cannot read {source} as a PyTorch checkpoint ({reason}); "
                             f"pass a file saved with torch.save") from None
         state = loaded.get("model", loaded.get("state_dict", loaded)) if isinstance(loaded, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -129,3 +128,11 @@ class TeacherStore:
 
 def attach(config: TrialConfig, record: TeacherRecord) -> TrialConfig:
     return config.model_copy(update={"teacher_weights": record.path, "teacher_sha256": record.sha256})
+
+
+def _read_record(path: Path) -> TeacherRecord:
+    try:
+        return TeacherRecord.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        raise UserError(f"teacher record {path} is unreadable ({type(error).__name__}); delete it and "
+                        f"its .pt, then train or import the teacher again") from None

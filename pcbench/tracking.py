@@ -42,19 +42,24 @@ def _local_artifact_root(uri: str) -> str | None:
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, create: bool = True):
+        """Opens `experiment` in the store at `uri`, creating it unless `create` is False
+        (then `experiment_id` is None when there is none)."""
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        with sqlite_lock(uri):
-            self._open(experiment)
+        self.experiment_id: str | None = None
+        with sqlite_lock(uri):  # the client's first use creates (migrates) a new store
+            self.client = MlflowClient(tracking_uri=uri)
+            self._open(experiment, create)
 
-    def _open(self, experiment: str) -> None:
+    def _open(self, experiment: str, create: bool) -> None:
         uri = self.uri
         try:
             found = self.client.get_experiment_by_name(experiment)
         except Exception as error:  # noqa: BLE001 - any store failure is the user's URI
             raise UserError(f"cannot open the MLflow store {uri} ({type(error).__name__}); "
                             f"check --tracking-uri or MLFLOW_TRACKING_URI") from None
+        if found is None and not create:
+            return
         if found is None:
             self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=_local_artifact_root(uri), tags=EXPERIMENT_KIND)

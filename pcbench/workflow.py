@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from pcbench.checks import (check_address, check_optuna_storage, check_results, check_tracking_uri,
+                            check_writable)
 from pcbench.config import TrialConfig, build_config
 from pcbench.data import check_dataset, get_dataset
 from pcbench.errors import Interrupted, Terminated, UserError
@@ -70,26 +72,6 @@ class Prepared:
     space: SearchSpace | None
 
 
-def check_writable(path: Path, flag: str) -> None:
-    """The nearest existing ancestor must be a writable directory (nothing is created here)."""
-    probe = path.resolve()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"{flag} {path} cannot be written ({probe} is not a writable folder); "
-                        f"pass a folder you can write to")
-
-
-def check_results(value: "str | Path", flag: str = "--results") -> Location:
-    """A folder must be writable (check_writable); a URI must give a pyarrow filesystem
-    (unknown scheme, missing library or credentials: a UserError). Nothing is created and,
-    beyond what `FileSystem.from_uri` does itself, nothing is asked of a remote store."""
-    location = resolve(value, flag)
-    if location.is_local:
-        check_writable(location.local_path if is_uri(value) else Path(value), flag)
-    return location
-
-
 def validate(request: Request, missing: list[str] | None = None) -> list[Prepared]:
     """Every check a user's input can fail, before anything is written or Ray starts. With a
     `missing` list (a dry run), what only a real run needs (data files, teachers, GPUs, the
@@ -104,10 +86,9 @@ def validate(request: Request, missing: list[str] | None = None) -> list[Prepare
         raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     check_results(request.results, "--results")
     check_writable(request.teachers, "--teachers")
-    if request.tracking_uri.startswith("sqlite:///"):
-        check_writable(Path(request.tracking_uri.removeprefix("sqlite:///")).parent, "--tracking-uri")
-    if request.optuna_storage.startswith("sqlite:///"):
-        check_writable(Path(request.optuna_storage.removeprefix("sqlite:///")).parent, "--optuna-storage")
+    check_tracking_uri(request.tracking_uri)
+    if request.optuna_storage:
+        check_optuna_storage(request.optuna_storage)
     prepared = []
     for method in dict.fromkeys(request.methods):
         get_method(method)
@@ -138,7 +119,7 @@ def validate(request: Request, missing: list[str] | None = None) -> list[Prepare
     needed(lambda: check_dataset(template.data.name, template.data.root, download=not dry))
     needed(lambda: _check_teachers(request, prepared))
     if request.ray:
-        needed(lambda: _check_address(request.address or os.environ.get("RAY_ADDRESS")))
+        needed(lambda: check_address(request.address or os.environ.get("RAY_ADDRESS")))
     return prepared
 
 
@@ -183,20 +164,6 @@ def plan(request: Request, prepared: list[Prepared]) -> list[dict[str, Any]]:
                               "epochs": request.final_epochs or t.train.epochs}
         entries.append(entry)
     return entries
-
-
-def _check_address(address: str | None) -> None:
-    """Ray retries an unreachable address for minutes; a plain connect answers at once."""
-    if not address or address in ("auto", "local"):
-        return
-    host, _, port = address.split("://")[-1].rpartition(":")
-    if not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as error:
-        raise UserError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); "
-                        f"check --address or RAY_ADDRESS") from None
 
 
 def _check_teachers(request: Request, prepared: list[Prepared]) -> None:
@@ -304,23 +271,30 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
     from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
 
     request, prepared = work[0]
-    # The store first: a bad URI fails before a teacher is trained or Ray started.
-    for uri in (request.tracking_uri, request.optuna_storage):
-        if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     experiment = request.experiment or (f"pcbench-benchmark-{suite}" if suite
                                         else experiment_name(prepared[0].template))
-    tracker = Tracker(request.tracking_uri, experiment)
     kind = "benchmark" if suite else ("search" if request.search else "run")
     print_ = fingerprint(work, suite)
+    nothing_to_resume = UserError(
+        f"no unfinished {kind}{'' if request.resume in (None, 'latest') else ' ' + request.resume} "
+        f"with these settings in experiment '{experiment}'; run the same command as before with "
+        f"--resume, or drop --resume to start a new one")
+    tracking = request.tracking_uri
+    if (request.resume and tracking.startswith("sqlite:///")
+            and not Path(tracking.removeprefix("sqlite:///")).exists()):
+        raise nothing_to_resume  # no store yet: nothing was ever run here
+    # The store first: a bad URI fails before a teacher is trained or Ray started.
+    for uri in (tracking, request.optuna_storage):
+        if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(tracking, experiment, create=not request.resume)
+    if tracker.experiment_id is None:
+        raise nothing_to_resume
     resumed = None
     if request.resume:
         resumed = tracker.unfinished_parent(print_, None if request.resume == "latest" else request.resume)
         if resumed is None:
-            which = "" if request.resume == "latest" else f" {request.resume}"
-            raise UserError(f"no unfinished {kind}{which} with these settings in experiment "
-                            f"'{experiment}'; run the same command as before with --resume, or "
-                            f"drop --resume to start a new one")
+            raise nothing_to_resume
     if request.ray:
         from pcbench.launch.cluster import start_ray
         start_ray(request.address)

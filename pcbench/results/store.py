@@ -38,7 +38,7 @@ TRIALS_SCHEMA = pa.schema([
     ("device", pa.string()),
     ("config_hash", pa.string()),
     ("teacher_sha256", pa.string()),
-    ("status", pa.string()),  # completed | stopped (early, by the scheduler) | error
+    ("status", pa.string()),  # completed | stopped (early, by the scheduler) | diverged | error
     ("error", pa.string()),
     ("scoring_rule", pa.string()),
     ("selection_split", pa.string()),
@@ -82,8 +82,23 @@ class ResultsStore:
         """The part files of `table`, as paths on the store's filesystem."""
         return list_files(self.location.join(table), ".parquet")
 
-    def read(self, table: str) -> pd.DataFrame:
-        parts = self.parts(table)
-        if not parts:
-            return SCHEMAS[table].empty_table().to_pandas()
-        return pq.read_table(parts, schema=SCHEMAS[table], filesystem=self.location.fs).to_pandas()
+    def read(self, table: str, skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+        """Every readable part of `table`. A part that cannot be read (truncated, not Parquet,
+        another schema) is left out and, with a `skipped` list, reported there as (path,
+        reason); without one it is an error."""
+        schema = SCHEMAS[table]
+        tables = []
+        for part in self.parts(table):
+            try:
+                found = pq.read_table(part, filesystem=self.location.fs)
+                missing = [name for name in schema.names if name not in found.column_names]
+                if missing:
+                    raise ValueError(f"not a pcbench {table} table: no column {missing[0]}")
+                tables.append(found.select(schema.names).cast(schema))
+            except (OSError, ValueError, pa.ArrowException) as error:
+                if skipped is None:
+                    raise
+                skipped.append((part, str(error).splitlines()[0] if str(error) else type(error).__name__))
+        if not tables:
+            return schema.empty_table().to_pandas()
+        return pa.concat_tables(tables).to_pandas()

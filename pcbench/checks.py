@@ -1,0 +1,123 @@
+"""Checks of where a command reads and writes, made before anything is written or Ray
+starts: each failure is a UserError, one line that names the fix. Light: no PyTorch, no Ray,
+no MLflow import."""
+
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pcbench.errors import UserError
+from pcbench.storage import Location, is_uri, resolve
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+# MLflow tracking URIs pcbench can use: a SQLite file, a tracking server, or a database
+# behind SQLAlchemy (MLflow 3's file store is disabled).
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """The nearest existing ancestor must be a writable directory (nothing is created here)."""
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"{flag} {path} cannot be written ({probe} is not a writable folder); "
+                        f"pass a folder you can write to")
+
+
+def check_results(value: "str | Path", flag: str = "--results") -> Location:
+    """A folder must be writable (check_writable); a URI must give a pyarrow filesystem
+    (unknown scheme, missing library or credentials: a UserError). Nothing is created and,
+    beyond what `FileSystem.from_uri` does itself, nothing is asked of a remote store."""
+    location = resolve(value, flag)
+    if location.is_local:
+        check_writable(location.local_path if is_uri(value) else Path(value), flag)
+    return location
+
+
+def _check_sqlite(uri: str, flag: str) -> None:
+    """A SQLite URI names a file that is a SQLite database or does not exist yet, in a
+    folder that can be written."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or not path.name:
+        raise UserError(f"{flag} {uri}: write a SQLite store as sqlite:////absolute/path.db or "
+                        f"sqlite:///relative/path.db")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except OSError as error:
+            raise UserError(f"{flag} {uri}: cannot read {path} ({error.strerror})") from None
+        if path.is_dir() or (header and header != SQLITE_HEADER):
+            raise UserError(f"{flag} {uri}: {path} exists and is not a SQLite database; "
+                            f"pass a new file or an existing store")
+    check_writable(path.parent, flag)
+
+
+def check_tracking_uri(uri: str) -> None:
+    """The MLflow store: a usable scheme, a SQLite file that is one, a server that answers."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in TRACKING_SCHEMES:
+        raise UserError(f"--tracking-uri {uri}: not an MLflow store pcbench can use; give "
+                        f"sqlite:///path/mlflow.db or http://host:port of an `mlflow server`")
+    if scheme == "sqlite":
+        _check_sqlite(uri, "--tracking-uri")
+    elif scheme in ("http", "https"):
+        _check_server(uri)
+
+
+def _check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """An MLflow server answers /health within seconds (MLflow's client would retry for minutes)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+    except urllib.error.HTTPError as error:
+        raise UserError(f"--tracking-uri {uri}: the server answered /health with HTTP {error.code}; "
+                        f"is it an `mlflow server`?") from None
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(f"--tracking-uri {uri}: no MLflow server answers there ({reason}); start "
+                        f"one or fix the URI") from None
+
+
+def check_optuna_storage(uri: str) -> None:
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in OPTUNA_SCHEMES:
+        raise UserError(f"--optuna-storage {uri}: not a database URL Optuna can use; give "
+                        f"sqlite:///path/optuna.db or postgresql://user@host/db")
+    if scheme == "sqlite":
+        _check_sqlite(uri, "--optuna-storage")
+
+
+def check_address(address: str | None) -> None:
+    """Ray retries an unreachable address for minutes; a plain connect answers at once."""
+    if not address or address in ("auto", "local"):
+        return
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme not in ("", "ray", "http", "https") or not host or not port.isdigit():
+        raise UserError(f"--address {address}: not a Ray address; give auto, HOST:PORT, "
+                        f"ray://HOST:PORT or http://HOST:8265")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); "
+                        f"check --address or RAY_ADDRESS") from None
+
+
+
+
+def check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is 1..65535; pick a free one such as 5000")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise UserError(f"--port {port} is in use; pick another with --port") from None

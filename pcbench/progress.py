@@ -1,0 +1,115 @@
+"""What a running search shows. In a terminal: rich progress bars, one per method search, with
+the best validation accuracy so far. Elsewhere (`ray job submit`, output piped to a file),
+where live bars print nothing until the end: one plain line per finished trial, and a summary
+of the search every few minutes. Light: rich only."""
+
+import contextlib
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+SUMMARY_EVERY_S = 180.0
+
+
+def _key(config) -> str:
+    return f"{config.method.name:>6} {config.teacher}->{config.student}"
+
+
+def _stage(config) -> str:
+    return "final" if config.data.val_fraction == 0 else "search"
+
+
+class ProgressBars:
+    """One bar per method search (the trials of its search and final runs)."""
+
+    def __init__(self, progress: Progress, trials_per_method: int):
+        self.progress, self.trials_per_method = progress, trials_per_method
+        self.tasks: dict[str, Any] = {}
+        self.best: dict[str, float] = {}
+        self.trial_key: dict[str, str] = {}
+
+    def say(self, line: str) -> None:
+        self.progress.console.print(line, highlight=False)
+
+    def on_search(self, item) -> None:
+        key = _key(item.template)
+        self.tasks[key] = self.progress.add_task(key, total=self.trials_per_method)
+
+    def trial_started(self, trial_id, config, knobs):
+        self.trial_key[trial_id] = _key(config)
+
+    def trial_epoch(self, trial_id, metrics):
+        key = self.trial_key[trial_id]
+        if "val_acc" not in metrics or "diverged" in metrics:  # a final run has no validation split
+            return
+        self.best[key] = max(self.best.get(key, 0.0), metrics["val_acc"])
+        self.progress.update(self.tasks[key], description=f"{key}  best val {100 * self.best[key]:.1f}%")
+
+    def trial_finished(self, trial_id, error):
+        key = self.trial_key.pop(trial_id)
+        if key in self.tasks:
+            self.progress.advance(self.tasks[key])
+        if error:
+            self.progress.console.print(f"[yellow]{key.strip()} trial {trial_id} failed:[/yellow] {error}")
+
+
+class PlainLog:
+    """A line per finished trial (method, pair, trial, stage, epochs, validation accuracy,
+    status, elapsed) and every few minutes a line summing up the search so far."""
+
+    def __init__(self, console: Console, clock=time.monotonic):
+        self.console, self.clock = console, clock
+        self.started = self.last_summary = clock()
+        self.running: dict[str, dict[str, Any]] = {}
+        self.finished: dict[str, int] = {}
+        self.best: dict[str, float] = {}
+
+    def say(self, line: str) -> None:
+        self.console.print(line, highlight=False, soft_wrap=True)
+
+    def on_search(self, item) -> None:
+        self.say(f"{_key(item.template).strip()}: starting")
+
+    def trial_started(self, trial_id, config, knobs):
+        self.running[trial_id] = {"key": _key(config).strip(), "stage": _stage(config),
+                                  "planned": config.train.epochs, "since": self.clock(), "last": {}}
+
+    def trial_epoch(self, trial_id, metrics):
+        self.running[trial_id]["last"] = metrics
+
+    def trial_finished(self, trial_id, error):
+        trial = self.running.pop(trial_id)
+        last = trial["last"]
+        status = ("diverged" if "diverged" in last else "error" if error
+                  else "completed" if last.get("epoch") == trial["planned"] else "stopped")
+        val = last.get("val_acc")
+        shown = "" if val is None or val != val else f"{100 * val:.2f}%"
+        self.say(f"{trial['key']} trial {trial_id} {trial['stage']}: {status}, epochs "
+                 f"{int(last.get('epoch', 0))}/{trial['planned']}, val acc {shown or '-'}, "
+                 f"{self.clock() - trial['since']:.0f} s" + (f" ({error})" if error else ""))
+        self.finished[status] = self.finished.get(status, 0) + 1
+        if shown:
+            self.best[trial["key"]] = max(self.best.get(trial["key"], 0.0), val)
+        if self.clock() - self.last_summary >= SUMMARY_EVERY_S:
+            self.summary()
+
+    def summary(self) -> None:
+        self.last_summary = self.clock()
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(self.finished.items())) or "none yet"
+        best = "; ".join(f"{key} best val {100 * v:.2f}%" for key, v in sorted(self.best.items()))
+        self.say(f"after {(self.last_summary - self.started) / 60:.0f} min: trials finished: {counts}; "
+                 f"{len(self.running)} running" + (f"; {best}" if best else ""))
+
+
+@contextlib.contextmanager
+def showing_progress(console: Console, trials_per_method: int):
+    """Bars in a terminal, plain lines elsewhere; yields the listener (with `say` and
+    `on_search`)."""
+    if not console.is_terminal:
+        yield PlainLog(console)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        yield ProgressBars(progress, trials_per_method)

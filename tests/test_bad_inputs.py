@@ -1,0 +1,115 @@
+"""Every bad input: exit code 2, one line on stderr that names the fix, nothing written.
+In-process (CliRunner) for speed; tests/test_cli_errors.py runs the classic cases as real
+processes and checks that Ray never starts."""
+
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pcbench.cli import app
+from pcbench.data import cifar
+
+SUITE = "name: t\ndataset: digits\npairs: [{teacher: cnn_large, student: cnn_small}]\nmethods: [ce]\nbudget: {trials: 1}\n"
+
+
+def _files(tmp_path):
+    (tmp_path / "random.bin").write_bytes(os.urandom(256) + b"\xff\xfe")
+    (tmp_path / "notsqlite.txt").write_text("hello\n")
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    cifar.write("cifar10", tmp_path / "data", per_class=2, test_per_class=1)
+    (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"\x80\x04truncated")
+    truncated = tmp_path / "broken" / "trials"
+    truncated.mkdir(parents=True)
+    (truncated / "part.parquet").write_bytes(b"PAR1\x00\x00")
+    record = tmp_path / "teachers" / "digits"
+    record.mkdir(parents=True)
+    (record / "cnn_large.json").write_text("{ not json")
+
+
+CASES = {
+    "--set into a single value": (["search", "--method", "ce", "--set", "seed.x=1"],
+                                  "--set seed.x: seed is a single value, not a section"),
+    "epochs not a number, with a recipe": (
+        ["search", "--method", "ce", "--recipe", "digits", "--set", "train.epochs=abc"],
+        "train.epochs: 'abc' is not a positive whole number"),
+    "an infinite learning rate": (["run", "--method", "ce", "--set", "train.lr=.inf"],
+                                  "train.lr: Input should be a finite number"),
+    "a space file of random bytes": (["search", "--method", "pc", "--space", "random.bin"],
+                                     "random.bin is not a text file"),
+    "a suite file of random bytes": (["benchmark", "random.bin"], "random.bin is not a text file"),
+    "a tracking URI that is no store": (["search", "--method", "ce", "--tracking-uri", "garbage"],
+                                        "--tracking-uri garbage: not an MLflow store"),
+    "an unknown tracking scheme": (["search", "--method", "ce", "--tracking-uri", "foo://x"],
+                                   "--tracking-uri foo://x: not an MLflow store"),
+    "a tracking store that is not SQLite": (
+        ["search", "--method", "ce", "--tracking-uri", "sqlite:///notsqlite.txt"],
+        "notsqlite.txt exists and is not a SQLite database"),
+    "an unreachable tracking server": (
+        ["search", "--method", "ce", "--tracking-uri", "http://127.0.0.1:9"],
+        "--tracking-uri http://127.0.0.1:9: no MLflow server answers there"),
+    "an Optuna storage of no database": (
+        ["search", "--method", "ce", "--optuna-storage", "garbage://x"],
+        "--optuna-storage garbage://x: not a database URL"),
+    "a Ray address that is none": (["search", "--method", "ce", "--address", "garbage"],
+                                   "--address garbage: not a Ray address"),
+    "a report over damaged parts only": (["report", "--results", "broken"],
+                                         "no readable trials part under broken"),
+    "a text file as a checkpoint": (
+        ["teacher", "import", "notes.txt", "--model", "cnn_large", "--dataset", "digits"],
+        "cannot read notes.txt as a PyTorch checkpoint"),
+    "an empty checkpoint": (["teacher", "import", "empty.pt", "--model", "cnn_large", "--dataset", "digits"],
+                            "cannot read empty.pt as a PyTorch checkpoint"),
+    "a corrupt teacher record": (["teacher", "list", "--teachers", "teachers"],
+                                 "cnn_large.json is unreadable"),
+    "a port out of range": (["ui", "--port", "99999"], "--port 99999: a port is 1..65535"),
+    "a benchmark of zero samples": (["benchmark", "suite.yaml", "--samples", "0"], "--samples 0 runs nothing"),
+    "a benchmark of zero seeds": (["benchmark", "suite.yaml", "--seeds", "0"], "--seeds 0 runs nothing"),
+    "a corrupt CIFAR file": (["search", "--method", "ce", "--dataset", "cifar10", "--data-dir", "data"],
+                             "data_batch_2 is not a CIFAR batch file"),
+    "an unknown option": (["search", "--bogus"], "No such option: --bogus; see `"),
+    "a value of the wrong type": (["search", "--samples", "many"], "Invalid value for '--samples'"),
+    "resume with nothing to resume": (["search", "--method", "ce", "--resume", "--samples", "1"],
+                                      "no unfinished search with these settings"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeypatch):
+    args, expected = CASES[case]
+    _files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(app, args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    created = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert [p for p in created if p not in before] == [], created
+
+
+def test_report_skips_a_damaged_part_with_a_warning(tmp_path):
+    from datetime import datetime, timezone
+
+    from pcbench.results import ResultsStore
+    from pcbench.results.store import TRIALS_SCHEMA
+
+    row = {**{f.name: None for f in TRIALS_SCHEMA}, "search_id": "s", "trial_id": "a", "method": "ce",
+           "dataset": "digits", "teacher": "cnn_large", "student": "cnn_small", "seed": 0, "knobs": "{}",
+           "val_acc": 0.9, "test_acc": 0.91, "status": "completed", "wall_seconds": 1.0,
+           "scoring_rule": "last_epoch", "selection_split": "val", "epochs_planned": 2,
+           "finished_at": datetime.now(timezone.utc)}
+    ResultsStore(tmp_path / "results").write("trials", [row], "good")
+    (tmp_path / "results" / "trials" / "bad.parquet").write_bytes(b"PAR1 truncated")
+    result = CliRunner().invoke(app, ["report", "--results", str(tmp_path / "results"),
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "bad.parquet" in warnings[0]
+    assert (tmp_path / "report" / "leaderboard.parquet").exists()

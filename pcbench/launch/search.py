@@ -10,7 +10,9 @@ import optuna
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import unflatten_dict
 
 from pcbench.config import TrialConfig, build_config
 from pcbench.engine import DIVERGED, METRICS
@@ -21,6 +23,7 @@ from pcbench.spaces import SearchSpace
 from pcbench.storage import sqlite_lock
 
 METRIC, MODE = "val_acc", "max"
+SEARCH_ATTR = "pcbench.search"  # on each Optuna trial: the search that asked for it
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
 
 
@@ -105,8 +108,42 @@ class _Relay(tune.Callback):
 
 
 class _OptunaSearch(OptunaSearch):
-    """Tells Optuna a diverged trial as FAIL (its NaN accuracy is no result; Ray's searcher
-    would log a warning and leave the Optuna trial RUNNING)."""
+    """Ray's OptunaSearch, and two things a benchmark needs:
+    - a diverged trial is told to Optuna as FAIL (its NaN accuracy is no result; Ray's searcher
+      would log a warning and leave the Optuna trial RUNNING);
+    - a resumed search adopts the Optuna trials its killed driver had asked for after Tune last
+      saved its state: such a trial is run (with its configuration) by the next Tune trial,
+      so the study holds exactly one trial per trial run."""
+
+    def __init__(self, *args, search_name: str, budget: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.search_name, self.budget = search_name, budget
+        self._resumed = False
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        self._resumed = True
+
+    def suggest(self, trial_id: str):
+        if self._resumed and trial_id not in self._ot_trials:
+            if (orphan := self._orphan()) is not None:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
+                return unflatten_dict(orphan.params)
+            if len(self._mine()) >= self.budget:  # all asked for already, some after Tune's save
+                return Searcher.FINISHED
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(SEARCH_ATTR, self.search_name)
+        return params
+
+    def _mine(self) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self._ot_study.get_trials(deepcopy=False)
+                if t.user_attrs.get(SEARCH_ATTR) == self.search_name]
+
+    def _orphan(self) -> optuna.trial.FrozenTrial | None:
+        known = {t._trial_id for t in self._ot_trials.values()}
+        return next((t for t in self._mine() if t.state == optuna.trial.TrialState.RUNNING
+                     and t._trial_id not in known), None)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if result and result.get(DIVERGED):
@@ -165,7 +202,8 @@ def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
         # its published first point, which it has tried, is not tried again
         seed=plan.seed + 1_000_003 * earlier,
         points_to_evaluate=None if earlier else [plan.space.first_point(plan.template)],
-        storage=storage, study_name=plan.study_name if storage else None)
+        storage=storage, study_name=plan.study_name if storage else None, search_name=plan.name,
+        budget=plan.samples)
     epochs = plan.template.train.epochs
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                               grace_period=max(1, epochs // 3),  # the first rung

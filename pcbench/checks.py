@@ -19,6 +19,10 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 
 
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
 def check_writable(path: Path, flag: str) -> None:
     """The nearest existing ancestor must be a writable directory (nothing is created here)."""
     probe = path.resolve()

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer._click.exceptions import ClickException  # Typer's own (vendored) Click
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
+from typer._click.exceptions import ClickException  # Typer's own (vendored) Click
+from typer.core import TyperGroup
 
+from pcbench.errors import Interrupted, Terminated, UserError
 from pcbench.overrides import parse_overrides
 from pcbench.progress import showing_progress
-from pcbench.errors import Interrupted, Terminated, UserError
+
 
 class _OneLineUsageErrors(TyperGroup):
     """A usage error (an unknown option, a value of the wrong type) is one line naming the fix
@@ -160,7 +161,8 @@ def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool)
     else:
         for e in entries:
             budget = e["budget"]
-            line = f"{e['teacher']} -> {e['student']}  {e['method']}: {budget['trials']} trials x {budget['epochs']} epochs"
+            line = (f"{e['teacher']} -> {e['student']}  {e['method']}: "
+                    f"{budget['trials']} trials x {budget['epochs']} epochs")
             if "final" in e:
                 line += f", then {len(e['final']['seeds'])} seeds x {e['final']['epochs']} epochs"
             typer.echo(line)
@@ -168,7 +170,8 @@ def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool)
                 if spec["type"] == "categorical":
                     domain = "{" + ", ".join(map(str, spec["choices"])) + "}"
                 else:
-                    domain = f"{spec['type']} {spec['low']:.4g}..{spec['high']:.4g}" + (" log" if spec["log"] else "")
+                    domain = (f"{spec['type']} {spec['low']:.4g}..{spec['high']:.4g}"
+                              + (" log" if spec["log"] else ""))
                 typer.echo(f"    {key:<24} {domain:<52} first {e['first_point'][key]}")
     for line in dict.fromkeys(missing):
         console.print(f"[yellow]missing:[/yellow] {line}", highlight=False, soft_wrap=True)
@@ -178,7 +181,7 @@ def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool)
 def _complete_stores(request) -> None:
     """The stores a request did not name: MLflow's default, Optuna beside it."""
     from pcbench import workflow
-    from pcbench.tracking import default_tracking_uri
+    from pcbench.checks import default_tracking_uri
     request.tracking_uri = request.tracking_uri or default_tracking_uri()
     if request.search:
         request.optuna_storage = request.optuna_storage or workflow.default_optuna_storage(
@@ -303,8 +306,8 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
                concurrent=None, cpus_per_trial=None, gpus_per_trial=None, optuna_storage=None,
                dry_run=False, as_json=False, resume=None) -> None:
     from pcbench import workflow
+    from pcbench.checks import default_tracking_uri
     from pcbench.suite import load_suite
-    from pcbench.tracking import default_tracking_uri
 
     suite = load_suite(suite_path)
     for flag, value in (("--samples", samples), ("--epochs", epochs), ("--seeds", seeds),
@@ -411,9 +414,9 @@ def demo(
 
 
 def _report(results: str, out: Optional[Path]) -> None:
+    from pcbench.checks import check_writable
     from pcbench.results import ResultsStore, leaderboard, write_report
     from pcbench.storage import resolve
-    from pcbench.checks import check_writable
     store = ResultsStore(resolve(results, "--results"))
     if not store.parts("trials"):
         raise UserError(f"no trials under {results}; run `pcbench search` first or pass --results")
@@ -465,9 +468,9 @@ def teacher_train(
 ) -> None:
     """Train a teacher with its data set's standard recipe (on Ray) and store it, replacing a
     stored one."""
+    from pcbench.checks import check_results, check_writable
     from pcbench.data import check_dataset
     from pcbench.teachers import TeacherStore, teacher_config
-    from pcbench.checks import check_results, check_writable
     from pcbench.workflow import ray_storage
     config = teacher_config(model, dataset, data_dir, parse_overrides(set_ or []))
     check_dataset(dataset, data_dir)
@@ -499,11 +502,11 @@ def teacher_import(
 ) -> None:
     """Import a trained teacher: loaded strictly into the architecture, its test accuracy
     measured, then stored with its sha256."""
+    from pcbench.checks import check_writable
     from pcbench.data import check_dataset, get_dataset
     from pcbench.engine import accuracy_on_test
     from pcbench.models import model_names
     from pcbench.teachers import TeacherStore
-    from pcbench.checks import check_writable
     if not checkpoint.is_file():
         raise UserError(f"no checkpoint file {checkpoint}; pass the path of a .pth/.pt file")
     if model not in model_names():
@@ -541,7 +544,8 @@ def ui(
     check_port(port)
     from mlflow.tracking import MlflowClient
 
-    from pcbench.tracking import default_tracking_uri, runs_page
+    from pcbench.checks import default_tracking_uri
+    from pcbench.tracking import runs_page
     uri = tracking_uri or default_tracking_uri()
     check_tracking_uri(uri)
     base = f"http://{host}:{port}"

@@ -4,7 +4,6 @@ All writes happen in the driver process (one SQLite writer locally; an `mlflow s
 cluster)."""
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,6 @@ RUNS_VIEW = {"workflowType": "machine_learning", "orderByKey": "metrics.`val_acc
 
 def runs_page(base_url: str, experiment_id: str) -> str:
     return f"{base_url}/#/experiments/{experiment_id}/runs?{urlencode(RUNS_VIEW)}"
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def _local_artifact_root(uri: str) -> str | None:
@@ -110,6 +105,11 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], query, max_results=1,
                                        order_by=["attributes.start_time DESC"])
         return (runs[0].data.tags["pcbench.search_id"], runs[0].info.run_id) if runs else None
+
+    def end_running_children(self, parent_run_id: str, status: str) -> None:
+        for run in self.children(parent_run_id):
+            if run.info.status == "RUNNING":
+                self.end_run(run.info.run_id, status)
 
     def children(self, parent_run_id: str) -> list:
         return self.client.search_runs([self.experiment_id],

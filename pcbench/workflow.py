@@ -6,7 +6,6 @@ record every trial, write the Parquet parts."""
 import hashlib
 import json
 import os
-import socket
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -16,21 +15,26 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from pcbench.checks import (check_address, check_optuna_storage, check_results, check_tracking_uri,
-                            check_writable)
+from pcbench.checks import (
+    check_address,
+    check_optuna_storage,
+    check_results,
+    check_tracking_uri,
+    check_writable,
+)
 from pcbench.config import TrialConfig, build_config
 from pcbench.data import check_dataset, get_dataset
 from pcbench.errors import Interrupted, Terminated, UserError
 from pcbench.launch.resources import COORDINATOR_CPUS
 from pcbench.methods import get_method
 from pcbench.methods.base import Method
+from pcbench.models import shapes_of
 from pcbench.recipes import recipe, scale_milestones, with_recipe
 from pcbench.recording import SearchRecorder, TrialListener, package_versions
 from pcbench.results import ResultsStore
 from pcbench.results.leaderboard import best_trial
-from pcbench.models import shapes_of
 from pcbench.spaces import TAP_KNOBS, SearchSpace, prepare_search
-from pcbench.storage import Location, is_uri, resolve
+from pcbench.storage import resolve
 from pcbench.teachers import TeacherStore, attach
 
 
@@ -86,7 +90,8 @@ def validate(request: Request, missing: list[str] | None = None) -> list[Prepare
         raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     check_results(request.results, "--results")
     check_writable(request.teachers, "--teachers")
-    check_tracking_uri(request.tracking_uri)
+    if request.tracking_uri:
+        check_tracking_uri(request.tracking_uri)
     if request.optuna_storage:
         check_optuna_storage(request.optuna_storage)
     prepared = []
@@ -334,6 +339,7 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
     except KeyboardInterrupt as signal:
         status = "KILLED"
         recorder.end_in_flight("KILLED")
+        tracker.end_running_children(parent, "KILLED")  # one caught between its start and ours
         raise Interrupted(search_id, 143 if isinstance(signal, Terminated) else 130) from None
     finally:
         tracker.end_run(parent, status)

@@ -5,16 +5,18 @@ processes and checks that Ray never starts."""
 import os
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from pcbench.cli import app
 from pcbench.data import cifar
 
-SUITE = "name: t\ndataset: digits\npairs: [{teacher: cnn_large, student: cnn_small}]\nmethods: [ce]\nbudget: {trials: 1}\n"
+SUITE = ("name: t\ndataset: digits\npairs: [{teacher: cnn_large, student: cnn_small}]\n"
+         "methods: [ce]\nbudget: {trials: 1}\n")
 
 
 def _files(tmp_path):
+    (tmp_path / "bad.yaml").write_text("knobs:\n  method.tau: {type: float, low: 0.1, high: [\n")
+    (tmp_path / "unknown.yaml").write_text("knobs:\n  method.sharpness: {type: float, low: 0.1, high: 1.0}\n")
     (tmp_path / "random.bin").write_bytes(os.urandom(256) + b"\xff\xfe")
     (tmp_path / "notsqlite.txt").write_text("hello\n")
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
@@ -66,12 +68,30 @@ CASES = {
     "a corrupt teacher record": (["teacher", "list", "--teachers", "teachers"],
                                  "cnn_large.json is unreadable"),
     "a port out of range": (["ui", "--port", "99999"], "--port 99999: a port is 1..65535"),
-    "a benchmark of zero samples": (["benchmark", "suite.yaml", "--samples", "0"], "--samples 0 runs nothing"),
+    "a benchmark of zero samples": (["benchmark", "suite.yaml", "--samples", "0"],
+                                    "--samples 0 runs nothing"),
     "a benchmark of zero seeds": (["benchmark", "suite.yaml", "--seeds", "0"], "--seeds 0 runs nothing"),
     "a corrupt CIFAR file": (["search", "--method", "ce", "--dataset", "cifar10", "--data-dir", "data"],
                              "data_batch_2 is not a CIFAR batch file"),
     "an unknown option": (["search", "--bogus"], "No such option: --bogus; see `"),
     "a value of the wrong type": (["search", "--samples", "many"], "Invalid value for '--samples'"),
+    "tap the model lacks": (["search", "--method", "pc", "--set", "method.tap=stage9"],
+                            "tap 'stage9' does not exist in student cnn_small"),
+    "space that does not parse": (["search", "--method", "pc", "--space", "bad.yaml"],
+                                  "bad.yaml is not valid YAML"),
+    "space with an unknown knob": (["search", "--method", "pc", "--space", "unknown.yaml"],
+                                   "knob 'method.sharpness' is not a setting of method 'pc'"),
+    "negative temperature": (["run", "--method", "kd", "--set", "method.temperature=-1"],
+                             "method.temperature: Input should be greater than 0"),
+    "zero temperature": (["search", "--method", "pc", "--set", "method.temperature=0"],
+                         "method.temperature: Input should be greater than 0"),
+    "unknown data set": (["search", "--method", "pc", "--dataset", "cifar1000"],
+                         "unknown data set 'cifar1000'"),
+    "zero samples": (["search", "--method", "pc", "--samples", "0"],
+                     "--samples 0 runs nothing; give 1 or more"),
+    "malformed --set": (["run", "--method", "pc", "--set", "tau"], "is not key=value"),
+    "more CPUs than the machine": (["search", "--method", "ce", "--cpus-per-trial", "4096"],
+                                   "--cpus-per-trial 4096.0 exceeds this machine's"),
     "resume with nothing to resume": (["search", "--method", "ce", "--resume", "--samples", "1"],
                                       "no unfinished search with these settings"),
 }

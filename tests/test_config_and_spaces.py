@@ -4,9 +4,9 @@ import optuna
 import pytest
 
 from pcbench.config import build_config
-from pcbench.overrides import parse_overrides
 from pcbench.errors import UserError
 from pcbench.methods import method_names
+from pcbench.overrides import parse_overrides
 from pcbench.spaces import prepare_search
 
 

@@ -33,7 +33,7 @@ def _pcbench(workspace, *args):
 def searched(workspace):
     methods = [a for m in METHODS for a in ("--method", m)]
     _pcbench(workspace, "search", *methods, "--samples", "2", "--concurrent", "2",
-             "--epochs", "3", "--seed", "1", "--experiment", "e2e")
+             "--epochs", "2", "--seed", "1", "--experiment", "e2e")
     return workspace
 
 
@@ -49,14 +49,14 @@ def test_search_logs_one_parent_and_a_child_per_trial_with_histories(searched):
     for child in children:
         tags, params = child.data.tags, child.data.params
         assert tags["pcbench.dataset"] == "digits" and tags["pcbench.student"] == "cnn_small"
-        assert params["method.name"] == tags["pcbench.method"] and params["train.epochs"] == "3"
+        assert params["method.name"] == tags["pcbench.method"] and params["train.epochs"] == "2"
         if tags["pcbench.method"] != "ce":
             assert len(tags["pcbench.teacher_sha256"]) == 64
         history = client.get_metric_history(child.info.run_id, "val_acc")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         assert client.get_metric_history(child.info.run_id, "loss/ce")
         if tags["pcbench.status"] == "completed":
-            assert len(history) == 3 and "test_acc" in child.data.metrics
+            assert len(history) == 2 and "test_acc" in child.data.metrics
         artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
         assert "config.yaml" in artifacts
 
@@ -90,13 +90,18 @@ def test_report_ranks_every_method_on_its_validation_choice(searched, tmp_path):
     assert all(f"| {m} |" in markdown for m in METHODS)
 
 
-def test_a_two_worker_trial_runs_as_ray_train_ddp(workspace):
-    _pcbench(workspace, "run", "--method", "fcfd", "--workers", "2", "--epochs", "2",
-             "--cpus-per-trial", "2")
-    trials = pd.read_parquet(workspace["results"] / "trials")
-    ddp = trials[trials.workers == 2]
-    assert len(ddp) == 1 and ddp.iloc[0].status == "completed" and ddp.iloc[0].epochs_run == 2
-    history = MlflowClient(workspace["uri"]).get_metric_history(ddp.iloc[0].mlflow_run_id, "val_acc")
+def test_a_search_of_two_worker_ddp_trials_runs_every_trial(workspace):
+    """Each trial a Ray Train DDP job; two at once (Tune cannot reuse a DDP trial's actor)."""
+    folder = workspace["results"] / "trials"
+    before = set(pd.read_parquet(folder).trial_id) if folder.exists() else set()
+    _pcbench(workspace, "search", "--method", "fcfd", "--samples", "2", "--concurrent", "2",
+             "--workers", "2", "--epochs", "2", "--cpus-per-trial", "1", "--experiment", "e2e-ddp")
+    trials = pd.read_parquet(folder)
+    ddp = trials[~trials.trial_id.isin(before)]
+    assert len(ddp) == 2 and (ddp.workers == 2).all() and set(ddp.status) <= {"completed", "stopped"}
+    done = ddp[ddp.status == "completed"]
+    assert len(done) >= 1 and (done.epochs_run == 2).all()
+    history = MlflowClient(workspace["uri"]).get_metric_history(done.iloc[0].mlflow_run_id, "val_acc")
     assert len(history) == 2
 
 
@@ -155,7 +160,7 @@ def test_a_diverged_trial_fails_everywhere_and_is_never_ranked(workspace, tmp_pa
     ce, kd = mine[mine.method == "ce"], mine[mine.method == "kd"]
     assert len(ce) == 2 and (ce.status == "diverged").all()
     assert ce.error.str.fullmatch(r"diverged: non-finite loss at epoch 1, step \d+").all()
-    assert len(kd) == 2 and (kd.status == "completed").all()
+    assert len(kd) == 2 and set(kd.status) <= {"completed", "stopped"} and (kd.status == "completed").any()
     client = MlflowClient(workspace["uri"])
     for row in ce.itertuples():
         run = client.get_run(row.mlflow_run_id)
@@ -164,6 +169,7 @@ def test_a_diverged_trial_fails_everywhere_and_is_never_ranked(workspace, tmp_pa
     states = {m: [t.state for t in optuna.load_study(study_name=f"e2e-diverged-{m}", storage=storage).trials]
               for m in ("ce", "kd")}
     assert states == {"ce": [optuna.trial.TrialState.FAIL] * 2, "kd": [optuna.trial.TrialState.COMPLETE] * 2}
+    # (a trial stopped early by ASHA is told COMPLETE with its last value, as Ray does)
     from pcbench.results import leaderboard
     board = leaderboard(mine).set_index("method")
     assert board.loc["kd", "test_acc_mean"] > 0 and board.loc["ce", "diverged"] == 2

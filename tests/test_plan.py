@@ -30,6 +30,7 @@ def _plan(*args):
 def test_cifar100_plan_resolves_layers_and_starts_from_the_published_settings(empty_dir):
     entries, stderr = _plan("benchmark", str(SUITES / "cifar100.yaml"))
     assert list(empty_dir.iterdir()) == []  # nothing written: no store, no results, no download
+    assert "this machine has no CUDA GPU" in stderr or "CUDA" not in stderr
     assert "cifar100 not found" in stderr and "no vgg13 teacher for cifar100" in stderr
     by = {(e["teacher"], e["student"], e["method"]): e for e in entries}
     assert len(by) == 4 * 12
@@ -78,9 +79,3 @@ def test_search_plan_as_text(empty_dir):
     assert "{embedding, stage4, stage3}" in result.stdout and "first embedding" in result.stdout
     assert "dry run: nothing started, nothing written" in result.stderr
     assert list(empty_dir.iterdir()) == []
-
-
-def test_every_suite_plans(empty_dir):
-    for suite in sorted(SUITES.glob("*.yaml")):
-        entries, _ = _plan("benchmark", str(suite))
-        assert entries, suite

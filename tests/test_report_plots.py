@@ -40,7 +40,9 @@ def _board(**extra) -> pd.DataFrame:
                          "test_acc_mean": [0.92, 0.90], "test_acc_std": float("nan"), "seeds": 1,
                          "val_acc": [0.93, 0.91], "knobs": "{}", "trials": [3, 2], "completed": [2, 2],
                          "compute_hours": 0.01, "gpu_hours": 0.0, "published_acc": float("nan"),
-                         "published_rule": None,
+                         "published_rule": None, "published_source": None, "diverged": 0,
+                         "ci95_low": float("nan"), "ci95_high": float("nan"),
+                         "p_vs_best": float("nan"), "tied_with_best": None,
                          "selection_split": "val", "search_id": "s1"})
     return rows.assign(**extra)
 

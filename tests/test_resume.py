@@ -19,8 +19,8 @@ EXPERIMENT = "resume-test"
 
 
 def _command(root: Path, teachers: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pcbench", "search", "--method", "kd", "--samples", "4",
-            "--concurrent", "1", "--epochs", "4", "--seed", "0", "--experiment", EXPERIMENT,
+    return [sys.executable, "-m", "pcbench", "search", "--method", "kd", "--samples", "3",
+            "--concurrent", "1", "--epochs", "3", "--seed", "0", "--experiment", EXPERIMENT,
             "--results", str(root / "results"), "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
             "--teachers", str(teachers), *extra]
 
@@ -60,7 +60,7 @@ def test_a_search_killed_with_sigkill_resumes_where_it_was(tmp_path, teacher_sto
                                                           if k != "RAY_ADDRESS"})
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     trials = pd.read_parquet(tmp_path / "results" / "trials")
-    assert len(trials) == 4 and trials.trial_id.is_unique and trials.search_id.nunique() == 1
+    assert len(trials) == 3 and trials.trial_id.is_unique and trials.search_id.nunique() == 1
     assert landed <= set(trials.trial_id)  # kept, not re-run
     runs = _mlflow_runs(tmp_path)
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}

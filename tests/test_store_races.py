@@ -22,7 +22,7 @@ with sqlite_lock(optuna_uri):
 
 
 def test_two_commands_create_one_new_sqlite_store_at_once(tmp_path):
-    for attempt in range(2):
+    for attempt in range(2):  # unlocked, the first attempt already crashed one of the two
         folder = tmp_path / str(attempt)
         folder.mkdir()
         uri, optuna_uri = f"sqlite:///{folder / 'mlflow.db'}", f"sqlite:///{folder / 'optuna.db'}"

@@ -1,6 +1,6 @@
 """The model zoo: RepDistiller's CIFAR models exactly (state_dict keys, shapes, parameter counts,
-feature shapes, from tests/data/repdistiller_zoo.json: RepDistiller's own models, measured), torchvision's ImageNet models, the taps
-and the stage contract FCFD relies on."""
+feature shapes, from tests/data/repdistiller_zoo.json, measured on RepDistiller's own models),
+torchvision's ImageNet models, the taps and the stage contract FCFD relies on."""
 
 import json
 from pathlib import Path

@@ -12,7 +12,6 @@ forward and the backward alike.
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat
 from torch.utils.checkpoint import checkpoint
 

@@ -18,9 +18,9 @@ from pcbench.results.significance import ALPHA, ci95, p_value
 GROUP = ["dataset", "teacher", "student", "epochs_planned", "scoring_rule", "protocol"]
 
 COLUMNS = ["dataset", "teacher", "student", "epochs_planned", "protocol", "method", "test_acc_mean",
-           "test_acc_std", "seeds", "ci95_low", "ci95_high", "p_vs_best", "tied_with_best", "val_acc", "knobs", "trials", "completed", "diverged", "compute_hours",
-           "gpu_hours",
-           "published_acc", "published_rule", "published_source", "suite", "search_id", "config_hash", "teacher_sha256",
+           "test_acc_std", "seeds", "ci95_low", "ci95_high", "p_vs_best", "tied_with_best", "val_acc",
+           "knobs", "trials", "completed", "diverged", "compute_hours", "gpu_hours", "published_acc",
+           "published_rule", "published_source", "suite", "search_id", "config_hash", "teacher_sha256",
            "trial_id", "mlflow_run_id", "scoring_rule", "selection_split"]
 
 

@@ -13,7 +13,6 @@ import math
 import warnings
 from collections.abc import Sequence
 
-
 ALPHA = 0.05
 TEST_NOTE = ("tied: not significantly different from the group's best, two-sided t-test over "
              "the seed runs at p < 0.05 (paired by seed where both methods ran the same seeds, "

@@ -302,7 +302,8 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
             raise nothing_to_resume
     if request.ray:
         from pcbench.launch.cluster import start_ray
-        start_ray(request.address)
+        start_ray(request.address,
+                  dashboard=any(p.template.train.workers > 1 for _, ps in work for p in ps))
     store = TeacherStore(request.teachers)
     work = [(r, _with_teacher(p, store, on_teacher)) for r, p in work]
     first = prepared[0].template

@@ -21,6 +21,6 @@ def local_ray():
 
     from pcbench.launch.cluster import start_ray
 
-    start_ray(num_cpus=2)
+    start_ray(num_cpus=2, dashboard=True)  # as pcbench does for DDP trials
     yield
     ray.shutdown()

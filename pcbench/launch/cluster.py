@@ -24,17 +24,19 @@ import ray  # noqa: E402
 from pcbench.errors import UserError  # noqa: E402
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Attach to `address` (or RAY_ADDRESS) when given, else start a local instance."""
+def start_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Attach to `address` (or RAY_ADDRESS) when given, else start a local instance. A local
+    instance runs without the dashboard unless `dashboard`: its processes compete with the
+    trials for a laptop's few cores, and the MLflow UI is where pcbench's runs are watched.
+    DDP trials need it: without the dashboard's state API, a Train trial that ASHA stops
+    leaks its placement group and every later DDP trial waits for workers forever."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     try:
         # "local": a new instance of our own, never a cluster some `ray start` left running.
-        # It runs without the dashboard: its processes compete with the trials for a laptop's
-        # few cores, and the MLflow UI is where pcbench's runs are watched.
         ray.init(address=address or "local", num_cpus=None if address else num_cpus,
-                 include_dashboard=None if address else False,
+                 include_dashboard=None if address else dashboard,
                  log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "

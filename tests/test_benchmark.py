@@ -29,7 +29,7 @@ def demo_benchmark(tmp_path_factory, teacher_store, local_ray):
     root = tmp_path_factory.mktemp("bench")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     _invoke("benchmark", REPO_ROOT / "suites" / "demo.yaml", "--method", "kd", "--method", "pc",
-            "--samples", 3, "--epochs", 3, "--seeds", 2, "--results", root / "results",
+            "--samples", 2, "--epochs", 2, "--seeds", 2, "--results", root / "results",
             "--tracking-uri", uri, "--teachers", teacher_store.root)
     return {"results": root / "results", "uri": uri}
 
@@ -40,7 +40,7 @@ def test_each_method_is_searched_then_its_winner_rerun_with_seeds_on_all_trainin
     for method in ("kd", "pc"):
         search = trials[(trials.method == method) & (trials.phase == "search")]
         finals = trials[(trials.method == method) & (trials.phase == "final")]
-        assert len(search) == 3 and len(finals) == 2
+        assert len(search) == 2 and len(finals) == 2
         completed = search[search.status == "completed"]
         winner = completed.sort_values(["val_acc", "finished_at"], ascending=[False, True]).iloc[0]
         assert set(finals.selected_trial) == {winner.trial_id}
@@ -57,11 +57,24 @@ def test_leaderboard_shows_mean_and_std_over_the_seeds(demo_benchmark):
     assert sorted(board.method) == ["kd", "pc"]
     for row in board.itertuples():
         finals = trials[(trials.method == row.method) & (trials.phase == "final")]
-        assert row.seeds == 2 and row.trials == 3
+        assert row.seeds == 2 and row.trials == 2
         assert row.test_acc_mean == pytest.approx(finals.test_acc.mean())
         assert row.test_acc_std == pytest.approx(finals.test_acc.std())
     markdown = (demo_benchmark["results"] / "report" / "leaderboard.md").read_text()
     assert "±" in markdown
+
+
+def test_the_board_says_which_differences_are_real(demo_benchmark):
+    report = demo_benchmark["results"] / "report"
+    board = pd.read_parquet(report / "leaderboard.parquet")
+    assert {"ci95_low", "ci95_high", "p_vs_best", "tied_with_best"} <= set(board.columns)
+    best = board.iloc[board.test_acc_mean.idxmax()]
+    assert best.tied_with_best and best.p_vs_best == 1.0
+    assert (board.ci95_low <= board.test_acc_mean).all() and (board.test_acc_mean <= board.ci95_high).all()
+    tex = (report / "leaderboard.tex").read_text()
+    assert "\\toprule" in tex and f"\\textbf{{{100 * best.test_acc_mean:.2f}" in tex
+    experiment = MlflowClient(demo_benchmark["uri"]).get_experiment_by_name("pcbench-benchmark-demo")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_one_parent_run_holds_every_trial_of_the_suite(demo_benchmark):

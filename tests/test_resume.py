@@ -20,7 +20,7 @@ EXPERIMENT = "resume-test"
 
 def _command(root: Path, teachers: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pcbench", "search", "--method", "kd", "--samples", "3",
-            "--concurrent", "1", "--epochs", "3", "--seed", "0", "--experiment", EXPERIMENT,
+            "--concurrent", "1", "--epochs", "2", "--seed", "0", "--experiment", EXPERIMENT,
             "--results", str(root / "results"), "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
             "--teachers", str(teachers), *extra]
 

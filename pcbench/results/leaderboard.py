@@ -78,7 +78,9 @@ def _mark_ties(group: pd.DataFrame) -> pd.DataFrame:
     """CI per method; p against the group's best (highest mean) and whether it is tied."""
     group = group.copy()
     best = group["test_acc_mean"].idxmax() if group["test_acc_mean"].notna().any() else None
-    intervals = [ci95([acc for _, acc in runs]) for runs in group["_runs"]]
+    # accuracies: the t interval is clipped to [0, 1]
+    intervals = [tuple(v if math.isnan(v) else min(1.0, max(0.0, v)) for v in ci95([a for _, a in runs]))
+                 for runs in group["_runs"]]
     group["ci95_low"], group["ci95_high"] = [i[0] for i in intervals], [i[1] for i in intervals]
     p = [math.nan if best is None else (1.0 if index == best else p_value(runs, group.at[best, "_runs"]))
          for index, runs in group["_runs"].items()]

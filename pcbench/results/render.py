@@ -111,7 +111,11 @@ _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "
 
 
 def _tex(text: str) -> str:
-    return "".join(_TEX_ESCAPES.get(c, c) for c in str(text))
+    """Plain text as LaTeX: specials escaped, and the arrow and plus-minus as math (">" alone
+    prints as an inverted question mark in LaTeX's default text font)."""
+    parts = str(text).split("->")
+    escaped = ["".join(_TEX_ESCAPES.get(c, c) for c in part).replace("±", "$\\pm$") for part in parts]
+    return "$\\rightarrow$".join(escaped)
 
 
 def _tex_acc(mean, std) -> str:

@@ -62,12 +62,19 @@ def _check_sqlite(uri: str, flag: str) -> None:
     check_writable(path.parent, flag)
 
 
+def _scheme(uri: str, flag: str, allowed: tuple[str, ...], what: str) -> str:
+    """The URI's scheme (`postgresql+psycopg` counts as `postgresql`), if pcbench can use it."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in allowed:
+        raise UserError(f"{flag} {uri}: {what}")
+    return scheme
+
+
 def check_tracking_uri(uri: str) -> None:
     """The MLflow store: a usable scheme, a SQLite file that is one, a server that answers."""
-    scheme = urlparse(uri).scheme.split("+")[0]
-    if scheme not in TRACKING_SCHEMES:
-        raise UserError(f"--tracking-uri {uri}: not an MLflow store pcbench can use; give "
-                        f"sqlite:///path/mlflow.db or http://host:port of an `mlflow server`")
+    scheme = _scheme(uri, "--tracking-uri", TRACKING_SCHEMES,
+                     "not an MLflow store pcbench can use; give sqlite:///path/mlflow.db or "
+                     "http://host:port of an `mlflow server`")
     if scheme == "sqlite":
         _check_sqlite(uri, "--tracking-uri")
     elif scheme in ("http", "https"):
@@ -90,10 +97,9 @@ def _check_server(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def check_optuna_storage(uri: str) -> None:
-    scheme = urlparse(uri).scheme.split("+")[0]
-    if scheme not in OPTUNA_SCHEMES:
-        raise UserError(f"--optuna-storage {uri}: not a database URL Optuna can use; give "
-                        f"sqlite:///path/optuna.db or postgresql://user@host/db")
+    scheme = _scheme(uri, "--optuna-storage", OPTUNA_SCHEMES,
+                     "not a database URL Optuna can use; give sqlite:///path/optuna.db or "
+                     "postgresql://user@host/db")
     if scheme == "sqlite":
         _check_sqlite(uri, "--optuna-storage")
 

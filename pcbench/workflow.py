@@ -279,7 +279,7 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
     experiment = request.experiment or (f"pcbench-benchmark-{suite}" if suite
                                         else experiment_name(prepared[0].template))
     kind = "benchmark" if suite else ("search" if request.search else "run")
-    print_ = fingerprint(work, suite)
+    settings = fingerprint(work, suite)
     nothing_to_resume = UserError(
         f"no unfinished {kind}{'' if request.resume in (None, 'latest') else ' ' + request.resume} "
         f"with these settings in experiment '{experiment}'; run the same command as before with "
@@ -297,7 +297,7 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
         raise nothing_to_resume
     resumed = None
     if request.resume:
-        resumed = tracker.unfinished_parent(print_, None if request.resume == "latest" else request.resume)
+        resumed = tracker.unfinished_parent(settings, None if request.resume == "latest" else request.resume)
         if resumed is None:
             raise nothing_to_resume
     if request.ray:
@@ -322,7 +322,7 @@ def execute_all(work: Work, listeners: Sequence[TrialListener] = (),
              "final_seeds": ",".join(map(str, request.final_seeds)), "ray": request.ray,
              "results": str(request.results)},
             {"pcbench.search_id": search_id, "pcbench.kind": kind, "pcbench.suite": suite or "",
-             "pcbench.optuna_storage": request.optuna_storage, "pcbench.fingerprint": print_,
+             "pcbench.optuna_storage": request.optuna_storage, "pcbench.fingerprint": settings,
              "pcbench.versions": json.dumps(package_versions(), sort_keys=True)})
     results = ResultsStore(request.results)
     recorder = SearchRecorder(tracker, parent, results, search_id, suite, resumed=resumed is not None)

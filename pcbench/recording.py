@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pcbench.config import TrialConfig
 from pcbench.engine import DIVERGED
 from pcbench.results import ResultsStore
+from pcbench.results.selection import SCORING_RULE, SELECTION_SPLIT
 
 if TYPE_CHECKING:  # MLflow is imported only where something is tracked
     from pcbench.tracking import Tracker
 
-SCORING_RULE = "last_epoch"
-SELECTION_SPLIT = "val"
 _PACKAGES = ("pcbench", "torch", "torchvision", "ray", "optuna", "mlflow", "pot")
 
 

@@ -32,7 +32,7 @@ from pcbench.models import shapes_of
 from pcbench.recipes import recipe, scale_milestones, with_recipe
 from pcbench.recording import SearchRecorder, TrialListener, package_versions
 from pcbench.results import ResultsStore
-from pcbench.results.leaderboard import best_trial
+from pcbench.results.selection import best_trial
 from pcbench.spaces import TAP_KNOBS, SearchSpace, prepare_search
 from pcbench.storage import resolve
 from pcbench.teachers import TeacherStore, attach

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import socket
 
 # Before Ray Tune is imported: no CSV/TensorBoard loggers per trial (MLflow and Parquet record
 # everything; search.py keeps Tune's JSON log for its own ResultGrid), and no per-trial
@@ -28,16 +29,43 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, dashboard
     """Attach to `address` (or RAY_ADDRESS) when given, else start a local instance. A local
     instance runs without the dashboard unless `dashboard`: its processes compete with the
     trials for a laptop's few cores, and the MLflow UI is where pcbench's runs are watched.
-    DDP trials need it: without the dashboard's state API, a Train trial that ASHA stops
-    leaks its placement group and every later DDP trial waits for workers forever."""
+    DDP trials need it: a Train trial that Tune stops (ASHA, or its last epoch) kills its Train
+    controller, and only Train's placement-group cleaner, which asks the dashboard's state API,
+    then frees its workers' CPUs."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        _start_local(num_cpus, dashboard)
+        return
     try:
-        # "local": a new instance of our own, never a cluster some `ray start` left running.
-        ray.init(address=address or "local", num_cpus=None if address else num_cpus,
-                 include_dashboard=None if address else dashboard,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "
                         f"or RAY_ADDRESS") from None
+
+
+def _start_local(num_cpus: int | None, dashboard: bool) -> None:
+    """A new instance of our own ("local": never a cluster some `ray start` left running).
+    Its GCS port is chosen here and its processes inherit RAY_ADDRESS naming it: Ray's own
+    helpers that find "the" cluster (Train's placement-group cleaner) would otherwise read
+    /tmp/ray/ray_current_cluster, which names the last `ray start` cluster, often long gone."""
+    port = _free_port()
+    own = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}
+    saved = {name: os.environ.get(name) for name in own}
+    os.environ.update(own)  # read by the GCS and the raylet as ray.init spawns them
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                 log_to_driver=False, logging_level=logging.WARNING)
+    finally:  # this process may start another instance later (tests do)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]

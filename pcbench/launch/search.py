@@ -19,10 +19,10 @@ from pcbench.engine import DIVERGED, METRICS
 from pcbench.launch.resources import trial_resources
 from pcbench.launch.trial import tune_trial
 from pcbench.recording import TrialListener
+from pcbench.results.selection import METRIC, MODE
 from pcbench.spaces import SearchSpace
 from pcbench.storage import sqlite_lock
 
-METRIC, MODE = "val_acc", "max"
 SEARCH_ATTR = "pcbench.search"  # on each Optuna trial: the search that asked for it
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
 
@@ -178,9 +178,25 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
                     failure_config=tune.FailureConfig(max_failures=1),
                 ),
             )
-        return tuner.fit()
+        results = tuner.fit()
+        _fail_orphans(plan)
+        return results
     finally:
         _LISTENERS.pop(plan.name, None)
+
+
+def _fail_orphans(plan: SearchPlan) -> None:
+    """A driver killed between asking Optuna for a trial and Tune's next save leaves that trial
+    RUNNING in the study; when the resumed search needs no further trial nothing adopts it.
+    Once the search is over, no trial of it is running, so any left so is failed."""
+    if not plan.optuna_storage or plan.space is None:
+        return
+    with sqlite_lock(plan.optuna_storage):
+        storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get(SEARCH_ATTR) == plan.name:
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def _tune_config(plan: SearchPlan) -> tune.TuneConfig:

@@ -11,6 +11,7 @@ import math
 import pandas as pd
 
 from pcbench.results.published import published
+from pcbench.results.selection import best_trial
 from pcbench.results.significance import ALPHA, ci95, p_value
 
 # protocol: "final" (mean over seed runs on all the training data) or "search" (a search's
@@ -22,14 +23,6 @@ COLUMNS = ["dataset", "teacher", "student", "epochs_planned", "protocol", "metho
            "knobs", "trials", "completed", "diverged", "compute_hours", "gpu_hours", "published_acc",
            "published_rule", "published_source", "suite", "search_id", "config_hash", "teacher_sha256",
            "trial_id", "mlflow_run_id", "scoring_rule", "selection_split"]
-
-
-def best_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The completed trial with the best last-epoch validation accuracy (earliest on a tie)."""
-    done = trials[(trials["status"] == "completed") & trials["val_acc"].notna()]
-    if done.empty:
-        return None
-    return done.sort_values(["val_acc", "finished_at"], ascending=[False, True]).iloc[0]
 
 
 def _gpu_hours(rows: pd.DataFrame) -> float:

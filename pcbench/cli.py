@@ -178,44 +178,43 @@ def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool)
     console.print("dry run: nothing started, nothing written", highlight=False)
 
 
-def _complete_stores(request) -> None:
-    """The stores a request did not name: MLflow's default, Optuna beside it."""
+def _open_session(results, teachers, tracking_uri, optuna_storage=None, *, search=True, **settings):
+    from pcbench.session import Session
+    return Session.open(results=results, teachers=teachers, tracking_uri=tracking_uri,
+                        optuna_storage=optuna_storage, search=search, **settings)
+
+
+def _run_work(session, work, trials_per_method: int, suite: str | None = None):
+    """The progress display around workflow.execute, and the lines every command ends with."""
     from pcbench import workflow
-    from pcbench.checks import default_tracking_uri
-    request.tracking_uri = request.tracking_uri or default_tracking_uri()
-    if request.search:
-        request.optuna_storage = request.optuna_storage or workflow.default_optuna_storage(
-            request.tracking_uri, request.results)
-
-
-def _diverged_line(outcome) -> None:
+    with showing_progress(console, trials_per_method) as display:
+        outcome = workflow.execute(
+            session, work, [display], on_teacher=lambda model, dataset: display.say(
+                f"training the {model} teacher on {dataset} (first use)"),
+            on_search=display.on_search, suite=suite)
     if outcome.diverged:
         console.print(f"[yellow]{outcome.diverged} of {outcome.trials} trials diverged[/yellow] "
                       f"(non-finite loss; status 'diverged', never ranked)")
+    what = f"benchmark {suite} ({outcome.search_id})" if suite else f"search {outcome.search_id}"
+    console.print(f"{what}: {outcome.trials} trials; MLflow at {session.tracking_uri}, Parquet in "
+                  f"{session.results}/trials and /epochs", highlight=False, soft_wrap=True)
+    return outcome
 
 
-def _execute(request, dry_run: bool = False, as_json: bool = False) -> None:
-    from pcbench import workflow
-
-    _complete_stores(request)
-    if dry_run:
-        missing: list[str] = []
-        _show_plan(workflow.plan(request, workflow.validate(request, missing)), missing, as_json)
-        return
-    prepared = workflow.validate(request)
-    with showing_progress(console, request.samples) as display:
-        outcome = workflow.execute(
-            request, prepared, [display],
-            on_teacher=lambda model, dataset: display.say(
-                f"training the {model} teacher on {dataset} (first use)"),
-            on_search=display.on_search)
-    _diverged_line(outcome)
-    console.print(f"search {outcome.search_id}: {outcome.trials} trials; MLflow at "
-                  f"{request.tracking_uri}, Parquet in {request.results}/trials and /epochs")
+def _exit_if_failed(outcome) -> None:
     if outcome.failed:
         console.print(f"[red]{outcome.failed} of {outcome.trials} trials failed[/red] "
                       f"(errors above and in MLflow)")
         raise typer.Exit(1)
+
+
+def _execute(session, request, dry_run: bool = False, as_json: bool = False) -> None:
+    from pcbench.session import plan, validate
+    if dry_run:
+        missing: list[str] = []
+        _show_plan(plan(request, validate(session, request, missing)), missing, as_json)
+        return
+    _exit_if_failed(_run_work(session, [(request, validate(session, request))], request.samples))
 
 
 @app.command()
@@ -250,29 +249,29 @@ def run(
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
 ) -> None:
     """Run one trial of one method with the given settings."""
-    from pcbench.workflow import Request
+    from pcbench.session import Request
+    session = _open_session(results, teachers, tracking_uri, search=False, experiment=experiment,
+                            ray=not no_ray, address=address, cpus_per_trial=cpus_per_trial,
+                            gpus_per_trial=gpus_per_trial)
     request = Request([method], _base(dataset, teacher, student, epochs, workers, seed, data_dir),
-                      parse_overrides(set_ or []), recipe=recipe, search=False, ray=not no_ray,
-                      seed=seed, results=results,
-                      teachers=teachers, tracking_uri=tracking_uri or "", experiment=experiment,
-                      address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
-    _execute(request)
+                      parse_overrides(set_ or []), recipe=recipe, search=False, seed=seed)
+    _execute(session, request)
 
 
 def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus,
             optuna_storage=None, data_dir=None, recipe=None, dry_run=False, as_json=False,
             resume=None) -> None:
-    from pcbench.workflow import Request
+    from pcbench.session import Request
     if space is not None and len(set(methods_)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
+    session = _open_session(results, teachers, tracking_uri, optuna_storage, experiment=experiment,
+                            address=address, cpus_per_trial=cpus, gpus_per_trial=gpus,
+                            concurrent=concurrent, resume=resume)
     request = Request(list(methods_), _base(dataset, teacher, student, epochs, workers, seed, data_dir),
                       parse_overrides(set_ or []), recipe=recipe, space_file=space, samples=samples,
-                      concurrent=concurrent, seed=seed, results=results, teachers=teachers,
-                      tracking_uri=tracking_uri or "", experiment=experiment, address=address,
-                      cpus_per_trial=cpus, gpus_per_trial=gpus, optuna_storage=optuna_storage or "",
-                      resume=resume)
-    _execute(request, dry_run, as_json)
+                      seed=seed)
+    _execute(session, request, dry_run, as_json)
 
 
 Methods = Annotated[Optional[list[str]], typer.Option("--method", help="Method to search, repeatable.")]
@@ -305,8 +304,7 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
                samples=None, epochs=None, seeds=None, final_epochs=None, methods=None, set_=None,
                concurrent=None, cpus_per_trial=None, gpus_per_trial=None, optuna_storage=None,
                dry_run=False, as_json=False, resume=None) -> None:
-    from pcbench import workflow
-    from pcbench.checks import default_tracking_uri
+    from pcbench.session import Request, plan, validate
     from pcbench.suite import load_suite
 
     suite = load_suite(suite_path)
@@ -322,7 +320,11 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
         if unknown:
             raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
                             f"choose among {', '.join(suite.methods)}")
-    tracking_uri = tracking_uri or default_tracking_uri()
+    session = _open_session(
+        results, teachers, tracking_uri, optuna_storage, address=address, resume=resume,
+        concurrent=suite.concurrent if concurrent is None else concurrent,
+        cpus_per_trial=suite.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
+        gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial)
     budget_epochs = epochs if epochs is not None else suite.budget.epochs
     work, missing = [], []
     for pair in suite.pairs:
@@ -334,36 +336,20 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
             base["train"] = {"epochs": budget_epochs}
         # the suite's settings, then the pair's published ones, then the command line's
         overrides = {**suite.set, **pair.set, **parse_overrides(set_ or [])}
-        request = workflow.Request(
+        request = Request(
             methods or suite.methods, base, overrides, recipe=suite.recipe,
-            samples=suite.budget.trials if samples is None else samples,
-            concurrent=suite.concurrent if concurrent is None else concurrent,
-            seed=suite.seed, results=results, teachers=teachers, tracking_uri=tracking_uri,
-            optuna_storage=optuna_storage or workflow.default_optuna_storage(tracking_uri, results),
-            address=address,
-            cpus_per_trial=suite.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
-            gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial,
+            samples=suite.budget.trials if samples is None else samples, seed=suite.seed,
             final_seeds=suite.final_seeds(seeds),
-            final_epochs=suite.final_epochs if final_epochs is None else final_epochs, resume=resume)
+            final_epochs=suite.final_epochs if final_epochs is None else final_epochs)
         # every pair before Ray starts
-        work.append((request, workflow.validate(request, missing if dry_run else None)))
+        work.append((request, validate(session, request, missing if dry_run else None)))
     if dry_run:
-        _show_plan([e for request, prepared in work for e in workflow.plan(request, prepared)],
-                   missing, as_json)
+        _show_plan([e for request, prepared in work for e in plan(request, prepared)], missing, as_json)
         return
     first = work[0][0]
-    with showing_progress(console, first.samples + len(first.final_seeds)) as display:
-        outcome = workflow.execute_all(
-            work, [display], on_teacher=lambda model, dataset: display.say(
-                f"training the {model} teacher on {dataset} (first use)"),
-            on_search=display.on_search, suite=suite.name)
-    _diverged_line(outcome)
-    console.print(f"benchmark {suite.name} ({outcome.search_id}): {outcome.trials} trials; MLflow at "
-                  f"{tracking_uri}, Parquet in {results}/trials and /epochs")
+    outcome = _run_work(session, work, first.samples + len(first.final_seeds), suite.name)
     _report(results, None)
-    if outcome.failed:
-        console.print(f"[red]{outcome.failed} of {outcome.trials} trials failed[/red] (errors in MLflow)")
-        raise typer.Exit(1)
+    _exit_if_failed(outcome)
 
 
 @app.command()
@@ -470,8 +456,8 @@ def teacher_train(
     stored one."""
     from pcbench.checks import check_results, check_writable
     from pcbench.data import check_dataset
+    from pcbench.storage import resolve
     from pcbench.teachers import TeacherStore, teacher_config
-    from pcbench.workflow import ray_storage
     config = teacher_config(model, dataset, data_dir, parse_overrides(set_ or []))
     check_dataset(dataset, data_dir)
     check_writable(teachers, "--teachers")
@@ -481,7 +467,8 @@ def teacher_train(
         from pcbench.launch.search import train_one
         check_results(results, "--results")
         start_ray(address)
-        runner = lambda c: train_one(c, ray_storage(results), f"teacher-{dataset}-{model}",  # noqa: E731
+        runner = lambda c: train_one(c, resolve(results).join("ray").uri,  # noqa: E731
+                                     f"teacher-{dataset}-{model}",
                                      cpus_per_trial, gpus_per_trial)
     console.print(f"training {model} on {dataset}: {config.train.epochs} epochs, "
                   f"recipe {config.train.recipe or 'default'}", highlight=False)

@@ -17,10 +17,6 @@ def _key(config) -> str:
     return f"{config.method.name:>6} {config.teacher}->{config.student}"
 
 
-def _stage(config) -> str:
-    return "final" if config.data.val_fraction == 0 else "search"
-
-
 class ProgressBars:
     """One bar per method search (the trials of its search and final runs)."""
 
@@ -37,7 +33,7 @@ class ProgressBars:
         key = _key(item.template)
         self.tasks[key] = self.progress.add_task(key, total=self.trials_per_method)
 
-    def trial_started(self, trial_id, config, knobs):
+    def trial_started(self, trial_id, config, knobs, stage):
         self.trial_key[trial_id] = _key(config)
 
     def trial_epoch(self, trial_id, metrics):
@@ -72,8 +68,8 @@ class PlainLog:
     def on_search(self, item) -> None:
         self.say(f"{_key(item.template).strip()}: starting")
 
-    def trial_started(self, trial_id, config, knobs):
-        self.running[trial_id] = {"key": _key(config).strip(), "stage": _stage(config),
+    def trial_started(self, trial_id, config, knobs, stage):
+        self.running[trial_id] = {"key": _key(config).strip(), "stage": stage.phase,
                                   "planned": config.train.epochs, "since": self.clock(), "last": {}}
 
     def trial_epoch(self, trial_id, metrics):

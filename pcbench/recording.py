@@ -5,10 +5,11 @@ import json
 import time
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pcbench.config import TrialConfig
 from pcbench.engine import DIVERGED
+from pcbench.launch.plan import Stage
 from pcbench.results import ResultsStore
 from pcbench.results.selection import SCORING_RULE, SELECTION_SPLIT
 
@@ -28,19 +29,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-class TrialListener(Protocol):
-    def trial_started(self, trial_id: str, config: TrialConfig, knobs: dict[str, Any]) -> None: ...
-
-    def trial_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None: ...
-
-    def trial_finished(self, trial_id: str, error: str | None) -> None: ...
-
-
 class _Trial:
-    def __init__(self, config: TrialConfig, knobs: dict[str, Any], run_id: str, phase: str,
-                 selected_trial: str | None):
-        self.config, self.knobs, self.run_id = config, knobs, run_id
-        self.phase, self.selected_trial = phase, selected_trial
+    def __init__(self, config: TrialConfig, knobs: dict[str, Any], run_id: str, stage: Stage):
+        self.config, self.knobs, self.run_id, self.stage = config, knobs, run_id, stage
         self.started = time.monotonic()
         self.epochs: list[dict[str, Any]] = []
         self.diverged: str | None = None  # the engine's reason, when the loss blew up
@@ -55,9 +46,6 @@ class SearchRecorder:
                  suite: str | None = None, resumed: bool = False):
         self.tracker, self.parent_run_id = tracker, parent_run_id
         self.store, self.search_id, self.suite = store, search_id, suite
-        # What the trials being run are for; the workflow sets it before each stage.
-        self.phase, self.selected_trial = "search", None
-        self.gpus_per_trial = 0.0
         self.versions = package_versions()
         self._trials: dict[str, _Trial] = {}
         self.trials_seen = self.trials_failed = self.trials_diverged = 0
@@ -89,13 +77,13 @@ class SearchRecorder:
             self.tracker.end_run(trial.run_id, status)
         self._trials.clear()
 
-    def trial_started(self, trial_id, config, knobs):
+    def trial_started(self, trial_id, config, knobs, stage):
         if trial_id in self._trials or trial_id in self._finished:
             return  # restarted after a failure (the same run), or recorded before a resume
         if trial_id in self._killed_runs:  # in flight when the last driver died: the same run
             run_id = self._killed_runs.pop(trial_id)
             self.tracker.reopen_run(run_id)
-            trial = _Trial(config, knobs, run_id, self.phase, self.selected_trial)
+            trial = _Trial(config, knobs, run_id, stage)
             trial.epochs = self.tracker.epoch_history(run_id)
             self._trials[trial_id] = trial
             return
@@ -103,13 +91,13 @@ class SearchRecorder:
                 "pcbench.student": config.student, "pcbench.dataset": config.data.name,
                 "pcbench.seed": config.seed, "pcbench.teacher_sha256": config.teacher_sha256 or "",
                 "pcbench.config_hash": config.hash, "pcbench.trial_id": trial_id,
-                "pcbench.search_id": self.search_id, "pcbench.phase": self.phase,
+                "pcbench.search_id": self.search_id, "pcbench.phase": stage.phase,
                 "pcbench.versions": json.dumps(self.versions, sort_keys=True)}
         params = {k: v for k, v in config.flat().items() if k not in ("teacher_weights",)}
         run_id = self.tracker.start_run(f"{config.method.name}-{trial_id}", params, tags,
                                         self.parent_run_id)
         self.tracker.log_dict(run_id, config.to_dict(), "config.yaml")
-        self._trials[trial_id] = _Trial(config, knobs, run_id, self.phase, self.selected_trial)
+        self._trials[trial_id] = _Trial(config, knobs, run_id, stage)
 
     def trial_epoch(self, trial_id, metrics):
         if trial_id in self._finished:
@@ -141,7 +129,7 @@ class SearchRecorder:
         self.tracker.end_run(trial.run_id, "FAILED" if error else "FINISHED")
         row = {
             "search_id": self.search_id, "trial_id": trial_id, "mlflow_run_id": trial.run_id,
-            "suite": self.suite, "phase": trial.phase, "selected_trial": trial.selected_trial,
+            "suite": self.suite, "phase": trial.stage.phase, "selected_trial": trial.stage.selected_trial,
             "method": cfg.method.name, "dataset": cfg.data.name, "teacher": cfg.teacher,
             "student": cfg.student, "seed": cfg.seed,
             "knobs": json.dumps(trial.knobs, sort_keys=True),
@@ -151,7 +139,7 @@ class SearchRecorder:
             "test_acc": last.get("test_acc"), "epochs_run": len(epochs), "epochs_planned": planned,
             "wall_seconds": time.monotonic() - trial.started,
             "train_seconds": sum(e.get("epoch_seconds", 0.0) for e in epochs),
-            "workers": cfg.train.workers, "gpus": self.gpus_per_trial, "device": last.get("device"),
+            "workers": cfg.train.workers, "gpus": trial.stage.gpus_per_trial, "device": last.get("device"),
             "config_hash": cfg.hash, "teacher_sha256": cfg.teacher_sha256, "status": status,
             "error": error, "scoring_rule": SCORING_RULE, "selection_split": SELECTION_SPLIT,
             "versions": json.dumps(self.versions, sort_keys=True),
@@ -166,7 +154,7 @@ class SearchRecorder:
             "test_acc": e.get("test_acc"), "lr": e.get("lr"),
             "epoch_seconds": e.get("epoch_seconds"),
         } for e in epochs]
-        part = f"{self.search_id}-{trial.phase}-{trial_id}"
+        part = f"{self.search_id}-{trial.stage.phase}-{trial_id}"
         self.store.write("epochs", epoch_rows, part)  # epochs first: a trial row means all is there
         self.store.write("trials", [row], part)
         self.rows.append(row)

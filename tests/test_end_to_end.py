@@ -1,6 +1,7 @@
 """The whole loop on a real local Ray instance, a real SQLite MLflow store and Parquet files."""
 
 import json
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient

@@ -63,14 +63,16 @@ def test_finite_gradients_when_widths_differ(layers, solver):
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
 
 
-def test_flatten_over_maps_of_different_sizes_is_refused_before_anything_runs():
+def test_flatten_over_maps_of_different_sizes_is_refused_before_anything_runs(tmp_path):
     from pcbench.errors import UserError
-    from pcbench.workflow import Request, validate
+    from pcbench.session import Request, Session, validate
+    session = Session.open(results=str(tmp_path / "results"), teachers=tmp_path / "teachers",
+                           tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", search=False, ray=False)
     # resnet32x4 -> ShuffleV1: stage1 is 32x32 in the teacher, 16x16 in the student
     request = Request(["ot"], {"data": {"name": "cifar100"}, "teacher": "resnet32x4",
                                "student": "ShuffleV1"},
-                      {"ot.spatial": "flatten", "ot.taps": "stage1"}, search=False, ray=False)
+                      {"ot.spatial": "flatten", "ot.taps": "stage1"}, search=False)
     with pytest.raises(UserError, match="resnet32x4 -> ShuffleV1: ot spatial=flatten .* stage1 is "
                                         "16x16 in the student and 32x32 in the teacher; use ot.spatial=pool"):
-        validate(request, missing=[])
-    validate(Request(["ot"], request.base, {"ot.taps": "stage1"}, search=False, ray=False), missing=[])
+        validate(session, request, missing=[])
+    validate(session, Request(["ot"], request.base, {"ot.taps": "stage1"}, search=False), missing=[])

@@ -16,8 +16,8 @@ from pcbench.cli import app
 from pcbench.errors import UserError
 from pcbench.results import ResultsStore
 from pcbench.results.store import TRIALS_SCHEMA
+from pcbench.session import default_optuna_storage
 from pcbench.storage import resolve
-from pcbench.workflow import default_optuna_storage, ray_storage
 
 
 def _row(trial, method, val):
@@ -57,13 +57,13 @@ def test_a_remote_store_writes_in_place_and_keeps_the_uri_for_ray(monkeypatch):
     store.write("trials", [_row("a", "pc", 0.9)], "p")
     assert store.parts("trials") == ["bucket/res/trials/p.parquet"]
     assert store.read("trials").trial_id.tolist() == ["a"]
-    assert ray_storage("mock:///bucket/res") == "mock:///bucket/res/ray"
-    assert ray_storage("file:///tmp/res/") == "/tmp/res/ray"
+    assert resolve("mock:///bucket/res").join("ray").uri == "mock:///bucket/res/ray"  # Ray's storage
+    assert resolve("file:///tmp/res/").join("ray").uri == "/tmp/res/ray"
     s3 = resolve("s3://bucket/res?region=us-east-1")  # a region: no network to build it
     assert isinstance(s3.fs, pafs.S3FileSystem) and s3.path == "bucket/res"
     assert s3.join("ray").uri == "s3://bucket/res/ray?region=us-east-1"
     # SQLite cannot live on an object store: the study goes to the working directory
-    assert default_optuna_storage("http://mlflow:5000", "mock:///bucket/res").endswith("/optuna.db")
+    assert default_optuna_storage("http://mlflow:5000", resolve("mock:///bucket/res")).endswith("/optuna.db")
 
 
 def test_unknown_scheme_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch):

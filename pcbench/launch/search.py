@@ -2,7 +2,6 @@
 validation accuracy. Driver-side callbacks hand every trial event to the listeners
 (the MLflow/Parquet recorder, the progress display)."""
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,45 +15,20 @@ from ray.tune.utils.util import unflatten_dict
 
 from pcbench.config import TrialConfig, build_config
 from pcbench.engine import DIVERGED, METRICS
+from pcbench.launch.plan import SearchPlan, Stage, TrialListener
 from pcbench.launch.resources import trial_resources
 from pcbench.launch.trial import tune_trial
-from pcbench.recording import TrialListener
 from pcbench.results.selection import METRIC, MODE
-from pcbench.spaces import SearchSpace
 from pcbench.storage import sqlite_lock
 
 SEARCH_ATTR = "pcbench.search"  # on each Optuna trial: the search that asked for it
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
 
 
-@dataclass
-class SearchPlan:
-    """One method's search. With no space it runs the template as it is: once (`pcbench run`),
-    or once per seed in `seeds` (a benchmark's final runs)."""
-
-    name: str  # unique within the storage folder
-    template: TrialConfig  # teacher attached, overrides applied
-    space: SearchSpace | None
-    samples: int
-    concurrent: int
-    seed: int
-    # Ray's storage_path: an absolute folder or a URI (s3://, gs://, ...) that Ray opens with
-    # pyarrow on every node (pcbench.workflow.ray_storage).
-    storage: str
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    # Optuna study in a database (optuna-dashboard, optuna.load_study); a repeated search with
-    # the same study name appends to it. None: in memory.
-    optuna_storage: str | None = None
-    study_name: str | None = None
-    seeds: list[int] | None = None
-    resume: bool = False  # continue the search of this name that a killed driver left
-
-
-# The listeners of each search running in this driver, by search name. Tune pickles its
-# callbacks with the experiment state, and restores them from it when a search is resumed;
+# The stage and listeners of each search running in this driver, by search name. Tune pickles
+# its callbacks with the experiment state, and restores them from it when a search is resumed;
 # listeners hold live clients and consoles, so the callback finds them here instead.
-_LISTENERS: dict[str, Sequence[TrialListener]] = {}
+_LISTENERS: dict[str, tuple[Stage, Sequence[TrialListener]]] = {}
 
 
 class _Relay(tune.Callback):
@@ -71,15 +45,16 @@ class _Relay(tune.Callback):
 
     @property
     def listeners(self) -> Sequence[TrialListener]:
-        return _LISTENERS.get(self.name, ())
+        return _LISTENERS.get(self.name, (None, ()))[1]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.started:
             return  # restarted after a failure: the same trial, resumed
         self.started.add(trial.trial_id)
         config = build_config(self.template, trial.config)
+        stage = _LISTENERS[self.name][0]
         for listener in self.listeners:
-            listener.trial_started(trial.trial_id, config, dict(trial.config))
+            listener.trial_started(trial.trial_id, config, dict(trial.config), stage)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # what the engine reported, out of the result dicts Tune adds its own fields to
@@ -159,7 +134,7 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
     param_space = {"seed": tune.grid_search(plan.seeds)} if plan.space is None and plan.seeds else None
     path = f"{plan.storage.rstrip('/')}/{plan.name}"
-    _LISTENERS[plan.name] = listeners
+    _LISTENERS[plan.name] = (plan.stage, listeners)
     try:
         if plan.resume and tune.Tuner.can_restore(path):
             # a killed driver's search: finished trials stay finished, unfinished ones go on

@@ -1,0 +1,61 @@
+"""What the driver asks a backend to run, and what a backend reports back. No Ray import: the
+local backend (local.py) and the Ray backend (search.py) take the same plan and call the same
+listeners."""
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pcbench.config import TrialConfig
+from pcbench.spaces import SearchSpace
+
+SEARCH, FINAL, RUN = "search", "final", "run"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a plan's trials are for; every trial event carries it, so whoever records a trial
+    knows its stage without being told out of band."""
+
+    phase: str  # SEARCH (a method's search), FINAL (a benchmark's seed re-runs) or RUN (one trial)
+    selected_trial: str | None = None  # FINAL: the search trial whose configuration is re-run
+    gpus_per_trial: float = 0.0  # what each trial holds: its GPU-hours are train time x this
+
+
+@dataclass
+class SearchPlan:
+    """One method's trials. With a space, a search of `samples` trials; with none, the template
+    as it is: once, or once per seed in `seeds` (a benchmark's final runs)."""
+
+    name: str  # unique within the storage folder
+    stage: Stage
+    template: TrialConfig  # teacher attached, overrides applied
+    space: SearchSpace | None
+    samples: int
+    concurrent: int
+    seed: int
+    # Where trials keep their folders and checkpoints: <results>/ray, an absolute folder or a
+    # URI (s3://, gs://, ...) that Ray opens with pyarrow on every node.
+    storage: str
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    # Optuna study in a database (optuna-dashboard, optuna.load_study); a repeated search with
+    # the same study name appends to it. None: in memory.
+    optuna_storage: str | None = None
+    study_name: str | None = None
+    seeds: list[int] | None = None
+    resume: bool = False  # continue the search of this name that a killed driver left
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The knobs of each trial of a plan with no space: none, or one seed per trial."""
+        return [{"seed": seed} for seed in self.seeds] if self.seeds else [{}]
+
+
+class TrialListener(Protocol):
+    """Told of every trial as it runs, by whichever backend runs it."""
+
+    def trial_started(self, trial_id: str, config: TrialConfig, knobs: dict[str, Any],
+                      stage: Stage) -> None: ...
+
+    def trial_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None: ...
+
+    def trial_finished(self, trial_id: str, error: str | None) -> None: ...

@@ -5,6 +5,8 @@ and on every worker of a Ray Train DDP job: it detects torch.distributed, and ev
 Ray-specific sits behind the `Reporter` it is handed. No Ray or MLflow import here.
 """
 
+import contextlib
+import json
 import math
 import os
 import shutil
@@ -132,12 +134,6 @@ def _all_reduce(values: torch.Tensor, op=None) -> torch.Tensor:
     return values
 
 
-def _first_bad_step(first_bad: torch.Tensor) -> int | None:
-    """The earliest step with a non-finite loss on any rank, or None."""
-    step = int(_all_reduce(first_bad.clone(), dist.ReduceOp.MIN).item())
-    return None if step == _NEVER else step
-
-
 @torch.no_grad()
 def evaluate(model: Tapped, data: DataSource, split: str, rank: int, world: int,
              precision: str = "fp32", memory_format=torch.contiguous_format,
@@ -170,10 +166,41 @@ def make_schedule(optimizer, train) -> torch.optim.lr_scheduler.LRScheduler:
 def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
                 device: torch.device | None = None) -> dict[str, Any]:
     """Train one trial to the end (or until the caller stops it); return the last metrics."""
-    cfg = config if isinstance(config, TrialConfig) else TrialConfig.parse(config)
+    return train_cohort([config], [reporter], device)[0]
+
+
+# What the members of a cohort must share: one data stream and one teacher forward feed them all.
+COHORT_SHARED = ("data", "teacher", "student", "teacher_weights", "teacher_sha256", "seed",
+                 "train.epochs", "train.workers", "train.device", "train.precision",
+                 "train.channels_last", "train.compile")
+
+
+def cohort_mismatch(configs: list[TrialConfig]) -> str | None:
+    """Why these configurations cannot train as one cohort, or None."""
+    flats = [c.flat() for c in configs]
+    for key in COHORT_SHARED:
+        values = {json.dumps({k: v for k, v in f.items() if k == key or k.startswith(key + ".")},
+                             sort_keys=True, default=str) for f in flats}
+        if len(values) > 1:
+            return f"members differ in {key}"
+    return None
+
+
+def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Reporter],
+                 device: torch.device | None = None, halving: "Halving | None" = None
+                 ) -> list[dict[str, Any]]:
+    """Train K trials of one pair in lockstep: one data stream (the same batches and
+    augmentation for every member), the teacher's forward once per batch for the union of the
+    members' taps, then each live member's own forward, loss, backward and step. Each member
+    has its own student, method state, optimizer, schedule, random stream and checkpoints, so
+    it ends exactly as it would have alone. A member stops when its loss diverges or when
+    `halving` stops it at a rung; the others go on. Returns each member's last metrics."""
+    cfgs = [c if isinstance(c, TrialConfig) else TrialConfig.parse(c) for c in configs]
+    if (why := cohort_mismatch(cfgs)) is not None:
+        raise ValueError(f"not one cohort: {why}")
+    cfg = cfgs[0]
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = device or pick_device(cfg.train.device)
-    torch.manual_seed(cfg.seed)  # identical initial models and path sampling on every rank
     precision = cfg.train.precision
     # compiling pays off where kernel launches dominate: on a GPU (and CUDA graphs exist only there)
     compile_mode = cfg.train.compile if device.type == "cuda" else "off"
@@ -181,106 +208,213 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
 
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
                         cfg.data.loader_workers).to(device)
-    method_class = get_method(cfg.method.name)
-    student = create_model(cfg.student, data.num_classes, data.input_shape[0])
-    student_info = model_info(student, data.input_shape, cfg.student)
-    teacher, teacher_taps, teacher_info = None, None, None
-    taps = method_class.taps(cfg.method, student.stage_taps)
-    if method_class.needs_teacher:
+    needs_teacher = [get_method(c.method.name).needs_teacher for c in cfgs]
+    teacher = teacher_info = None
+    if any(needs_teacher):
         teacher = load_teacher(cfg, data)
         teacher_info = model_info(teacher, data.input_shape, cfg.teacher)
         teacher = teacher.to(device, memory_format=memory_format)
+    members = [_Member(c, r, data, teacher_info if t else None, device, memory_format, compile_mode, world)
+               for c, r, t in zip(cfgs, reporters, needs_teacher)]
+    teacher_taps = None
+    if teacher is not None:
+        taps = set().union(*(m.taps for m in members if m.needs_teacher))
         teacher_taps = Tapped(teacher, taps, compile=compile_mode)
-    data_info = DataInfo(data.num_classes, data.size("train"))
-    method = method_class(cfg.method, student_info, teacher_info, data_info)
-    distiller = Distiller(student, method, taps, precision, compile_mode)
-    distiller = distiller.to(device, memory_format=memory_format)
-    trainer = distiller
-    if world > 1:
-        # No buffer broadcast each step: evaluation broadcasts rank 0's BatchNorm statistics,
-        # and CRD keeps its memory banks identical itself (re-sending them would cost 51 MB a
-        # step on CIFAR, 1.3 GB on ImageNet).
-        trainer = DistributedDataParallel(distiller, find_unused_parameters=method.sometimes_unused,
-                                          broadcast_buffers=False)
-
-    optimizer = torch.optim.SGD(distiller.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                weight_decay=cfg.train.weight_decay,
-                                # one kernel for all parameters; PyTorch's fused SGD fails on a
-                                # parameter whose first gradient comes after the first step
-                                fused=device.type == "cuda" and not method.sometimes_unused)
-    schedule = make_schedule(optimizer, cfg.train)
-    start_epoch = 0
-    if (resume := reporter.latest_checkpoint()) is not None:
-        start_epoch = _restore(resume, distiller, optimizer, schedule)
+        modes = {m.distiller.method.teacher_train_mode for m in members if m.needs_teacher}
+        if len(modes) > 1:
+            raise ValueError("not one cohort: members differ in the teacher's train mode")
+        teacher_mode = modes.pop()
 
     per_rank_batch = max(1, cfg.data.batch_size // world)  # data.batch_size is the global batch
-    metrics: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(min(m.start_epoch for m in members), cfg.train.epochs):
+        live = [m for m in members if m.running and m.start_epoch <= epoch]
+        if not live:
+            break
         started = time.perf_counter()
-        distiller.train()
+        for member in live:
+            member.begin_epoch(device)
         if teacher_taps is not None:
-            teacher_taps.train(method.teacher_train_mode)
-        sums: dict[str, torch.Tensor] = {}
+            teacher_taps.train(teacher_mode)
         steps = 0
-        # kept on the device: the loop never waits for it except every few steps
-        first_bad = torch.full((), _NEVER, dtype=torch.long, device=device)
-        bad_step = None
         # the same order on every rank, and on a resumed trial
         for x, y, index in data.batches("train", per_rank_batch, rank, world,
                                         shuffle_seed=cfg.seed * 100_003 + epoch, augment=cfg.data.augment):
             x = x.contiguous(memory_format=memory_format)
             teacher_feats = teacher_features(teacher_taps, x, precision) if teacher_taps else None
-            terms = trainer(x, y, index, epoch, teacher_feats, teacher)
-            loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.detach()
-            first_bad = torch.where(torch.isfinite(loss.detach()) | (first_bad != _NEVER), first_bad, steps)
+            for member in live:
+                if member.bad_step is None:
+                    member.step(x, y, index, epoch, teacher_feats if member.needs_teacher else None, teacher)
             steps += 1
-            if steps % DIVERGENCE_CHECK_STEPS == 0 and (bad_step := _first_bad_step(first_bad)) is not None:
+            if steps % DIVERGENCE_CHECK_STEPS == 0 and _check_divergence(live):
                 break
-        lr = schedule.get_last_lr()[0]
-        if bad_step is not None or (bad_step := _first_bad_step(first_bad)) is not None:
-            metrics = {"epoch": epoch + 1, "train_loss": math.nan, "val_acc": math.nan, "lr": lr,
-                       "device": device.type,
-                       DIVERGED: f"non-finite loss at epoch {epoch + 1}, step {bad_step + 1}"}
-            reporter.report(metrics, None)  # no checkpoint: the weights are no longer numbers
-            return metrics
-        schedule.step()
+        _check_divergence(live)
+        for member in live:
+            if member.bad_step is not None:
+                member.end_diverged(epoch, device)
+        live = [m for m in live if m.running]
+        train_seconds = time.perf_counter() - started
+        for member in live:
+            member.end_epoch(epoch, data, rank, world, precision, memory_format,
+                             train_seconds / len(live), device)
+        if halving is not None:
+            for i in halving.stop(epoch + 1, {i: m.metrics.get("val_acc") for i, m in enumerate(members)
+                                              if m in live}):
+                members[i].running = False
+    return [m.metrics for m in members]
 
-        names = sorted(sums)
-        means = (_all_reduce(torch.stack([sums[n] for n in names]).double()) / (steps * world)).tolist()
+
+class Halving(Protocol):
+    def stop(self, epoch: int, val_acc: dict[int, float | None]) -> set[int]:
+        """After `epoch`: which of the live members (by index, with their validation accuracy)
+        stop here."""
+
+
+class _Member:
+    """One trial of a cohort: built from its own seed exactly as it would be alone."""
+
+    def __init__(self, cfg: TrialConfig, reporter: Reporter, data: DataSource, teacher_info,
+                 device, memory_format, compile_mode: str, world: int):
+        self.cfg, self.reporter = cfg, reporter
+        torch.manual_seed(cfg.seed)  # identical initial models and path sampling on every rank
+        method_class = get_method(cfg.method.name)
+        self.needs_teacher = method_class.needs_teacher
+        student = create_model(cfg.student, data.num_classes, data.input_shape[0])
+        student_info = model_info(student, data.input_shape, cfg.student)
+        self.taps = method_class.taps(cfg.method, student.stage_taps)
+        method = method_class(cfg.method, student_info, teacher_info,
+                              DataInfo(data.num_classes, data.size("train")))
+        self.distiller = Distiller(student, method, self.taps, cfg.train.precision, compile_mode)
+        self.distiller = self.distiller.to(device, memory_format=memory_format)
+        self.trainer = self.distiller
+        if world > 1:
+            # No buffer broadcast each step: evaluation broadcasts rank 0's BatchNorm statistics,
+            # and CRD keeps its memory banks identical itself (re-sending them would cost 51 MB a
+            # step on CIFAR, 1.3 GB on ImageNet).
+            self.trainer = DistributedDataParallel(self.distiller, broadcast_buffers=False,
+                                                   find_unused_parameters=method.sometimes_unused)
+        self.optimizer = torch.optim.SGD(
+            self.distiller.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
+            weight_decay=cfg.train.weight_decay,
+            # one kernel for all parameters; PyTorch's fused SGD fails on a parameter whose first
+            # gradient comes after the first step
+            fused=device.type == "cuda" and not method.sometimes_unused)
+        self.schedule = make_schedule(self.optimizer, cfg.train)
+        self.random = _RandomStream(device)  # its own: members draw (CRD's negatives) in turn
+        self.start_epoch = 0
+        if (resume := reporter.latest_checkpoint()) is not None:
+            self.start_epoch = _restore(resume, self.distiller, self.optimizer, self.schedule, self.random)
+        self.running = self.start_epoch < cfg.train.epochs
+        self.metrics: dict[str, Any] = {}
+
+    def begin_epoch(self, device) -> None:
+        self.distiller.train()
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        # kept on the device: the loop never waits for it except every few steps
+        self.first_bad = torch.full((), _NEVER, dtype=torch.long, device=device)
+        self.bad_step: int | None = None
+
+    def step(self, x, y, index, epoch, teacher_feats, teacher) -> None:
+        with self.random.active():
+            terms = self.trainer(x, y, index, epoch, teacher_feats, teacher)
+            loss = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach()
+        self.first_bad = torch.where(torch.isfinite(loss.detach()) | (self.first_bad != _NEVER),
+                                     self.first_bad, self.steps)
+        self.steps += 1
+
+    def end_diverged(self, epoch: int, device) -> None:
+        self.metrics = {"epoch": epoch + 1, "train_loss": math.nan, "val_acc": math.nan,
+                        "lr": self.schedule.get_last_lr()[0], "device": device.type,
+                        DIVERGED: f"non-finite loss at epoch {epoch + 1}, step {self.bad_step + 1}"}
+        self.running = False
+        self.reporter.report(self.metrics, None)  # no checkpoint: the weights are no longer numbers
+
+    def end_epoch(self, epoch, data, rank, world, precision, memory_format, train_seconds, device):
+        lr = self.schedule.get_last_lr()[0]
+        self.schedule.step()
+        names = sorted(self.sums)
+        means = (_all_reduce(torch.stack([self.sums[n] for n in names]).double())
+                 / (self.steps * world)).tolist()
         metrics = {"epoch": epoch + 1, "train_loss": sum(means), "lr": lr,
-                   "batch_global": per_rank_batch * world}  # what DDP really ran with
+                   "batch_global": max(1, self.cfg.data.batch_size // world) * world}  # what DDP ran
         metrics.update({f"loss/{n}": v for n, v in zip(names, means)})
         evaluating = time.perf_counter()
-        if val := evaluate(distiller.student, data, "val", rank, world, precision, memory_format):
+        student = self.distiller.student
+        if val := evaluate(student, data, "val", rank, world, precision, memory_format):
             metrics.update(val_acc=val["acc"], val_loss=val["loss"])
-        if epoch + 1 == cfg.train.epochs:  # test data is for reporting only, at the end
-            test = evaluate(distiller.student, data, "test", rank, world, precision, memory_format)
+        if epoch + 1 == self.cfg.train.epochs:  # test data is for reporting only, at the end
+            test = evaluate(student, data, "test", rank, world, precision, memory_format)
             metrics.update(test_acc=test["acc"], test_loss=test["loss"])
+            self.running = False
         metrics["eval_seconds"] = time.perf_counter() - evaluating
-        metrics["epoch_seconds"] = time.perf_counter() - started
+        # a cohort's training time is shared among the members it trained
+        metrics["epoch_seconds"] = train_seconds + metrics["eval_seconds"]
         metrics["device"] = device.type
-        _report(reporter, metrics, rank, epoch, distiller, optimizer, schedule)
-    return metrics
+        self.metrics = metrics
+        _report(self.reporter, metrics, rank, epoch, self.distiller, self.optimizer, self.schedule,
+                self.random)
 
 
-def _report(reporter: Reporter, metrics, rank, epoch, distiller: Distiller, optimizer, schedule):
+def _check_divergence(members: list[_Member]) -> bool:
+    """Finds each member's first non-finite step on any rank (one collective for all of them);
+    True when none is left to train."""
+    pending = [m for m in members if m.bad_step is None]
+    if pending:
+        firsts = _all_reduce(torch.stack([m.first_bad for m in pending]), dist.ReduceOp.MIN).tolist()
+        for member, step in zip(pending, firsts):
+            member.bad_step = None if step == _NEVER else int(step)
+    return all(m.bad_step is not None for m in members)
+
+
+class _RandomStream:
+    """A member's own global random state: made active around its steps, so members that draw
+    random numbers do not take them from each other."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def active(self):
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+        try:
+            yield
+        finally:
+            self.cpu = torch.get_rng_state()
+            if self.cuda is not None:
+                self.cuda = torch.cuda.get_rng_state(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "cuda": self.cuda}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cpu = state["cpu"]
+        if self.cuda is not None and state.get("cuda") is not None:
+            self.cuda = state["cuda"]
+
+
+def _report(reporter: Reporter, metrics, rank, epoch, distiller: Distiller, optimizer, schedule,
+            random: _RandomStream):
     if rank != 0:
         reporter.report(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="pcbench-ckpt-") as directory:
         torch.save({"model": distiller.student.model.state_dict()}, os.path.join(directory, MODEL_FILE))
         torch.save({"method": distiller.method.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "epoch": epoch},
+                    "schedule": schedule.state_dict(), "epoch": epoch, "random": random.state_dict()},
                    os.path.join(directory, TRAINER_FILE))
         reporter.report(metrics, directory)
 
 
-def _restore(directory: str, distiller: Distiller, optimizer, schedule) -> int:
+def _restore(directory: str, distiller: Distiller, optimizer, schedule, random: _RandomStream) -> int:
     device = next(distiller.parameters()).device
     model = torch.load(os.path.join(directory, MODEL_FILE), map_location=device, weights_only=True)
     state = torch.load(os.path.join(directory, TRAINER_FILE), map_location=device, weights_only=True)
@@ -288,6 +422,8 @@ def _restore(directory: str, distiller: Distiller, optimizer, schedule) -> int:
     distiller.method.load_state_dict(state["method"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
+    if "random" in state:  # resumed with the random state it had: as if never stopped
+        random.load_state_dict(state["random"])
     return state["epoch"] + 1
 
 

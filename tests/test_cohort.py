@@ -1,0 +1,79 @@
+"""Cohorts in the engine: K trials of one pair trained in lockstep on one data stream and one
+teacher forward per batch, each member ending exactly as it would have alone."""
+
+import pytest
+
+from pcbench.config import build_config
+from pcbench.engine import LocalReporter, train_cohort, train_trial
+from pcbench.teachers import attach
+
+EPOCHS = 3
+
+
+def _config(teacher_store, method: str, **overrides):
+    return attach(build_config({"method": method}, {"train.epochs": EPOCHS, **overrides}),
+                  teacher_store.get("cnn_large", "digits"))
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"]
+    for key in ("train_loss", "val_acc", "val_loss", "test_acc"):
+        assert a.get(key) == pytest.approx(b.get(key), rel=1e-6, abs=1e-9), key
+
+
+@pytest.fixture(scope="module")
+def members(teacher_store):
+    """Different methods and knobs: CRD draws random negatives, FCFD samples paths, CE reads
+    no teacher."""
+    return [_config(teacher_store, "kd"), _config(teacher_store, "crd"),
+            _config(teacher_store, "fcfd"), _config(teacher_store, "pc", **{"train.lr": 0.02}),
+            _config(teacher_store, "ce")]
+
+
+@pytest.fixture(scope="module")
+def alone(members):
+    return [train_trial(config, LocalReporter()) for config in members]
+
+
+def test_members_of_a_cohort_end_as_they_would_alone(members, alone):
+    reporters = [LocalReporter() for _ in members]
+    together = train_cohort(members, reporters)
+    for one, other, reporter in zip(together, alone, reporters):
+        _same(one, other)
+        assert [m["epoch"] for m in reporter.history] == list(range(1, EPOCHS + 1))
+
+
+def test_a_member_stopped_at_a_rung_or_diverged_leaves_the_others_unchanged(members, alone, teacher_store):
+    class StopFirstAfterOne:
+        def stop(self, epoch, val_acc):
+            return {0} if epoch == 1 else set()
+
+    blown = _config(teacher_store, "kd", **{"train.lr": 1e6})
+    reporters = [LocalReporter() for _ in range(len(members) + 1)]
+    together = train_cohort([*members, blown], reporters, halving=StopFirstAfterOne())
+    assert [m["epoch"] for m in reporters[0].history] == [1]  # stopped at the rung
+    assert together[-1]["diverged"].startswith("non-finite loss at epoch 1")
+    for one, other in zip(together[1:-1], alone[1:]):
+        _same(one, other)
+
+
+def test_a_cohort_stopped_mid_way_resumes_every_member_from_its_checkpoint(members, alone, tmp_path):
+    class StopAfterTwo(LocalReporter):
+        def report(self, metrics, checkpoint_dir):
+            super().report(metrics, checkpoint_dir)
+            if metrics["epoch"] == 2 and self.directory.endswith(str(len(members) - 1)):
+                raise KeyboardInterrupt  # a lost worker, after every member saved epoch 2
+
+    folders = [str(tmp_path / str(i)) for i in range(len(members))]
+    with pytest.raises(KeyboardInterrupt):
+        train_cohort(members, [StopAfterTwo(f) for f in folders])
+    resumed = [LocalReporter(f) for f in folders]
+    together = train_cohort(members, resumed)
+    for one, other, reporter in zip(together, alone, resumed):
+        assert [m["epoch"] for m in reporter.history] == [3]
+        _same(one, other)  # its random state was in its checkpoint: as if never stopped
+
+
+def test_a_cohort_refuses_members_that_cannot_share_a_data_stream(members):
+    with pytest.raises(ValueError, match="members differ in seed"):
+        train_cohort([members[0], members[0].model_copy(update={"seed": 1})], [LocalReporter()] * 2)

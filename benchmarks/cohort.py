@@ -37,6 +37,14 @@ def cohort_epoch(data_dir: Path, teacher_file: str, device: str, precision: str,
     return sum(r.history[-1]["epoch_seconds"] - r.history[-1]["eval_seconds"] for r in reporters)
 
 
+def _has_amx() -> bool:
+    """bf16 on a CPU is fast only with AMX (Sapphire Rapids and later); elsewhere it is emulated."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -46,6 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     records = []
+    out = OUT / f"cohort-{args.device}.json"
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = _data_dir(Path(scratch), args.images)
         teacher_file = _teacher_file(Path(scratch))
@@ -61,10 +70,10 @@ def main() -> None:
                                 "vs_one_trial": per_member / alone if alone else None})
                 print(f"{precision} cohort {size}: {seconds:.1f} s/epoch, {per_member:.1f} images/s "
                       f"per member", flush=True)
-    out = OUT / f"cohort-{args.device}.json"
-    out.write_text(json.dumps({"device": args.device, "torch": torch.__version__, "batch": BATCH,
-                               "teacher": TEACHER, "student": STUDENT, "train_images": images,
-                               "threads": torch.get_num_threads(), "records": records}, indent=1))
+                out.write_text(json.dumps({  # after every record: a long run stopped keeps them
+                    "device": args.device, "torch": torch.__version__, "batch": BATCH, "teacher": TEACHER,
+                    "student": STUDENT, "train_images": images, "threads": torch.get_num_threads(),
+                    "cpu_amx": _has_amx(), "records": records}, indent=1))
     print("\n| precision | cohort | s / epoch | images/s per member | vs one trial |\n|---|---|---|---|---|")
     for r in records:
         ratio = f"{r['vs_one_trial']:.2f}x" if r["vs_one_trial"] else ""

@@ -303,7 +303,7 @@ def search(
 def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, data_dir=None,
                samples=None, epochs=None, seeds=None, final_epochs=None, methods=None, set_=None,
                concurrent=None, cpus_per_trial=None, gpus_per_trial=None, optuna_storage=None,
-               dry_run=False, as_json=False, resume=None) -> None:
+               dry_run=False, as_json=False, resume=None, pairs=None) -> None:
     from pcbench.session import Request, plan, validate
     from pcbench.suite import load_suite
 
@@ -320,6 +320,13 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
         if unknown:
             raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
                             f"choose among {', '.join(suite.methods)}")
+    chosen = suite.pairs
+    if pairs:
+        named = {f"{p.teacher}->{p.student}": p for p in suite.pairs}
+        if unknown := sorted(set(pairs) - set(named)):
+            raise UserError(f"--pair {', '.join(unknown)} is not in {suite_path}; choose among "
+                            f"{', '.join(named)}")
+        chosen = [named[p] for p in named if p in pairs]
     session = _open_session(
         results, teachers, tracking_uri, optuna_storage, address=address, resume=resume,
         concurrent=suite.concurrent if concurrent is None else concurrent,
@@ -327,7 +334,7 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
         gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial)
     budget_epochs = epochs if epochs is not None else suite.budget.epochs
     work, missing = [], []
-    for pair in suite.pairs:
+    for pair in chosen:
         base = {"seed": suite.seed, "data": {"name": suite.dataset}, "teacher": pair.teacher,
                 "student": pair.student}
         if data_dir is not None:
@@ -364,6 +371,8 @@ def benchmark(
     final_epochs: Annotated[Optional[int], typer.Option(
         "--final-epochs", help="Epochs per final run.")] = None,
     method: Methods = None, set_: Sets = None,
+    pair: Annotated[Optional[list[str]], typer.Option(
+        "--pair", help="Only this pair of the suite, as TEACHER->STUDENT; repeatable.")] = None,
     concurrent: Annotated[Optional[int], typer.Option("--concurrent", help="Trials at once.")] = None,
     cpus_per_trial: Annotated[Optional[float], typer.Option(
         "--cpus-per-trial", help="CPUs a trial holds.")] = None,
@@ -381,7 +390,7 @@ def benchmark(
                epochs=epochs, seeds=seeds, final_epochs=final_epochs, methods=method, set_=set_,
                concurrent=concurrent, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                optuna_storage=optuna_storage, dry_run=dry_run, as_json=as_json,
-               resume=_resume(resume, resume_id))
+               resume=_resume(resume, resume_id), pairs=pair)
 
 
 @app.command()

@@ -71,6 +71,9 @@ CASES = {
     "a benchmark of zero samples": (["benchmark", "suite.yaml", "--samples", "0"],
                                     "--samples 0 runs nothing"),
     "a benchmark of zero seeds": (["benchmark", "suite.yaml", "--seeds", "0"], "--seeds 0 runs nothing"),
+    "a pair the suite lacks": (["benchmark", "suite.yaml", "--pair", "cnn_large->resnet8"],
+                               "--pair cnn_large->resnet8 is not in suite.yaml; choose among "
+                               "cnn_large->cnn_small"),
     "a corrupt CIFAR file": (["search", "--method", "ce", "--dataset", "cifar10", "--data-dir", "data"],
                              "data_batch_2 is not a CIFAR batch file"),
     "an unknown option": (["search", "--bogus"], "No such option: --bogus; see `"),

@@ -261,13 +261,13 @@ def run(
 def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus,
             optuna_storage=None, data_dir=None, recipe=None, dry_run=False, as_json=False,
-            resume=None) -> None:
+            resume=None, cohort=1) -> None:
     from pcbench.session import Request
     if space is not None and len(set(methods_)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
     session = _open_session(results, teachers, tracking_uri, optuna_storage, experiment=experiment,
                             address=address, cpus_per_trial=cpus, gpus_per_trial=gpus,
-                            concurrent=concurrent, resume=resume)
+                            concurrent=concurrent, cohort=cohort, resume=resume)
     request = Request(list(methods_), _base(dataset, teacher, student, epochs, workers, seed, data_dir),
                       parse_overrides(set_ or []), recipe=recipe, space_file=space, samples=samples,
                       seed=seed)
@@ -278,7 +278,10 @@ Methods = Annotated[Optional[list[str]], typer.Option("--method", help="Method t
 Space = Annotated[Optional[str], typer.Option(
     "--space", help="Search space YAML (default: search_spaces/<method>.yaml).")]
 Samples = Annotated[int, typer.Option("--samples", help="Trials per method.")]
-Concurrent = Annotated[int, typer.Option("--concurrent", help="Trials at once.")]
+Concurrent = Annotated[int, typer.Option("--concurrent", help="Trials (or cohorts) at once.")]
+COHORT_HELP = ("Search trials trained together in one process, sharing the data stream and the "
+               "teacher's forward; asked of Optuna a generation at a time and halved at fixed "
+               "rungs, so the search is deterministic. 1: one trial per process (ASHA).")
 
 
 @app.command()
@@ -292,24 +295,26 @@ def search(
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
     optuna_storage: OptunaStorage = None, data_dir: DataDir = None, recipe: Recipe = None,
     dry_run: DryRun = False, as_json: Json = False, resume: Resume = False, resume_id: ResumeId = None,
+    cohort: Annotated[int, typer.Option("--cohort", help=COHORT_HELP)] = 1,
 ) -> None:
-    """Search each method's knobs with Ray Tune + Optuna (TPE) and ASHA."""
+    """Search each method's knobs with Ray Tune + Optuna (TPE) and ASHA (or cohorts)."""
     _search(method or [], dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address,
             cpus_per_trial, gpus_per_trial, optuna_storage, data_dir, recipe, dry_run, as_json,
-            _resume(resume, resume_id))
+            _resume(resume, resume_id), cohort)
 
 
 def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, data_dir=None,
                samples=None, epochs=None, seeds=None, final_epochs=None, methods=None, set_=None,
                concurrent=None, cpus_per_trial=None, gpus_per_trial=None, optuna_storage=None,
-               dry_run=False, as_json=False, resume=None, pairs=None) -> None:
+               dry_run=False, as_json=False, resume=None, pairs=None, cohort=None) -> None:
     from pcbench.session import Request, plan, validate
     from pcbench.suite import load_suite
 
     suite = load_suite(suite_path)
     for flag, value in (("--samples", samples), ("--epochs", epochs), ("--seeds", seeds),
-                        ("--final-epochs", final_epochs), ("--concurrent", concurrent)):
+                        ("--final-epochs", final_epochs), ("--concurrent", concurrent),
+                        ("--cohort", cohort)):
         if value is not None and value < 1:  # given, so never "use the suite's"
             raise UserError(f"{flag} {value} runs nothing; give 1 or more (or leave it out for "
                             f"the suite's value)")
@@ -330,6 +335,7 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
     session = _open_session(
         results, teachers, tracking_uri, optuna_storage, address=address, resume=resume,
         concurrent=suite.concurrent if concurrent is None else concurrent,
+        cohort=suite.cohort if cohort is None else cohort,
         cpus_per_trial=suite.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
         gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial)
     budget_epochs = epochs if epochs is not None else suite.budget.epochs
@@ -373,6 +379,7 @@ def benchmark(
     method: Methods = None, set_: Sets = None,
     pair: Annotated[Optional[list[str]], typer.Option(
         "--pair", help="Only this pair of the suite, as TEACHER->STUDENT; repeatable.")] = None,
+    cohort: Annotated[Optional[int], typer.Option("--cohort", help=COHORT_HELP)] = None,
     concurrent: Annotated[Optional[int], typer.Option("--concurrent", help="Trials at once.")] = None,
     cpus_per_trial: Annotated[Optional[float], typer.Option(
         "--cpus-per-trial", help="CPUs a trial holds.")] = None,
@@ -390,7 +397,7 @@ def benchmark(
                epochs=epochs, seeds=seeds, final_epochs=final_epochs, methods=method, set_=set_,
                concurrent=concurrent, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                optuna_storage=optuna_storage, dry_run=dry_run, as_json=as_json,
-               resume=_resume(resume, resume_id), pairs=pair)
+               resume=_resume(resume, resume_id), pairs=pair, cohort=cohort)
 
 
 @app.command()

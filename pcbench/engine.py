@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -187,14 +187,16 @@ def cohort_mismatch(configs: list[TrialConfig]) -> str | None:
 
 
 def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Reporter],
-                 device: torch.device | None = None, halving: "Halving | None" = None
-                 ) -> list[dict[str, Any]]:
+                 device: torch.device | None = None, halving: "Halving | None" = None,
+                 after_epoch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Train K trials of one pair in lockstep: one data stream (the same batches and
     augmentation for every member), the teacher's forward once per batch for the union of the
     members' taps, then each live member's own forward, loss, backward and step. Each member
     has its own student, method state, optimizer, schedule, random stream and checkpoints, so
     it ends exactly as it would have alone. A member stops when its loss diverges or when
-    `halving` stops it at a rung; the others go on. Returns each member's last metrics."""
+    `halving` stops it at a rung; the others go on. `after_epoch(epoch)` is called once every
+    member has reported the epoch (a driver that reports the cohort as a whole). Returns each
+    member's last metrics."""
     cfgs = [c if isinstance(c, TrialConfig) else TrialConfig.parse(c) for c in configs]
     if (why := cohort_mismatch(cfgs)) is not None:
         raise ValueError(f"not one cohort: {why}")
@@ -258,8 +260,10 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
                              train_seconds / len(live), device)
         if halving is not None:
             for i in halving.stop(epoch + 1, {i: m.metrics.get("val_acc") for i, m in enumerate(members)
-                                              if m in live}):
+                                              if m in live and m.running}):
                 members[i].running = False
+        if after_epoch is not None:
+            after_epoch(epoch + 1)
     return [m.metrics for m in members]
 
 
@@ -267,6 +271,28 @@ class Halving(Protocol):
     def stop(self, epoch: int, val_acc: dict[int, float | None]) -> set[int]:
         """After `epoch`: which of the live members (by index, with their validation accuracy)
         stop here."""
+
+
+class SuccessiveHalving:
+    """Synchronous successive halving at fixed rungs: at each rung the live members are ranked
+    by validation accuracy and the worse ones stop, keeping 1/reduction of them (at least one;
+    ties keep the earlier member). The first rung is a third of the epochs, as ASHA's grace
+    period in a search; each next one `reduction` times later. Deterministic: it sees every
+    member's result of the rung at once."""
+
+    def __init__(self, epochs: int, reduction: int = 2):
+        first = max(1, epochs // 3)
+        self.rungs, rung = set(), first
+        while rung < epochs:
+            self.rungs.add(rung)
+            rung *= reduction
+        self.reduction = reduction
+
+    def stop(self, epoch: int, val_acc: dict[int, float | None]) -> set[int]:
+        if epoch not in self.rungs or len(val_acc) < 2:
+            return set()
+        ranked = sorted(val_acc, key=lambda i: (-(val_acc[i] if val_acc[i] is not None else -1.0), i))
+        return set(ranked[max(1, len(ranked) // self.reduction):])
 
 
 class _Member:

@@ -137,7 +137,9 @@ class SearchRecorder:
             "val_acc": last.get("val_acc"),
             "val_acc_best": max((e["val_acc"] for e in epochs if "val_acc" in e), default=None),
             "test_acc": last.get("test_acc"), "epochs_run": len(epochs), "epochs_planned": planned,
-            "wall_seconds": time.monotonic() - trial.started,
+            # a cohort member's share of the process's time (compute_hours add up to the cost)
+            "wall_seconds": (time.monotonic() - trial.started) / trial.stage.cohort,
+            "cohort_size": trial.stage.cohort,
             "train_seconds": sum(e.get("epoch_seconds", 0.0) for e in epochs),
             "workers": cfg.train.workers, "gpus": trial.stage.gpus_per_trial, "device": last.get("device"),
             "config_hash": cfg.hash, "teacher_sha256": cfg.teacher_sha256, "status": status,

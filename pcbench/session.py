@@ -41,6 +41,7 @@ class Session:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     concurrent: int = 1
+    cohort: int = 1  # a search's trials train in cohorts of this many (launch/cohort.py)
     # Continue the latest unfinished command with the same settings ("latest"), or the one
     # with this search id; None: a new one.
     resume: str | None = None
@@ -54,6 +55,8 @@ class Session:
                       tracking_uri or default_tracking_uri(), "", **settings)
         if session.concurrent < 1:
             raise UserError(f"--concurrent {session.concurrent} runs nothing; give 1 or more")
+        if session.cohort < 1:
+            raise UserError(f"--cohort {session.cohort}: give 1 (one trial per process) or more")
         if session.cpus_per_trial <= 0 or session.gpus_per_trial < 0:
             raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
         check_writable(teachers, "--teachers")
@@ -192,6 +195,9 @@ def _check_teachers(store: TeacherStore, prepared: list[Prepared]) -> None:
 
 def _check_resources(session: Session, request: Request, template: TrialConfig) -> None:
     workers = template.train.workers
+    if request.search and session.cohort > 1 and workers > 1:
+        raise UserError(f"--cohort {session.cohort} trains its members in one process; use "
+                        f"--workers 1 (or --cohort 1 for DDP trials)")
     if not request.search and not session.ray and workers > 1:
         raise UserError(f"train.workers={workers} needs Ray Train; drop --no-ray or use one worker")
     if workers > 1 and session.cpus_per_trial <= COORDINATOR_CPUS:

@@ -52,7 +52,7 @@ def new_search_id() -> str:
 
 def fingerprint(session: Session, work: Work, suite: str | None) -> str:
     """What makes two commands the same: a resumed one must match it exactly."""
-    body = [suite, session.ray, [[r.samples, r.seed, r.final_seeds, r.final_epochs, r.search,
+    body = [suite, session.ray, session.cohort, [[r.samples, r.seed, r.final_seeds, r.final_epochs, r.search,
                                   [[p.method, p.template.hash, p.space.describe() if p.space else None]
                                    for p in ps]] for r, ps in work]]
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -136,7 +136,8 @@ def _parent_params(session: Session, work: Work) -> dict[str, Any]:
     return {"methods": ",".join(dict.fromkeys(p.method for _, ps in work for p in ps)),
             "pairs": ",".join(dict.fromkeys(f"{p.template.teacher}->{p.template.student}"
                                             for _, ps in work for p in ps)),
-            "samples": request.samples, "concurrent": session.concurrent, "seed": request.seed,
+            "samples": request.samples, "concurrent": session.concurrent, "cohort": session.cohort,
+            "seed": request.seed,
             "epochs": first.train.epochs, "workers": first.train.workers, "dataset": first.data.name,
             "final_seeds": ",".join(map(str, request.final_seeds)), "ray": session.ray,
             "results": session.results.uri}
@@ -176,7 +177,8 @@ class _Stages:
             self.run(self._plan(
                 f"{self.search_id}-{pair}-{item.method}", Stage(phase, None, self._gpus(t)), t,
                 item.space, samples=request.samples - done,  # resumed with no Tune state: the rest
-                seed=request.seed, study_name=study_name(study, item.method)), self.listeners)
+                seed=request.seed, study_name=study_name(study, item.method),
+                cohort=self.session.cohort), self.listeners)
         return self._rows(item.template, phase)
 
     def final(self, request: Request, item: Prepared, searched: list[dict[str, Any]]) -> None:

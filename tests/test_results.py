@@ -5,6 +5,7 @@ import math
 from datetime import datetime, timezone
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,6 +30,18 @@ def test_store_writes_parts_with_one_schema_and_reads_them_back(tmp_path):
     assert sorted(trials["trial_id"]) == ["a", "b"]
     assert pq.read_schema(tmp_path / "trials" / "part2.parquet").field("test_acc").type == "double"
     assert not list((tmp_path / "trials").glob("*.tmp"))
+
+
+def test_parts_written_before_cohorts_read_as_trials_alone(tmp_path):
+    store = ResultsStore(tmp_path)
+    older = TRIALS_SCHEMA.remove(TRIALS_SCHEMA.get_field_index("cohort_size"))
+    row = _row("a", "pc", 0.9, 0.91)
+    (tmp_path / "trials").mkdir()
+    pq.write_table(pa.table({f.name: [row[f.name]] for f in older}, schema=older),
+                   tmp_path / "trials" / "old.parquet")
+    store.write("trials", [{**_row("b", "pc", 0.8, 0.8), "cohort_size": 4}], "new")
+    trials = store.read("trials").set_index("trial_id")
+    assert trials.cohort_size.to_dict() == {"a": 1, "b": 4}
 
 
 def test_leaderboard_selects_on_validation_never_on_test():

@@ -19,6 +19,7 @@ class Stage:
     phase: str  # SEARCH (a method's search), FINAL (a benchmark's seed re-runs) or RUN (one trial)
     selected_trial: str | None = None  # FINAL: the search trial whose configuration is re-run
     gpus_per_trial: float = 0.0  # what each trial holds: its GPU-hours are train time x this
+    cohort: int = 1  # trials trained in lockstep in one process: they share its wall time
 
 
 @dataclass
@@ -43,6 +44,9 @@ class SearchPlan:
     optuna_storage: str | None = None
     study_name: str | None = None
     seeds: list[int] | None = None
+    # > 1: a search trains its trials in cohorts of this many (engine.train_cohort), asked of
+    # Optuna a generation at a time and halved synchronously at fixed rungs: deterministic
+    cohort: int = 1
     resume: bool = False  # continue the search of this name that a killed driver left
 
     def runs(self) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 validation accuracy. Driver-side callbacks hand every trial event to the listeners
 (the MLflow/Parquet recorder, the progress display)."""
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +16,7 @@ from ray.tune.utils.util import unflatten_dict
 
 from pcbench.config import TrialConfig, build_config
 from pcbench.engine import DIVERGED, METRICS
+from pcbench.launch.cohort import COHORT, MEMBERS, CohortSearch, cohort_count, member_id, tune_cohort
 from pcbench.launch.plan import SearchPlan, Stage, TrialListener
 from pcbench.launch.resources import trial_resources
 from pcbench.launch.trial import tune_trial
@@ -51,17 +53,32 @@ class _Relay(tune.Callback):
         if trial.trial_id in self.started:
             return  # restarted after a failure: the same trial, resumed
         self.started.add(trial.trial_id)
-        config = build_config(self.template, trial.config)
         stage = _LISTENERS[self.name][0]
-        for listener in self.listeners:
-            listener.trial_started(trial.trial_id, config, dict(trial.config), stage)
+        members = trial.config.get(MEMBERS)
+        if members is not None:  # a cohort: each member is a trial of its own
+            stage = dataclasses.replace(stage, cohort=len(members))
+        for trial_id, knobs in self._trials(trial):
+            config = build_config(self.template, knobs)
+            for listener in self.listeners:
+                listener.trial_started(trial_id, config, dict(knobs), stage)
+
+    @staticmethod
+    def _trials(trial) -> list[tuple[str, dict[str, Any]]]:
+        """The trials a Tune trial runs: itself, or a cohort's members."""
+        members = trial.config.get(MEMBERS)
+        if members is None:
+            return [(trial.trial_id, trial.config)]
+        return [(member_id(trial.trial_id, i), knobs) for i, knobs in enumerate(members)]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        # what the engine reported, out of the result dicts Tune adds its own fields to
-        metrics = {k: v for k, v in result.items()
-                   if k in METRICS or k == DIVERGED or k.startswith("loss/")}
-        for listener in self.listeners:
-            listener.trial_epoch(trial.trial_id, metrics)
+        reports = ({member_id(trial.trial_id, int(i)): m for i, m in result[COHORT].items()}
+                   if COHORT in result else {trial.trial_id: result})
+        for trial_id, reported in reports.items():
+            # what the engine reported, out of the result dicts Tune adds its own fields to
+            metrics = {k: v for k, v in reported.items()
+                       if k in METRICS or k == DIVERGED or k.startswith("loss/")}
+            for listener in self.listeners:
+                listener.trial_epoch(trial_id, metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(iteration, trials, trial, None)
@@ -78,8 +95,9 @@ class _Relay(tune.Callback):
         if trial.trial_id not in self.started:
             self.on_trial_start(iteration, trials, trial)
         self.started.discard(trial.trial_id)
-        for listener in self.listeners:
-            listener.trial_finished(trial.trial_id, error)
+        for trial_id, _ in self._trials(trial):
+            for listener in self.listeners:
+                listener.trial_finished(trial_id, error)
 
 
 class _OptunaSearch(OptunaSearch):
@@ -128,9 +146,10 @@ class _OptunaSearch(OptunaSearch):
 
 def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.ResultGrid:
     template = plan.template.to_dict()
+    cohorts = plan.cohort > 1 and plan.space is not None
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, template=template, cpus=plan.cpus_per_trial,
-                             gpus=plan.gpus_per_trial, storage=plan.storage),
+        tune.with_parameters(tune_cohort if cohorts else tune_trial, template=template,
+                             cpus=plan.cpus_per_trial, gpus=plan.gpus_per_trial, storage=plan.storage),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
     param_space = {"seed": tune.grid_search(plan.seeds)} if plan.space is None and plan.seeds else None
     path = f"{plan.storage.rstrip('/')}/{plan.name}"
@@ -143,7 +162,8 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
                                        param_space=param_space)
         else:
             tuner = tune.Tuner(
-                trainable, param_space=param_space, tune_config=_tune_config(plan),
+                trainable, param_space=param_space,
+                tune_config=_cohort_config(plan) if cohorts else _tune_config(plan),
                 run_config=tune.RunConfig(
                     name=plan.name, storage_path=plan.storage, verbose=0,
                     callbacks=[_Relay(plan.name, template), JsonLoggerCallback()],
@@ -202,6 +222,24 @@ def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
     return tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
                            num_samples=plan.samples, max_concurrent_trials=plan.concurrent,
                            reuse_actors=reuse)
+
+
+def _cohort_config(plan: SearchPlan) -> tune.TuneConfig:
+    """Cohort trials (tune_cohort) asked for by generation; no asynchronous scheduler: each
+    cohort halves its members itself at fixed rungs."""
+    storage = None
+    if plan.optuna_storage:
+        with sqlite_lock(plan.optuna_storage):
+            storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    earlier = _trials_in_study(storage, plan.study_name)
+    study = optuna.create_study(
+        study_name=plan.study_name if storage else None, storage=storage, direction="maximize",
+        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=plan.seed + 1_000_003 * earlier))
+    searcher = CohortSearch(study, plan.space.distributions, plan.cohort, plan.samples, plan.concurrent,
+                            None if earlier else plan.space.first_point(plan.template),
+                            plan.name, SEARCH_ATTR)
+    return tune.TuneConfig(search_alg=searcher, num_samples=cohort_count(plan.samples, plan.cohort),
+                           max_concurrent_trials=plan.concurrent, reuse_actors=True)
 
 
 def _trials_in_study(storage, study_name: str | None) -> int:

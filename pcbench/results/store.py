@@ -31,7 +31,8 @@ TRIALS_SCHEMA = pa.schema([
     ("test_acc", pa.float64()),  # last epoch of a completed trial; null otherwise
     ("epochs_run", pa.int64()),
     ("epochs_planned", pa.int64()),
-    ("wall_seconds", pa.float64()),
+    ("wall_seconds", pa.float64()),  # a cohort member's: its share of the cohort's
+    ("cohort_size", pa.int64()),  # trials trained in lockstep in the same process (1: alone)
     ("train_seconds", pa.float64()),
     ("workers", pa.int64()),
     ("gpus", pa.float64()),  # GPUs the trial held (fractions share one): GPU-hours = wall x gpus
@@ -61,6 +62,8 @@ EPOCHS_SCHEMA = pa.schema([
 ])
 
 SCHEMAS = {"trials": TRIALS_SCHEMA, "epochs": EPOCHS_SCHEMA}
+# Columns added after parts were first written, and what an older part means by them.
+ADDED = {"trials": {"cohort_size": 1}, "epochs": {}}
 
 
 class ResultsStore:
@@ -91,6 +94,10 @@ class ResultsStore:
         for part in self.parts(table):
             try:
                 found = pq.read_table(part, filesystem=self.location.fs)
+                for name, value in ADDED[table].items():
+                    if name not in found.column_names:
+                        found = found.append_column(name, pa.array([value] * len(found),
+                                                                   schema.field(name).type))
                 missing = [name for name in schema.names if name not in found.column_names]
                 if missing:
                     raise ValueError(f"not a pcbench {table} table: no column {missing[0]}")

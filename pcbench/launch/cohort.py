@@ -1,0 +1,159 @@
+"""Cohorts on Ray Tune: one Tune trial trains K trials of a pair in lockstep (engine.train_cohort)
+and reports them together; a searcher asks Optuna for whole generations of configurations at
+once and tells it every member's result before the next generation is asked. Trials report,
+stop (synchronous successive halving at fixed rungs) and inform TPE in one fixed order, so a
+search gives the same trials whatever --concurrent is and however busy the machine."""
+
+import math
+import os
+import pickle
+import shutil
+import tempfile
+from typing import Any
+
+import optuna
+import torch
+from ray import tune
+from ray.tune.search import Searcher
+from ray.tune.utils.util import unflatten_dict
+
+from pcbench.config import build_config
+from pcbench.engine import DIVERGED, SuccessiveHalving, train_cohort
+from pcbench.results.selection import METRIC
+
+MEMBERS = "members"  # a cohort trial's config: {"members": [knobs, ...]}
+COHORT = "cohort"  # a cohort trial's result: {"cohort": {index: that member's metrics}, ...}
+
+
+def member_id(trial_id: str, index: int) -> str:
+    return f"{trial_id}-m{index}"
+
+
+class _MemberReporter:
+    """One member's side of the cohort's Tune report: its metrics and checkpoint, kept until
+    the cohort reports the epoch as a whole."""
+
+    def __init__(self, cohort: "_CohortReporter", index: int):
+        self.cohort, self.index = cohort, index
+
+    def report(self, metrics, checkpoint_dir):
+        self.cohort.pending[self.index] = metrics
+        if checkpoint_dir:
+            folder = os.path.join(self.cohort.staging, f"member-{self.index}")
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, folder)
+
+    def latest_checkpoint(self):
+        if self.cohort.restored is None:
+            return None
+        folder = os.path.join(self.cohort.restored, f"member-{self.index}")
+        return folder if os.path.isdir(folder) else None
+
+
+class _CohortReporter:
+    def __init__(self, staging: str):
+        self.staging, self.pending = staging, {}
+        checkpoint = tune.get_checkpoint()
+        self.restored = checkpoint.to_directory() if checkpoint else None
+        if self.restored:  # the members' last checkpoints go on into the next reports
+            shutil.copytree(self.restored, staging, dirs_exist_ok=True)
+
+    def after_epoch(self, epoch: int) -> None:
+        scores = [m[METRIC] for m in self.pending.values() if not math.isnan(m.get(METRIC, math.nan))]
+        result = {COHORT: {str(i): m for i, m in self.pending.items()}, "epoch": epoch,
+                  METRIC: max(scores, default=math.nan)}
+        self.pending = {}
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(self.staging))
+
+
+def tune_cohort(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float, gpus: float,
+                storage: str) -> None:
+    """The Tune trainable of a cohort: the template with each member's knobs applied."""
+    torch.set_num_threads(max(1, int(cpus)))
+    configs = [build_config(template, member) for member in knobs[MEMBERS]]
+    with tempfile.TemporaryDirectory(prefix="pcbench-cohort-") as staging:
+        cohort = _CohortReporter(staging)
+        train_cohort(configs, [_MemberReporter(cohort, i) for i in range(len(configs))],
+                     halving=SuccessiveHalving(configs[0].train.epochs), after_epoch=cohort.after_epoch)
+
+
+class CohortSearch(Searcher):
+    """Optuna (seeded TPE) asked for a generation at a time: `concurrent` cohorts of `size`
+    configurations, all asked before any is run, all told before the next generation is
+    asked. A member stopped at a rung is told its last accuracy (as Ray tells ASHA's stopped
+    trials); a diverged or failed member is told FAIL."""
+
+    def __init__(self, study: optuna.Study, distributions: dict, size: int, budget: int,
+                 concurrent: int, first_point: dict[str, Any] | None, search_name: str, attr: str):
+        super().__init__(metric=METRIC, mode="max")
+        self.study, self.distributions = study, distributions
+        self.size, self.budget, self.concurrent = size, budget, concurrent
+        self.search_name, self.attr = search_name, attr
+        if first_point:
+            study.enqueue_trial(first_point)
+        self.asked = 0  # members asked for so far
+        self.queue: list[list[optuna.Trial]] = []  # cohorts of the current generation not yet run
+        self.running: dict[str, list[optuna.Trial]] = {}
+        self.latest: dict[str, dict[int, dict]] = {}
+
+    def suggest(self, trial_id: str):
+        if not self.queue:
+            if self.running:
+                return None  # the generation is not told yet
+            if self.asked >= self.budget:
+                return Searcher.FINISHED
+            self._ask_generation()
+        members = self.queue.pop(0)
+        self.running[trial_id] = members
+        self.latest[trial_id] = {}
+        return {MEMBERS: [unflatten_dict(t.params) for t in members]}
+
+    def _ask_generation(self) -> None:
+        for _ in range(self.concurrent):
+            count = min(self.size, self.budget - self.asked)
+            if count <= 0:
+                return
+            members = [self.study.ask(self.distributions) for _ in range(count)]
+            for trial in members:
+                trial.set_user_attr(self.attr, self.search_name)
+            self.asked += count
+            self.queue.append(members)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Tune hands searchers the result flattened ("cohort/0/val_acc")
+        for index, metrics in unflatten_dict(result).get(COHORT, {}).items():
+            self.latest[trial_id][int(index)] = metrics
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result:
+            self.on_trial_result(trial_id, result)
+        latest = self.latest.pop(trial_id, {})
+        for index, trial in enumerate(self.running.pop(trial_id, [])):
+            metrics = latest.get(index, {})
+            value = metrics.get(METRIC)
+            if error or metrics.get(DIVERGED) or value is None or math.isnan(value):
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                self.study.tell(trial, value)
+
+    # Tune saves the searcher with its experiment state; the study itself is in its storage, so
+    # Optuna trials are kept by id.
+    def save(self, checkpoint_path: str) -> None:
+        state = {"asked": self.asked, "latest": self.latest,
+                 "queue": [[t._trial_id for t in c] for c in self.queue],
+                 "running": {k: [t._trial_id for t in c] for k, c in self.running.items()}}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        trial = lambda tid: optuna.trial.Trial(self.study, tid)  # noqa: E731
+        self.asked, self.latest = state["asked"], state["latest"]
+        self.queue = [[trial(t) for t in c] for c in state["queue"]]
+        self.running = {k: [trial(t) for t in c] for k, c in state["running"].items()}
+
+
+def cohort_count(samples: int, size: int) -> int:
+    """Cohorts of `size` that hold `samples` trials (the last may be smaller)."""
+    return -(-samples // size)

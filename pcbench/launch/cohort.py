@@ -21,6 +21,9 @@ from pcbench.config import build_config
 from pcbench.engine import DIVERGED, SuccessiveHalving, train_cohort
 from pcbench.results.selection import METRIC
 
+# Trials asked of Optuna at once (at least one cohort): a protocol setting, never --concurrent,
+# which only says how many of a generation's cohorts train at the same time.
+GENERATION_TRIALS = 8
 MEMBERS = "members"  # a cohort trial's config: {"members": [knobs, ...]}
 COHORT = "cohort"  # a cohort trial's result: {"cohort": {index: that member's metrics}, ...}
 
@@ -68,7 +71,9 @@ class _CohortReporter:
 
 def tune_cohort(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float, gpus: float,
                 storage: str) -> None:
-    """The Tune trainable of a cohort: the template with each member's knobs applied."""
+    """The Tune trainable of a cohort: the template with each member's knobs applied. One
+    worker: `storage` is unused (the members' checkpoints go to Tune's trial folder), taken for
+    the same call as tune_trial."""
     torch.set_num_threads(max(1, int(cpus)))
     configs = [build_config(template, member) for member in knobs[MEMBERS]]
     with tempfile.TemporaryDirectory(prefix="pcbench-cohort-") as staging:
@@ -78,16 +83,16 @@ def tune_cohort(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float,
 
 
 class CohortSearch(Searcher):
-    """Optuna (seeded TPE) asked for a generation at a time: `concurrent` cohorts of `size`
-    configurations, all asked before any is run, all told before the next generation is
-    asked. A member stopped at a rung is told its last accuracy (as Ray tells ASHA's stopped
+    """Optuna (seeded TPE) asked for a generation at a time: GENERATION_TRIALS configurations
+    (at least one cohort of `size`), all asked before any is run, all told before the next
+    generation is asked. A member stopped at a rung is told its last accuracy (as Ray tells ASHA's stopped
     trials); a diverged or failed member is told FAIL."""
 
     def __init__(self, study: optuna.Study, distributions: dict, size: int, budget: int,
-                 concurrent: int, first_point: dict[str, Any] | None, search_name: str, attr: str):
+                 first_point: dict[str, Any] | None, search_name: str, attr: str):
         super().__init__(metric=METRIC, mode="max")
         self.study, self.distributions = study, distributions
-        self.size, self.budget, self.concurrent = size, budget, concurrent
+        self.size, self.budget = size, budget
         self.search_name, self.attr = search_name, attr
         if first_point:
             study.enqueue_trial(first_point)
@@ -109,7 +114,7 @@ class CohortSearch(Searcher):
         return {MEMBERS: [unflatten_dict(t.params) for t in members]}
 
     def _ask_generation(self) -> None:
-        for _ in range(self.concurrent):
+        for _ in range(max(1, GENERATION_TRIALS // self.size)):
             count = min(self.size, self.budget - self.asked)
             if count <= 0:
                 return

@@ -235,7 +235,7 @@ def _cohort_config(plan: SearchPlan) -> tune.TuneConfig:
     study = optuna.create_study(
         study_name=plan.study_name if storage else None, storage=storage, direction="maximize",
         load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=plan.seed + 1_000_003 * earlier))
-    searcher = CohortSearch(study, plan.space.distributions, plan.cohort, plan.samples, plan.concurrent,
+    searcher = CohortSearch(study, plan.space.distributions, plan.cohort, plan.samples,
                             None if earlier else plan.space.first_point(plan.template),
                             plan.name, SEARCH_ATTR)
     return tune.TuneConfig(search_alg=searcher, num_samples=cohort_count(plan.samples, plan.cohort),

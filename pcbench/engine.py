@@ -188,15 +188,21 @@ def cohort_mismatch(configs: list[TrialConfig]) -> str | None:
 
 def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Reporter],
                  device: torch.device | None = None, halving: "Halving | None" = None,
-                 after_epoch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                 after_epoch: Callable[[int, set[int]], None] | None = None,
+                 ended: set[int] = frozenset()) -> list[dict[str, Any]]:
     """Train K trials of one pair in lockstep: one data stream (the same batches and
     augmentation for every member), the teacher's forward once per batch for the union of the
     members' taps, then each live member's own forward, loss, backward and step. Each member
     has its own student, method state, optimizer, schedule, random stream and checkpoints, so
     it ends exactly as it would have alone. A member stops when its loss diverges or when
-    `halving` stops it at a rung; the others go on. `after_epoch(epoch)` is called once every
-    member has reported the epoch (a driver that reports the cohort as a whole). Returns each
+    `halving` stops it at a rung; the others go on. `after_epoch(epoch, running)` is called once
+    every member has reported the epoch, with the members still running (a driver that reports
+    the cohort as a whole, and remembers who ended). A restarted cohort is told `ended`: the
+    members that had stopped, diverged or finished, which do not train again. Returns each
     member's last metrics."""
+    if not configs or len(configs) != len(reporters):
+        raise ValueError(f"a cohort needs one reporter per member: {len(configs)} configs, "
+                         f"{len(reporters)} reporters")
     cfgs = [c if isinstance(c, TrialConfig) else TrialConfig.parse(c) for c in configs]
     if (why := cohort_mismatch(cfgs)) is not None:
         raise ValueError(f"not one cohort: {why}")
@@ -218,6 +224,8 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
         teacher = teacher.to(device, memory_format=memory_format)
     members = [_Member(c, r, data, teacher_info if t else None, device, memory_format, compile_mode, world)
                for c, r, t in zip(cfgs, reporters, needs_teacher)]
+    for index in ended:
+        members[index].running = False
     teacher_taps = None
     if teacher is not None:
         taps = set().union(*(m.taps for m in members if m.needs_teacher))
@@ -228,10 +236,11 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
         teacher_mode = modes.pop()
 
     per_rank_batch = max(1, cfg.data.batch_size // world)  # data.batch_size is the global batch
-    for epoch in range(min(m.start_epoch for m in members), cfg.train.epochs):
+    first = min((m.start_epoch for m in members if m.running), default=cfg.train.epochs)
+    for epoch in range(first, cfg.train.epochs):
         live = [m for m in members if m.running and m.start_epoch <= epoch]
         if not live:
-            break
+            continue  # none left, or the ones left resume at a later epoch
         started = time.perf_counter()
         for member in live:
             member.begin_epoch(device)
@@ -263,7 +272,7 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
                                               if m in live and m.running}):
                 members[i].running = False
         if after_epoch is not None:
-            after_epoch(epoch + 1)
+            after_epoch(epoch + 1, {i for i, m in enumerate(members) if m.running})
     return [m.metrics for m in members]
 
 
@@ -408,23 +417,29 @@ class _RandomStream:
 
     @contextlib.contextmanager
     def active(self):
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
+        outer = _RandomStream(self.device)  # what runs between members' steps keeps its own
+        self._install()
         try:
             yield
         finally:
             self.cpu = torch.get_rng_state()
             if self.cuda is not None:
                 self.cuda = torch.cuda.get_rng_state(self.device)
+            outer._install()
+
+    def _install(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"cpu": self.cpu, "cuda": self.cuda}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.cpu = state["cpu"]
+        # random states are CPU byte tensors, whatever device the checkpoint was loaded to
+        self.cpu = state["cpu"].cpu()
         if self.cuda is not None and state.get("cuda") is not None:
-            self.cuda = state["cuda"]
+            self.cuda = state["cuda"].cpu()
 
 
 def _report(reporter: Reporter, metrics, rank, epoch, distiller: Distiller, optimizer, schedule,

@@ -137,6 +137,8 @@ def validate(session: Session, request: Request, missing: list[str] | None = Non
                         "(0 is for final runs, which `pcbench benchmark` makes itself)")
     for item in prepared:
         _check_pair(item)
+        if request.search and session.cohort > 1:
+            _check_cohort_space(session.cohort, item.space)
     dry = missing is not None
 
     def needed(check: Callable[[], None]) -> None:
@@ -179,6 +181,17 @@ def _check_pair(item: Prepared) -> None:
             method.check_pair(config, student, teacher)
         except ValueError as error:
             raise UserError(f"{t.teacher} -> {t.student}: {error}") from None
+
+
+def _check_cohort_space(cohort: int, space: SearchSpace) -> None:
+    """A cohort's members share one data stream and one teacher forward: a knob that would
+    differ there cannot be searched in cohorts."""
+    from pcbench.engine import COHORT_SHARED
+    shared = [key for key in space.distributions if key == "method.teacher_train_mode"
+              or any(key == s or key.startswith(s + ".") for s in COHORT_SHARED)]
+    if shared:
+        raise UserError(f"--cohort {cohort}: the members of a cohort share {', '.join(shared)}; "
+                        f"search it with --cohort 1, or drop it from the space")
 
 
 def _check_teachers(store: TeacherStore, prepared: list[Prepared]) -> None:

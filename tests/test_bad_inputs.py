@@ -22,6 +22,8 @@ def _files(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "suite.yaml").write_text(SUITE)
+    (tmp_path / "mode.yaml").write_text(
+        "knobs:\n  method.teacher_train_mode: {type: categorical, choices: [true, false]}\n")
     cifar.write("cifar10", tmp_path / "data", per_class=2, test_per_class=1)
     (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"\x80\x04truncated")
     truncated = tmp_path / "broken" / "trials"
@@ -71,6 +73,9 @@ CASES = {
     "a benchmark of zero samples": (["benchmark", "suite.yaml", "--samples", "0"],
                                     "--samples 0 runs nothing"),
     "a benchmark of zero seeds": (["benchmark", "suite.yaml", "--seeds", "0"], "--seeds 0 runs nothing"),
+    "a shared knob searched in cohorts": (
+        ["search", "--method", "fcfd", "--cohort", "2", "--space", "mode.yaml"],
+        "--cohort 2: the members of a cohort share method.teacher_train_mode"),
     "a pair the suite lacks": (["benchmark", "suite.yaml", "--pair", "cnn_large->resnet8"],
                                "--pair cnn_large->resnet8 is not in suite.yaml; choose among "
                                "cnn_large->cnn_small"),

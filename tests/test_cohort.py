@@ -68,8 +68,10 @@ def test_a_cohort_stopped_mid_way_resumes_every_member_from_its_checkpoint(membe
     with pytest.raises(KeyboardInterrupt):
         train_cohort(members, [StopAfterOne(f) for f in folders])
     resumed = [LocalReporter(f) for f in folders]
-    together = train_cohort(members, resumed)
-    for one, other, reporter in zip(together, alone, resumed):
+    # the first member had ended (stopped at a rung, say) before the stop: it does not train again
+    together = train_cohort(members, resumed, ended={0})
+    assert resumed[0].history == []
+    for one, other, reporter in zip(together[1:], alone[1:], resumed[1:]):
         assert [m["epoch"] for m in reporter.history] == [2]
         _same(one, other)  # its random state was in its checkpoint: as if never stopped
 

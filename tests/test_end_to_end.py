@@ -109,7 +109,7 @@ def test_a_search_of_two_worker_ddp_trials_runs_every_trial(workspace):
     trial can start only once a finished trial's workers have given their CPUs back: Tune
     kills a finished DDP trial's Train controller, and Train's cleaner must free its placement
     group."""
-    ddp = _new_rows(workspace, "search", "--method", "kd", "--samples", "3", "--concurrent", "2",
+    ddp = _new_rows(workspace, "search", "--method", "fcfd", "--samples", "3", "--concurrent", "2",
                     "--workers", "2", "--epochs", "1", "--cpus-per-trial", "1",
                     "--experiment", "e2e-ddp")
     assert len(ddp) == 3 and (ddp.workers == 2).all() and (ddp.status == "completed").all()

@@ -4,6 +4,7 @@ once and tells it every member's result before the next generation is asked. Tri
 stop (synchronous successive halving at fixed rungs) and inform TPE in one fixed order, so a
 search gives the same trials whatever --concurrent is and however busy the machine."""
 
+import json
 import math
 import os
 import pickle
@@ -24,6 +25,7 @@ from pcbench.results.selection import METRIC
 # Trials asked of Optuna at once (at least one cohort): a protocol setting, never --concurrent,
 # which only says how many of a generation's cohorts train at the same time.
 GENERATION_TRIALS = 8
+RUNNING = "running.json"  # in a cohort's checkpoint: the members still running
 MEMBERS = "members"  # a cohort trial's config: {"members": [knobs, ...]}
 COHORT = "cohort"  # a cohort trial's result: {"cohort": {index: that member's metrics}, ...}
 
@@ -54,18 +56,31 @@ class _MemberReporter:
 
 
 class _CohortReporter:
-    def __init__(self, staging: str):
-        self.staging, self.pending = staging, {}
+    """The cohort's checkpoint holds the members' last checkpoints and, in RUNNING, which
+    members still run: a restarted cohort does not train a member again that had stopped at a
+    rung or diverged, and such a member's weights are not uploaded with every later epoch.
+    Members that trained to the end keep theirs."""
+
+    def __init__(self, staging: str, epochs: int):
+        self.staging, self.epochs, self.pending = staging, epochs, {}
+        self.running: set[int] | None = None  # None: a new cohort, every member runs
         checkpoint = tune.get_checkpoint()
         self.restored = checkpoint.to_directory() if checkpoint else None
         if self.restored:  # the members' last checkpoints go on into the next reports
             shutil.copytree(self.restored, staging, dirs_exist_ok=True)
+            with open(os.path.join(self.restored, RUNNING)) as f:
+                self.running = set(json.load(f))
 
-    def after_epoch(self, epoch: int) -> None:
+    def after_epoch(self, epoch: int, running: set[int]) -> None:
         scores = [m[METRIC] for m in self.pending.values() if not math.isnan(m.get(METRIC, math.nan))]
         result = {COHORT: {str(i): m for i, m in self.pending.items()}, "epoch": epoch,
                   METRIC: max(scores, default=math.nan)}
         self.pending = {}
+        for name in os.listdir(self.staging) if epoch < self.epochs else ():
+            if name.startswith("member-") and int(name.removeprefix("member-")) not in running:
+                shutil.rmtree(os.path.join(self.staging, name))  # ended early
+        with open(os.path.join(self.staging, RUNNING), "w") as f:
+            json.dump(sorted(running), f)
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(self.staging))
 
 
@@ -77,9 +92,10 @@ def tune_cohort(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float,
     torch.set_num_threads(max(1, int(cpus)))
     configs = [build_config(template, member) for member in knobs[MEMBERS]]
     with tempfile.TemporaryDirectory(prefix="pcbench-cohort-") as staging:
-        cohort = _CohortReporter(staging)
+        cohort = _CohortReporter(staging, configs[0].train.epochs)
         train_cohort(configs, [_MemberReporter(cohort, i) for i in range(len(configs))],
-                     halving=SuccessiveHalving(configs[0].train.epochs), after_epoch=cohort.after_epoch)
+                     halving=SuccessiveHalving(configs[0].train.epochs), after_epoch=cohort.after_epoch,
+                     ended=set() if cohort.running is None else set(range(len(configs))) - cohort.running)
 
 
 class CohortSearch(Searcher):

@@ -1,6 +1,7 @@
 """A search over one method's knobs: Ray Tune + OptunaSearch (seeded TPE) + ASHA on
-validation accuracy. Driver-side callbacks hand every trial event to the listeners
-(the MLflow/Parquet recorder, the progress display)."""
+validation accuracy, or, with cohorts, Tune trials that each train a cohort (cohort.py).
+Driver-side callbacks hand every trial event, a cohort's per member, to the listeners (the
+MLflow/Parquet recorder, the progress display)."""
 
 import dataclasses
 from pathlib import Path

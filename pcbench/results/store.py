@@ -39,7 +39,7 @@ TRIALS_SCHEMA = pa.schema([
     ("device", pa.string()),
     ("config_hash", pa.string()),
     ("teacher_sha256", pa.string()),
-    ("status", pa.string()),  # completed | stopped (early, by the scheduler) | diverged | error
+    ("status", pa.string()),  # completed | stopped (early: ASHA, or a cohort's rung) | diverged | error
     ("error", pa.string()),
     ("scoring_rule", pa.string()),
     ("selection_split", pa.string()),

@@ -187,8 +187,7 @@ def _fail_orphans(plan: SearchPlan) -> None:
     Once the search is over, no trial of it is running, so any left so is failed."""
     if not plan.optuna_storage or plan.space is None:
         return
-    with sqlite_lock(plan.optuna_storage):
-        storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    storage = _optuna_storage(plan)
     study = optuna.load_study(study_name=plan.study_name, storage=storage)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get(SEARCH_ATTR) == plan.name:
@@ -202,17 +201,10 @@ def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
     reuse = plan.template.train.workers == 1
     if plan.space is None:
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.concurrent, reuse_actors=reuse)
-    storage = None
-    if plan.optuna_storage:
-        with sqlite_lock(plan.optuna_storage):
-            storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    storage = _optuna_storage(plan)
     earlier = _trials_in_study(storage, plan.study_name)
     searcher = _OptunaSearch(
-        space=plan.space.distributions, metric=METRIC, mode=MODE,
-        # a study that already holds trials (a repeated or resumed search) gets a seed of its
-        # own, so it explores new configurations instead of re-drawing the earlier ones, and
-        # its published first point, which it has tried, is not tried again
-        seed=plan.seed + 1_000_003 * earlier,
+        space=plan.space.distributions, metric=METRIC, mode=MODE, seed=_sampler_seed(plan, earlier),
         points_to_evaluate=None if earlier else [plan.space.first_point(plan.template)],
         storage=storage, study_name=plan.study_name if storage else None, search_name=plan.name,
         budget=plan.samples)
@@ -228,19 +220,32 @@ def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
 def _cohort_config(plan: SearchPlan) -> tune.TuneConfig:
     """Cohort trials (tune_cohort) asked for by generation; no asynchronous scheduler: each
     cohort halves its members itself at fixed rungs."""
-    storage = None
-    if plan.optuna_storage:
-        with sqlite_lock(plan.optuna_storage):
-            storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    storage = _optuna_storage(plan)
     earlier = _trials_in_study(storage, plan.study_name)
     study = optuna.create_study(
         study_name=plan.study_name if storage else None, storage=storage, direction="maximize",
-        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=plan.seed + 1_000_003 * earlier))
+        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=_sampler_seed(plan, earlier)))
     searcher = CohortSearch(study, plan.space.distributions, plan.cohort, plan.samples,
                             None if earlier else plan.space.first_point(plan.template),
                             plan.name, SEARCH_ATTR)
     return tune.TuneConfig(search_alg=searcher, num_samples=cohort_count(plan.samples, plan.cohort),
                            max_concurrent_trials=plan.concurrent, reuse_actors=True)
+
+
+def _optuna_storage(plan: SearchPlan) -> optuna.storages.RDBStorage | None:
+    """The plan's study database (None: the study lives in memory), opened under the lock that
+    keeps two commands from initialising a new SQLite file at once."""
+    if not plan.optuna_storage:
+        return None
+    with sqlite_lock(plan.optuna_storage):
+        return optuna.storages.RDBStorage(plan.optuna_storage)
+
+
+def _sampler_seed(plan: SearchPlan, earlier: int) -> int:
+    """A study that already holds trials (a repeated or resumed search) gets a seed of its own,
+    so it explores new configurations instead of re-drawing the earlier ones; its published
+    first point, which it has tried, is then not tried again either (callers skip it)."""
+    return plan.seed + 1_000_003 * earlier
 
 
 def _trials_in_study(storage, study_name: str | None) -> int:

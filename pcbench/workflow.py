@@ -114,11 +114,12 @@ def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (
     status = "FAILED"
     try:
         for item_request, items in work:
+            searched = []
             for item in items:
                 on_search(item)
-                searched = stages.search(item_request, item)
-                if item_request.final_seeds:
-                    stages.final(item_request, item, searched)
+                searched.append(stages.search(item_request, item))
+            if item_request.final_seeds:
+                stages.finals(item_request, items, searched)
         status = "FINISHED"
     except KeyboardInterrupt as signal:
         status = "KILLED"
@@ -181,19 +182,36 @@ class _Stages:
                 cohort=self.session.cohort), self.listeners)
         return self._rows(item.template, phase)
 
-    def final(self, request: Request, item: Prepared, searched: list[dict[str, Any]]) -> None:
-        """A benchmark's final runs: the selected configuration, once per seed, on all the
-        training data."""
-        best = best_trial(pd.DataFrame(searched)) if searched else None
-        if best is None:
-            return  # no trial completed: the leaderboard has no row for this method
-        if self.session.resume and len(self._rows(item.template, FINAL)) >= len(request.final_seeds):
-            return
-        template = final_config(TrialConfig.parse(json.loads(best["config"])), request.final_epochs)
-        t = item.template
-        self.run(self._plan(f"{self.search_id}-{t.teacher}-{t.student}-{item.method}-final",
-                            Stage(FINAL, best["trial_id"], self._gpus(template)), template, None,
-                            samples=1, seed=request.seed, seeds=request.final_seeds), self.listeners)
+    def finals(self, request: Request, items: list[Prepared], searched: list[list[dict[str, Any]]]) -> None:
+        """A benchmark's final runs of one pair: each method's selected configuration, once per
+        seed, on all the training data. In cohorts (--cohort > 1) a seed's runs of every method
+        train as one cohort (paired, sharing the teacher's forward); otherwise each alone."""
+        selected = []
+        for item, rows in zip(items, searched):
+            best = best_trial(pd.DataFrame(rows)) if rows else None
+            if best is None:
+                continue  # no trial completed: the leaderboard has no row for this method
+            template = final_config(TrialConfig.parse(json.loads(best["config"])), request.final_epochs)
+            selected.append((template, Stage(FINAL, best["trial_id"], self._gpus(template))))
+        for group in self._paired(selected):
+            if self.session.resume and all(len(self._rows(t, FINAL)) >= len(request.final_seeds)
+                                           for t, _ in group):
+                continue  # all landed before the last driver died
+            (first, stage), others = group[0], group[1:]
+            label = "-".join(t.method.name for t, _ in group)
+            self.run(self._plan(f"{self.search_id}-{first.teacher}-{first.student}-{label}-final", stage,
+                                first, None, samples=1, seed=request.seed, seeds=request.final_seeds,
+                                paired=others), self.listeners)
+
+    def _paired(self, selected: list[tuple[TrialConfig, Stage]]) -> list[list[tuple[TrialConfig, Stage]]]:
+        """The final plans: one cohort of every method where cohorts are on and the members can
+        share a data stream (always, as the space check refuses shared knobs); else one each."""
+        from pcbench.engine import cohort_mismatch  # torch: only once something trains
+
+        if (self.session.cohort > 1 and len(selected) > 1
+                and cohort_mismatch([t for t, _ in selected]) is None):
+            return [selected]
+        return [[member] for member in selected]
 
     def _plan(self, name: str, stage: Stage, template: TrialConfig, space, **rest) -> SearchPlan:
         s = self.session

@@ -84,17 +84,21 @@ class _CohortReporter:
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(self.staging))
 
 
-def tune_cohort(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float, gpus: float,
-                storage: str) -> None:
-    """The Tune trainable of a cohort: the template with each member's knobs applied. One
-    worker: `storage` is unused (the members' checkpoints go to Tune's trial folder), taken for
-    the same call as tune_trial."""
+def tune_cohort(knobs: dict[str, Any], *, templates: list[dict[str, Any]], cpus: float) -> None:
+    """The Tune trainable of a cohort on one worker. A search's cohort: one template, each
+    member's knobs ({"members": [...]}), halved at the rungs. Paired final runs: one member per
+    template, all with this trial's seed, every one trained to the end."""
     torch.set_num_threads(max(1, int(cpus)))
-    configs = [build_config(template, member) for member in knobs[MEMBERS]]
+    if MEMBERS in knobs:
+        configs = [build_config(templates[0], member) for member in knobs[MEMBERS]]
+    else:
+        configs = [build_config(template, knobs) for template in templates]
+    epochs = configs[0].train.epochs
     with tempfile.TemporaryDirectory(prefix="pcbench-cohort-") as staging:
-        cohort = _CohortReporter(staging, configs[0].train.epochs)
+        cohort = _CohortReporter(staging, epochs)
         train_cohort(configs, [_MemberReporter(cohort, i) for i in range(len(configs))],
-                     halving=SuccessiveHalving(configs[0].train.epochs), after_epoch=cohort.after_epoch,
+                     halving=SuccessiveHalving(epochs) if MEMBERS in knobs else None,
+                     after_epoch=cohort.after_epoch,
                      ended=set() if cohort.running is None else set(range(len(configs))) - cohort.running)
 
 

@@ -15,8 +15,9 @@ def run_local(plan: SearchPlan, listeners: Sequence[TrialListener]) -> None:
     """Each trial's checkpoints go to <storage>/<plan>/<trial> when the storage is a local
     folder; with a remote URI, to a local temporary folder removed when the trial ends (its
     rows still go to the results store)."""
-    if plan.space is not None:
-        raise ValueError("the local backend runs configurations as given; a search needs Ray")
+    if plan.space is not None or plan.paired:
+        raise ValueError("the local backend runs configurations one at a time; a search or a "
+                         "cohort needs Ray")
     location = resolve(plan.storage)
     for knobs in plan.runs():
         trial_id = uuid.uuid4().hex[:8]

@@ -2,7 +2,7 @@
 local backend (local.py) and the Ray backend (search.py) take the same plan and call the same
 listeners."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pcbench.config import TrialConfig
@@ -47,7 +47,15 @@ class SearchPlan:
     # > 1: a search trains its trials in cohorts of this many (engine.train_cohort), asked of
     # Optuna a generation at a time and halved synchronously at fixed rungs: deterministic
     cohort: int = 1
+    # A benchmark's paired final runs: other methods' selected configurations (and their
+    # stages), trained with this one per seed in one cohort, so every method of the pair sees
+    # the same data order and augmentation and the teacher's forward is computed once.
+    paired: list[tuple[TrialConfig, Stage]] = field(default_factory=list)
     resume: bool = False  # continue the search of this name that a killed driver left
+
+    def members(self) -> list[tuple[TrialConfig, Stage]]:
+        """What each trial trains: this template, and with `paired`, the others beside it."""
+        return [(self.template, self.stage), *self.paired]
 
     def runs(self) -> list[dict[str, Any]]:
         """The knobs of each trial of a plan with no space: none, or one seed per trial."""

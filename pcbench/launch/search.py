@@ -28,23 +28,24 @@ SEARCH_ATTR = "pcbench.search"  # on each Optuna trial: the search that asked fo
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
 
 
-# The stage and listeners of each search running in this driver, by search name. Tune pickles
+# The stages and listeners of each search running in this driver, by search name. Tune pickles
 # its callbacks with the experiment state, and restores them from it when a search is resumed;
 # listeners hold live clients and consoles, so the callback finds them here instead.
-_LISTENERS: dict[str, tuple[Stage, Sequence[TrialListener]]] = {}
+_LISTENERS: dict[str, tuple[list[Stage], Sequence[TrialListener]]] = {}
 
 
 class _Relay(tune.Callback):
     """Driver side: turns Tune's trial events into TrialListener calls. A trial that fails
     before it starts (its actor or workers could not be set up) is still started and finished
-    for the listeners, so it is recorded as an error like any other."""
+    for the listeners, so it is recorded as an error like any other. `templates`: the plan's
+    members (SearchPlan.members), one but for paired finals."""
 
-    def __init__(self, name: str, template: dict[str, Any]):
-        self.name, self.template = name, template
+    def __init__(self, name: str, templates: list[dict[str, Any]]):
+        self.name, self.templates = name, templates
         self.started: set[str] = set()
 
     def __getstate__(self):
-        return {"name": self.name, "template": self.template, "started": set()}
+        return {"name": self.name, "templates": self.templates, "started": set()}
 
     @property
     def listeners(self) -> Sequence[TrialListener]:
@@ -54,22 +55,26 @@ class _Relay(tune.Callback):
         if trial.trial_id in self.started:
             return  # restarted after a failure: the same trial, resumed
         self.started.add(trial.trial_id)
-        stage = _LISTENERS[self.name][0]
-        members = trial.config.get(MEMBERS)
-        if members is not None:  # a cohort: each member is a trial of its own
-            stage = dataclasses.replace(stage, cohort=len(members))
-        for trial_id, knobs in self._trials(trial):
-            config = build_config(self.template, knobs)
+        for trial_id, template, knobs, stage in self._trials(trial):
+            config = build_config(template, knobs)
             for listener in self.listeners:
                 listener.trial_started(trial_id, config, dict(knobs), stage)
 
-    @staticmethod
-    def _trials(trial) -> list[tuple[str, dict[str, Any]]]:
-        """The trials a Tune trial runs: itself, or a cohort's members."""
+    def _trials(self, trial) -> list[tuple[str, dict[str, Any], dict[str, Any], Stage]]:
+        """The trials a Tune trial runs, with their templates, knobs and stages: itself, a
+        search cohort's members (one template, each its own knobs) or a paired final cohort's
+        (each its own template, one seed)."""
+        stages = _LISTENERS[self.name][0]
         members = trial.config.get(MEMBERS)
-        if members is None:
-            return [(trial.trial_id, trial.config)]
-        return [(member_id(trial.trial_id, i), knobs) for i, knobs in enumerate(members)]
+        if members is not None:
+            stage = dataclasses.replace(stages[0], cohort=len(members))
+            return [(member_id(trial.trial_id, i), self.templates[0], knobs, stage)
+                    for i, knobs in enumerate(members)]
+        if len(self.templates) > 1:
+            return [(member_id(trial.trial_id, i), template, trial.config,
+                     dataclasses.replace(stage, cohort=len(self.templates)))
+                    for i, (template, stage) in enumerate(zip(self.templates, stages))]
+        return [(trial.trial_id, self.templates[0], trial.config, stages[0])]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         reports = ({member_id(trial.trial_id, int(i)): m for i, m in result[COHORT].items()}
@@ -96,7 +101,7 @@ class _Relay(tune.Callback):
         if trial.trial_id not in self.started:
             self.on_trial_start(iteration, trials, trial)
         self.started.discard(trial.trial_id)
-        for trial_id, _ in self._trials(trial):
+        for trial_id, *_ in self._trials(trial):
             for listener in self.listeners:
                 listener.trial_finished(trial_id, error)
 
@@ -146,15 +151,18 @@ class _OptunaSearch(OptunaSearch):
 
 
 def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.ResultGrid:
-    template = plan.template.to_dict()
-    cohorts = plan.cohort > 1 and plan.space is not None
+    members = plan.members()
+    templates = [template.to_dict() for template, _ in members]
+    searched_in_cohorts = plan.cohort > 1 and plan.space is not None
+    cohorts = searched_in_cohorts or len(members) > 1
     trainable = tune.with_resources(
-        tune.with_parameters(tune_cohort if cohorts else tune_trial, template=template,
-                             cpus=plan.cpus_per_trial, gpus=plan.gpus_per_trial, storage=plan.storage),
+        tune.with_parameters(tune_cohort, templates=templates, cpus=plan.cpus_per_trial) if cohorts
+        else tune.with_parameters(tune_trial, template=templates[0], cpus=plan.cpus_per_trial,
+                                  gpus=plan.gpus_per_trial, storage=plan.storage),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
     param_space = {"seed": tune.grid_search(plan.seeds)} if plan.space is None and plan.seeds else None
     path = f"{plan.storage.rstrip('/')}/{plan.name}"
-    _LISTENERS[plan.name] = (plan.stage, listeners)
+    _LISTENERS[plan.name] = ([stage for _, stage in members], listeners)
     try:
         if plan.resume and tune.Tuner.can_restore(path):
             # a killed driver's search: finished trials stay finished, unfinished ones go on
@@ -164,10 +172,10 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
         else:
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
-                tune_config=_cohort_config(plan) if cohorts else _tune_config(plan),
+                tune_config=_cohort_config(plan) if searched_in_cohorts else _tune_config(plan),
                 run_config=tune.RunConfig(
                     name=plan.name, storage_path=plan.storage, verbose=0,
-                    callbacks=[_Relay(plan.name, template), JsonLoggerCallback()],
+                    callbacks=[_Relay(plan.name, templates), JsonLoggerCallback()],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     # A trial that dies (a lost node, a pre-empted worker) restarts once from
                     # its last checkpoint.
@@ -199,7 +207,7 @@ def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
     # trial's actor runs a TorchTrainer whose controller and workers are its own, and Tune
     # cannot reset a function trainable's actor for another trial of that kind.
     reuse = plan.template.train.workers == 1
-    if plan.space is None:
+    if plan.space is None:  # a run, or final runs (one trial, or paired cohort, per seed)
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.concurrent, reuse_actors=reuse)
     storage = _optuna_storage(plan)
     earlier = _trials_in_study(storage, plan.study_name)

@@ -157,3 +157,55 @@ def test_crd_memory_stays_identical_across_ddp_ranks():
     # Rows 0-3 (both ranks' samples) were updated and re-normalised; the rest are untouched.
     assert (ms0[:4].norm(dim=1) - 1).abs().max() < 1e-5
     assert (ms0[4:].norm(dim=1) - 1).abs().min() > 1e-4
+
+
+def _info(name: str, shapes: dict) -> ModelInfo:
+    return ModelInfo(name, shapes, ("stage1", "stage2"), True)
+
+
+def test_cc_multiplies_consecutive_samples_embedding_gaps_and_trains_both_projections():
+    from pcbench.methods.cc import cc_loss
+    e_s = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    e_t = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 1.0]])
+    delta = (e_s - e_t).abs()  # [1,0], [0,2], [2,0]
+    assert cc_loss(e_s, e_t).item() == pytest.approx((0 * 1 + 0 * 2 + (0 * 2 + 2 * 0)) / 2)
+    assert cc_loss(e_s, e_t).item() == pytest.approx(((delta[:-1] * delta[1:]).sum(1)).mean().item())
+    shapes = {"embedding": (4,), "logits": (3,)}
+    cc = get_method("cc")(get_method("cc").Config(), _info("s", shapes), _info("t", shapes), DataInfo(3, 10))
+    assert cc.embed_s.out_features == cc.embed_t.out_features == 128
+    feats = {"embedding": torch.randn(5, 4), "logits": torch.randn(5, 3)}
+    step = Step(None, torch.zeros(5, dtype=torch.long), None, 0, feats, {k: v.detach() for k, v in feats.items()},
+                None, None)
+    term = cc.transfer(step)["cc"]
+    term.backward()
+    assert term.item() == pytest.approx(0.02 * cc_loss(cc.embed_s(feats["embedding"]),
+                                                       cc.embed_t(feats["embedding"])).item())
+    assert cc.embed_t.weight.grad is not None  # the teacher's projection learns too, as RepDistiller's
+
+
+def test_nst_is_the_polynomial_kernel_mmd_of_unit_channel_maps():
+    from pcbench.methods.nst import nst_loss
+    f_s = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 0.0]]]])  # B=1, C=2, 2x2
+    f_t = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]]]])
+    s = [torch.tensor([1.0, 0, 0, 0]), torch.tensor([1.0, 1, 0, 0]) / math.sqrt(2)]
+    t = [torch.tensor([0.0, 1, 0, 0]), torch.tensor([1.0, 0, 0, 0])]
+    k = lambda a, b: sum(float(x @ y) ** 2 for x in a for y in b) / (len(a) * len(b))  # noqa: E731
+    assert nst_loss(f_s, f_t).item() == pytest.approx(k(t, t) + k(s, s) - 2 * k(s, t))
+    assert nst_loss(f_t, f_t).item() == pytest.approx(0.0, abs=1e-6)
+    # the larger map is pooled to the smaller one's size first
+    big = f_s.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    assert nst_loss(big, f_t).item() == pytest.approx(nst_loss(f_s, f_t).item())
+
+
+def test_vid_is_the_gaussian_negative_log_likelihood_with_a_learnt_variance_starting_at_five():
+    from pcbench.methods.vid import VariationalRegressor
+    torch.manual_seed(0)
+    regressor = VariationalRegressor(3, 4, init_var=5.0)
+    assert (F.softplus(regressor.log_scale) + 1e-5).tolist() == pytest.approx([5.0] * 4)
+    f_s, f_t = torch.randn(2, 3, 4, 4), torch.randn(2, 4, 4, 4)
+    mu = regressor.mean(f_s)
+    expected = 0.5 * ((mu - f_t) ** 2 / 5.0 + math.log(5.0))
+    assert regressor(f_s, f_t).item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert [m.bias for m in regressor.mean if isinstance(m, torch.nn.Conv2d)] == [None] * 3  # bias-free 1x1
+    regressor(f_s, f_t).backward()
+    assert regressor.log_scale.grad is not None

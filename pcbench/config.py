@@ -67,6 +67,9 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     compile: Literal["off", "default", "reduce-overhead"] = "off"
+    # Every epoch, CKA and rank agreement between teacher and student (diagnostics.py); a
+    # measurement only: it changes nothing the trial trains, so it is not part of its hash.
+    diagnostics: bool = True
 
 
 class TrialConfig(_Section):
@@ -147,7 +150,8 @@ class TrialConfig(_Section):
         # Where the files are and how they are read do not change what the trial is.
         body = self.model_dump(mode="json", exclude={"seed": True, "teacher_weights": True,
                                                      "teacher_sha256": True,
-                                                     "data": {"root", "loader_workers"}})
+                                                     "data": {"root", "loader_workers"},
+                                                     "train": {"diagnostics"}})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 

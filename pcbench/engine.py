@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pcbench.atomic import sha256_of
 from pcbench.config import TrialConfig
 from pcbench.data import DataSource, load_dataset
+from pcbench.diagnostics import EMBEDDING, Reference, diagnostic_split, features
 from pcbench.errors import UserError
 from pcbench.methods import DataInfo, Method, Step, get_method
 from pcbench.models import TapModel, Tapped, create_model, model_info
@@ -29,10 +30,19 @@ from pcbench.models import TapModel, Tapped, create_model, model_info
 MODEL_FILE = "model.pt"  # {'model': state_dict}: the RepDistiller checkpoint format
 TRAINER_FILE = "trainer.pt"  # method modules, optimizer, schedule, epoch
 
-# What every epoch's report holds (plus `loss/<term>` per loss term); drivers keep these keys
-# out of the fields their schedulers add.
+# What every epoch's report holds (plus `loss/<term>` per loss term and, with diagnostics,
+# `cka/<tap>`); drivers keep these keys out of the fields their schedulers add.
 METRICS = frozenset({"epoch", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr",
-                     "batch_global", "epoch_seconds", "eval_seconds", "device"})
+                     "batch_global", "epoch_seconds", "eval_seconds", "device", "rank_agreement",
+                     "diagnostics_seconds"})
+METRIC_PREFIXES = ("loss/", "cka/")  # per loss term, per tap
+
+
+def is_metric(key: str) -> bool:
+    """What the engine reports for an epoch (result dicts carry the runner's own keys too)."""
+    return key in METRICS or key.startswith(METRIC_PREFIXES)
+
+
 # A trial whose loss turned non-finite ends at once with one last report: this key holds the
 # reason (epoch and step), val_acc is NaN, and no checkpoint is saved.
 DIVERGED = "diverged"
@@ -217,17 +227,25 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
                         cfg.data.loader_workers).to(device)
     needs_teacher = [get_method(c.method.name).needs_teacher for c in cfgs]
+    split = diagnostic_split(data)
+    # a CE member measures against the teacher when the driver attached one
+    diagnosing = [c.train.diagnostics and c.teacher_weights is not None and split is not None for c in cfgs]
     teacher = teacher_info = None
-    if any(needs_teacher):
+    if any(needs_teacher) or any(diagnosing):
         teacher = load_teacher(cfg, data)
         teacher_info = model_info(teacher, data.input_shape, cfg.teacher)
         teacher = teacher.to(device, memory_format=memory_format)
     members = [_Member(c, r, data, teacher_info if t else None, device, memory_format, compile_mode, world)
                for c, r, t in zip(cfgs, reporters, needs_teacher)]
+    if any(diagnosing):
+        wanted = set().union(*(m.diagnose(teacher.TAP_NODES) for m, on in zip(members, diagnosing) if on))
+        reference = Reference(features(Tapped(teacher, wanted), data, split, memory_format))
+        for member, on in zip(members, diagnosing):
+            member.reference = reference if on else None
     for index in ended:
         members[index].running = False
-    teacher_taps = None
-    if teacher is not None:
+    teacher_taps = None  # what the training steps read of the teacher
+    if any(needs_teacher):
         taps = set().union(*(m.taps for m in members if m.needs_teacher))
         teacher_taps = Tapped(teacher, taps, compile=compile_mode)
         modes = {m.distiller.method.teacher_train_mode for m in members if m.needs_teacher}
@@ -340,6 +358,15 @@ class _Member:
             self.start_epoch = _restore(resume, self.distiller, self.optimizer, self.schedule, self.random)
         self.running = self.start_epoch < cfg.train.epochs
         self.metrics: dict[str, Any] = {}
+        self.reference: Reference | None = None  # the teacher's side of the diagnostics
+        self.diagnosed: Tapped | None = None
+
+    def diagnose(self, teacher_taps) -> set[str]:
+        """Measure this member against the teacher every epoch: at the taps its method reads
+        and the embedding, where the teacher has them. Returns those taps."""
+        taps = {t for t in self.taps if t != "logits" and t in teacher_taps} | {EMBEDDING}
+        self.diagnosed = Tapped(self.distiller.student.model, taps)
+        return taps
 
     def begin_epoch(self, device) -> None:
         self.distiller.train()
@@ -387,8 +414,13 @@ class _Member:
             metrics.update(test_acc=test["acc"], test_loss=test["loss"])
             self.running = False
         metrics["eval_seconds"] = time.perf_counter() - evaluating
+        if self.reference is not None:
+            measuring = time.perf_counter()
+            metrics.update(self.reference.compare(
+                features(self.diagnosed, data, diagnostic_split(data), memory_format)))
+            metrics["diagnostics_seconds"] = time.perf_counter() - measuring
         # a cohort's training time is shared among the members it trained
-        metrics["epoch_seconds"] = train_seconds + metrics["eval_seconds"]
+        metrics["epoch_seconds"] = train_seconds + metrics["eval_seconds"] + metrics.get("diagnostics_seconds", 0.0)
         metrics["device"] = device.type
         self.metrics = metrics
         _report(self.reporter, metrics, rank, epoch, self.distiller, self.optimizer, self.schedule,

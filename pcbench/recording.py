@@ -16,6 +16,7 @@ from pcbench.results.selection import SCORING_RULE, SELECTION_SPLIT
 if TYPE_CHECKING:  # MLflow is imported only where something is tracked
     from pcbench.tracking import Tracker
 
+CKA = "cka/embedding"  # the diagnostic the tables keep in a column of its own
 _PACKAGES = ("pcbench", "torch", "torchvision", "ray", "optuna", "mlflow", "pot")
 
 
@@ -142,6 +143,7 @@ class SearchRecorder:
             "cohort_size": trial.stage.cohort,
             "train_seconds": sum(e.get("epoch_seconds", 0.0) for e in epochs),
             "workers": cfg.train.workers, "gpus": trial.stage.gpus_per_trial, "device": last.get("device"),
+            "cka": last.get(CKA), "rank_agreement": last.get("rank_agreement"),
             "config_hash": cfg.hash, "teacher_sha256": cfg.teacher_sha256, "status": status,
             "error": error, "scoring_rule": SCORING_RULE, "selection_split": SELECTION_SPLIT,
             "versions": json.dumps(self.versions, sort_keys=True),
@@ -154,7 +156,10 @@ class SearchRecorder:
                                       if k.startswith("loss/")}, sort_keys=True),
             "val_acc": e.get("val_acc"), "val_loss": e.get("val_loss"),
             "test_acc": e.get("test_acc"), "lr": e.get("lr"),
-            "epoch_seconds": e.get("epoch_seconds"),
+            "epoch_seconds": e.get("epoch_seconds"), "cka": e.get(CKA),
+            "cka_taps": json.dumps({k.removeprefix("cka/"): v for k, v in e.items() if k.startswith("cka/")},
+                                   sort_keys=True) if CKA in e else None,
+            "rank_agreement": e.get("rank_agreement"),
         } for e in epochs]
         part = f"{self.search_id}-{trial.stage.phase}-{trial_id}"
         self.store.write("epochs", epoch_rows, part)  # epochs first: a trial row means all is there

@@ -145,13 +145,22 @@ def _parent_params(session: Session, work: Work) -> dict[str, Any]:
 
 
 def _with_teacher(session: Session, prepared: list[Prepared], on_teacher) -> list[Prepared]:
+    """Each method's template with its teacher attached: trained first where a method needs it
+    and the store has none. A method that does not need one (CE) gets it too where there is
+    one: for the diagnostics (its representation measured against the teacher's), and so that
+    it can share a cohort with the others."""
+    records = {}
+    for item in prepared:
+        key = (item.template.teacher, item.template.data.name)
+        if get_method(item.method).needs_teacher and key not in records:
+            if session.teachers.get(*key) is None:
+                on_teacher(*key)
+            records[key] = session.teachers.ensure(*key)
     out = []
     for item in prepared:
-        template = item.template
-        if get_method(item.method).needs_teacher:
-            if session.teachers.get(template.teacher, template.data.name) is None:
-                on_teacher(template.teacher, template.data.name)
-            template = attach(template, session.teachers.ensure(template.teacher, template.data.name))
+        template, key = item.template, (item.template.teacher, item.template.data.name)
+        if record := records.get(key) or session.teachers.get(*key):
+            template = attach(template, record)
         out.append(Prepared(item.method, template, item.space))
     return out
 

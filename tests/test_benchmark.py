@@ -3,6 +3,7 @@ seeds on the full training set, one MLflow parent run, mean +- std on the leader
 real local Ray instance, a real SQLite MLflow store, real Parquet files."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -28,8 +29,9 @@ def _invoke(*args):
 def demo_benchmark(tmp_path_factory, teacher_store, local_ray):
     root = tmp_path_factory.mktemp("bench")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    # in cohorts (the CIFAR suite below runs one trial per process)
     _invoke("benchmark", REPO_ROOT / "suites" / "demo.yaml", "--method", "kd", "--method", "pc",
-            "--samples", 2, "--epochs", 2, "--seeds", 2, "--results", root / "results",
+            "--samples", 2, "--epochs", 2, "--seeds", 2, "--cohort", 2, "--results", root / "results",
             "--tracking-uri", uri, "--teachers", teacher_store.root)
     return {"results": root / "results", "uri": uri}
 
@@ -51,6 +53,17 @@ def test_each_method_is_searched_then_its_winner_rerun_with_seeds_on_all_trainin
         assert finals.val_acc.isna().all() and finals.test_acc.notna().all()
 
 
+def test_each_seed_of_every_method_trains_as_one_paired_cohort(demo_benchmark):
+    trials = pd.read_parquet(demo_benchmark["results"] / "trials")
+    finals = trials[trials.phase == "final"]
+    assert len(finals) == 4 and (finals.cohort_size == 2).all() and (finals.status == "completed").all()
+    # one cohort per seed, holding both methods: members <cohort trial>-m<i>
+    cohorts = finals.assign(cohort=finals.trial_id.str.rsplit("-m", n=1).str[0]).groupby("cohort")
+    assert sorted(cohorts.seed.first()) == [1, 2]
+    for _, members in cohorts:
+        assert sorted(members.method) == ["kd", "pc"] and members.seed.nunique() == 1
+
+
 def test_leaderboard_shows_mean_and_std_over_the_seeds(demo_benchmark):
     board = pd.read_parquet(demo_benchmark["results"] / "report" / "leaderboard.parquet")
     trials = pd.read_parquet(demo_benchmark["results"] / "trials")
@@ -60,8 +73,13 @@ def test_leaderboard_shows_mean_and_std_over_the_seeds(demo_benchmark):
         assert row.seeds == 2 and row.trials == 2
         assert row.test_acc_mean == pytest.approx(finals.test_acc.mean())
         assert row.test_acc_std == pytest.approx(finals.test_acc.std())
+        # the diagnostics of the same final runs' last epochs
+        assert row.cka == pytest.approx(finals.cka.mean()) and 0 < row.cka <= 1
+        assert row.rank_agreement == pytest.approx(finals.rank_agreement.mean())
     markdown = (demo_benchmark["results"] / "report" / "leaderboard.md").read_text()
-    assert "±" in markdown
+    assert "±" in markdown and re.search(r"\|\s*CKA\s*\|", markdown)
+    html = (demo_benchmark["results"] / "report" / "leaderboard.html").read_text()
+    assert 'data-plot="accuracy-cka"' in html
 
 
 def test_the_board_says_which_differences_are_real(demo_benchmark):

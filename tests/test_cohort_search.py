@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pcbench import REPO_ROOT
 from pcbench.cli import app
 
 pytestmark = pytest.mark.ray
@@ -36,25 +35,3 @@ def test_a_cohort_search_gives_the_same_trials_whatever_its_concurrency(tmp_path
     study = optuna.load_study(study_name="pcbench-digits-cnn_large-to-cnn_small-kd",
                               storage=f"sqlite:///{tmp_path / 'one' / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # every member told
-
-
-def test_a_benchmark_in_cohorts_trains_each_seed_of_every_method_as_one_paired_cohort(
-        tmp_path, teacher_store, local_ray):
-    result = CliRunner().invoke(app, [
-        "benchmark", str(REPO_ROOT / "suites" / "demo.yaml"), "--method", "kd", "--method", "pc",
-        "--samples", "2", "--epochs", "2", "--seeds", "2", "--cohort", "2",
-        "--results", str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--teachers", str(teacher_store.root)])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    trials = pd.read_parquet(tmp_path / "results" / "trials")
-    finals = trials[trials.phase == "final"]
-    assert len(finals) == 4 and (finals.cohort_size == 2).all()
-    # one cohort per seed, holding both methods: members <cohort trial>-m<i>
-    cohorts = finals.assign(cohort=finals.trial_id.str.rsplit("-m", n=1).str[0])
-    for _, members in cohorts.groupby("cohort"):
-        assert sorted(members.method) == ["kd", "pc"] and members.seed.nunique() == 1
-    assert sorted(cohorts.groupby("cohort").seed.first()) == [1, 2]
-    for method in ("kd", "pc"):  # each member is its method's selected configuration
-        search = trials[(trials.phase == "search") & (trials.method == method)]
-        assert set(finals[finals.method == method].selected_trial) <= set(search.trial_id)
-    assert (finals.status == "completed").all()

@@ -62,8 +62,10 @@ def test_search_logs_one_parent_and_a_child_per_trial_with_histories(searched):
         tags, params = child.data.tags, child.data.params
         assert tags["pcbench.dataset"] == "digits" and tags["pcbench.student"] == "cnn_small"
         assert params["method.name"] == tags["pcbench.method"] and params["train.epochs"] == "2"
-        if tags["pcbench.method"] != "ce":
-            assert len(tags["pcbench.teacher_sha256"]) == 64
+        assert len(tags["pcbench.teacher_sha256"]) == 64  # CE's too: measured against it
+        # diagnostics every epoch: CKA at the embedding (and the method's taps), rank agreement
+        assert len(client.get_metric_history(child.info.run_id, "cka/embedding")) == len(
+            client.get_metric_history(child.info.run_id, "rank_agreement")) >= 1
         history = client.get_metric_history(child.info.run_id, "val_acc")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         assert client.get_metric_history(child.info.run_id, "loss/ce")
@@ -91,6 +93,10 @@ def test_search_writes_trial_and_epoch_rows(searched):
     terms = json.loads(epochs[epochs.method == "fcfd"].iloc[0].loss_terms)
     assert set(terms) == {"ce", "kd", "mix", "feat"}
     assert set(json.loads(epochs[epochs.method == "dkd"].iloc[0].loss_terms)) == {"ce", "tckd", "nckd"}
+    assert epochs.cka.between(0, 1 + 1e-6).all() and epochs.rank_agreement.between(-1, 1).all()
+    assert trials.cka.notna().all()  # the last epoch's, on every trial row
+    fcfd_taps = json.loads(epochs[epochs.method == "fcfd"].iloc[0].cka_taps)
+    assert "embedding" in fcfd_taps and len(fcfd_taps) > 1  # and the stages FCFD reads
 
 
 def test_report_ranks_every_method_on_its_validation_choice(searched, tmp_path):

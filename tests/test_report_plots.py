@@ -104,3 +104,11 @@ def test_progress_follows_the_searches_that_chose_the_rows_and_leaves_final_runs
     final = {**_trial(9, "pc", 0.99, 0.99), "phase": "final"}  # a seed run of the chosen one
     trials = pd.DataFrame([*_trials().to_dict("records"), old, final])
     assert sorted(_searched(_board(), trials).trial_id) == ["t1", "t2", "t3", "t4", "t5"]
+
+
+def test_a_group_with_diagnostics_plots_accuracy_against_cka_and_shows_both_columns():
+    page = to_html(_board(cka=[0.81, 0.64], rank_agreement=[0.72, 0.55]), _trials())
+    [figure] = _figures(page, "accuracy-cka")
+    assert {"pc", "kd", "linear CKA with the teacher's embedding"} <= _labels(figure)
+    assert "<th>CKA</th>" in page and "0.810" in page and "0.720" in page
+    assert _figures(to_html(_board(), _trials()), "accuracy-cka") == []  # none without diagnostics

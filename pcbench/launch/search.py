@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from pcbench.config import TrialConfig, build_config
-from pcbench.engine import DIVERGED, METRICS
+from pcbench.engine import DIVERGED, is_metric
 from pcbench.launch.cohort import COHORT, MEMBERS, CohortSearch, cohort_count, member_id, tune_cohort
 from pcbench.launch.plan import SearchPlan, Stage, TrialListener
 from pcbench.launch.resources import trial_resources
@@ -81,8 +81,7 @@ class _Relay(tune.Callback):
                    if COHORT in result else {trial.trial_id: result})
         for trial_id, reported in reports.items():
             # what the engine reported, out of the result dicts Tune adds its own fields to
-            metrics = {k: v for k, v in reported.items()
-                       if k in METRICS or k == DIVERGED or k.startswith("loss/")}
+            metrics = {k: v for k, v in reported.items() if is_metric(k) or k == DIVERGED}
             for listener in self.listeners:
                 listener.trial_epoch(trial_id, metrics)
 

@@ -2,8 +2,9 @@
 
 A benchmark's row is its final runs: the configuration that won the search on the validation
 split, re-run with several seeds on the full training set, test accuracy as mean +- std over
-the seeds. A plain search's row is its best trial by validation accuracy. Test accuracy is
-shown, never used to choose, and results of different scoring rules or training lengths are
+the seeds. A plain search's row is its best trial by validation accuracy. `cka` and
+`rank_agreement` are the diagnostics (pcbench.diagnostics) of the same runs' last epochs.
+Test accuracy is shown, never used to choose, and results of different scoring rules or training lengths are
 never ranked together. Each group marks the methods tied with its best (significance.py)."""
 
 import math
@@ -20,6 +21,7 @@ GROUP = ["dataset", "teacher", "student", "epochs_planned", "scoring_rule", "pro
 
 COLUMNS = ["dataset", "teacher", "student", "epochs_planned", "protocol", "method", "test_acc_mean",
            "test_acc_std", "seeds", "ci95_low", "ci95_high", "p_vs_best", "tied_with_best", "val_acc",
+           "cka", "rank_agreement",
            "knobs", "trials", "completed", "diverged", "compute_hours", "gpu_hours", "published_acc",
            "published_rule", "published_source", "suite", "search_id", "config_hash", "teacher_sha256",
            "trial_id", "mlflow_run_id", "scoring_rule", "selection_split"]
@@ -33,7 +35,7 @@ def _gpu_hours(rows: pd.DataFrame) -> float:
 def _diverged_row(search: pd.DataFrame, final_epochs: int | None) -> dict:
     """A method none of whose trials completed, some diverged: shown as such, never ranked."""
     row = search.iloc[-1].to_dict()
-    row.update(val_acc=math.nan, knobs="", test_acc_mean=math.nan, test_acc_std=math.nan, seeds=0,
+    row.update(val_acc=math.nan, cka=math.nan, rank_agreement=math.nan, knobs="", test_acc_mean=math.nan, test_acc_std=math.nan, seeds=0,
                protocol="final" if final_epochs else "search", _runs=[], trial_id=None,
                mlflow_run_id=None, config_hash=None)
     if final_epochs:
@@ -53,6 +55,8 @@ def _row(search: pd.DataFrame, finals: pd.DataFrame, final_epochs: int | None) -
         row["_runs"] = list(zip(done["seed"].fillna(-1).astype(int), accs.astype(float)))
         row.update(test_acc_mean=accs.mean() if len(accs) else math.nan,
                    test_acc_std=accs.std(ddof=1) if len(accs) > 1 else math.nan, seeds=len(accs),
+                   # the representation where the accuracy was measured: the final runs' last epochs
+                   cka=done["cka"].astype(float).mean(), rank_agreement=done["rank_agreement"].astype(float).mean(),
                    epochs_planned=int(finals["epochs_planned"].iloc[0]), protocol="final")
     elif best is not None:
         row.update(test_acc_mean=best["test_acc"], test_acc_std=math.nan, seeds=1, protocol="search",
@@ -87,6 +91,9 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     if trials.empty:
         return pd.DataFrame(columns=COLUMNS)
     trials = trials.assign(phase=trials["phase"].fillna("search"))
+    for diagnostic in ("cka", "rank_agreement"):  # rows from before the diagnostics
+        if diagnostic not in trials:
+            trials[diagnostic] = math.nan
     rows = []
     # one row per (search, pair, method); a method searched again keeps only its latest
     keys = ["search_id", "dataset", "teacher", "student", "scoring_rule", "method"]

@@ -1,5 +1,6 @@
-"""Figures of the leaderboard, as inline SVG: per group, each method's test accuracy and the
-search's progress (every trial's validation accuracy in finish order, with the running best).
+"""Figures of the leaderboard, as inline SVG: per group, each method's test accuracy, its
+accuracy against its CKA with the teacher, and the search's progress (every trial's validation
+accuracy in finish order, with the running best).
 
 Drawn with matplotlib's object API (no pyplot, no display). The SVG keeps its text as <text>
 (searchable, small; the browser's sans-serif font), carries no date and uses hash salts fixed
@@ -87,6 +88,27 @@ def accuracy_bars_svg(rows: pd.DataFrame, salt: str, palette: dict[str, str] | N
                 ax.annotate(f"{value:.2f}", (end, yi), xytext=(3, 0), textcoords="offset points",
                             va="center", ha="left", fontsize=8, color="#333")
         ax.set_xlabel(label)
+        return _svg(figure, salt)
+
+
+def accuracy_cka_svg(rows: pd.DataFrame, salt: str, palette: dict[str, str] | None = None) -> str:
+    """One point per method: CKA with the teacher's embedding across, test accuracy up (with its
+    std over seeds); does the method that copies the representation best also classify best?"""
+    rows = rows[rows["cka"].notna()].reset_index(drop=True)
+    acc, std, label = _accuracy(rows)
+    methods = rows["method"].astype(str).to_numpy()
+    palette = palette or colours(methods)
+    with mpl.rc_context(STYLE):
+        figure = Figure(figsize=(WIDTH_IN, 3.2))
+        ax = figure.add_subplot()
+        cka = rows["cka"].astype(float).to_numpy()
+        for i, method in enumerate(methods):
+            ax.errorbar(cka[i], acc[i], yerr=None if std is None else std[i], fmt="o", markersize=5,
+                        color=palette[method], ecolor=palette[method], capsize=3, elinewidth=1)
+            ax.annotate(method, (cka[i], acc[i]), xytext=(5, 3), textcoords="offset points",
+                        fontsize=8, color="#333")
+        ax.set_xlabel("linear CKA with the teacher's embedding")
+        ax.set_ylabel(label)
         return _svg(figure, salt)
 
 

@@ -51,6 +51,9 @@ def _table(rows: pd.DataFrame) -> pd.DataFrame:
     shown["vs best"] = _verdict(rows)
     shown["seeds"] = rows["seeds"].astype(int)
     shown["val acc"] = rows["val_acc"].map(_pct)
+    if _diagnosed(rows):  # how close the student came to the teacher: how close the student came to the teacher
+        shown["CKA"] = rows["cka"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+        shown["rank agr."] = rows["rank_agreement"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     shown["chosen knobs"] = rows["knobs"].map(_knobs)
     shown["trials"] = rows["trials"]
     shown["completed"] = rows["completed"]
@@ -62,6 +65,10 @@ def _table(rows: pd.DataFrame) -> pd.DataFrame:
                               for acc, src, rule in zip(rows["published_acc"], rows["published_source"],
                                                         rows["published_rule"])]
     return shown
+
+
+def _diagnosed(rows: pd.DataFrame) -> bool:
+    return "cka" in rows and rows["cka"].notna().any()
 
 
 def _knobs(text: str) -> str:
@@ -186,6 +193,11 @@ def _plots(index: int, rows: pd.DataFrame, trials: pd.DataFrame | None) -> str:
                      "Test accuracy of each method's chosen configuration"
                      + (" (error bars: std over seeds)." if "test_acc_std" in rows
                         and rows["test_acc_std"].notna().any() else "."))]
+    if _diagnosed(rows):
+        parts.append(_figure(
+            "accuracy-cka", index, plots.accuracy_cka_svg(rows, f"{salt}-cka", palette),
+            "Test accuracy against linear CKA between the teacher's and the student's embeddings "
+            "(held-out images, last epoch): how close each method brought the representation."))
     if mine is not None and not mine.empty:
         parts.append(_figure(
             "search-progress", index, plots.search_progress_svg(mine, f"{salt}-search", palette),

@@ -4,7 +4,8 @@ group, a test of every method against the group's best.
 The test is two-sided at p < 0.05 over the final runs' test accuracies. When two methods ran
 the same seeds it is a paired t-test: a seed fixes the initial student, the data order and
 the augmentation of pcbench's device-side pipelines (digits, CIFAR), so the runs of one seed
-share their randomness and the pairing removes it. Otherwise it is Welch's t-test. A method
+share their randomness and the pairing removes it (a benchmark with cohorts trains a seed's
+final runs of every method as one cohort on literally one data stream). Otherwise it is Welch's t-test. A method
 is *tied with the best* when the test cannot tell it from the best (p >= 0.05); with fewer
 than two runs on either side nothing can be told, and the tie is unknown.
 """
@@ -16,7 +17,8 @@ from collections.abc import Sequence
 ALPHA = 0.05
 TEST_NOTE = ("tied: not significantly different from the group's best, two-sided t-test over "
              "the seed runs at p < 0.05 (paired by seed where both methods ran the same seeds, "
-             "which share data order and augmentation; Welch's otherwise)")
+             "which share data order and augmentation, in a benchmark with cohorts as one data "
+             "stream; Welch's otherwise)")
 
 
 def ci95(values: Sequence[float]) -> tuple[float, float]:

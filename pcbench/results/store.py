@@ -37,6 +37,10 @@ TRIALS_SCHEMA = pa.schema([
     ("workers", pa.int64()),
     ("gpus", pa.float64()),  # GPUs the trial held (fractions share one): GPU-hours = wall x gpus
     ("device", pa.string()),
+    # last epoch, teacher against student on held-out images (pcbench.diagnostics): linear CKA
+    # at the embedding, rank agreement of the embedding's dissimilarities; null without a teacher
+    ("cka", pa.float64()),
+    ("rank_agreement", pa.float64()),
     ("config_hash", pa.string()),
     ("teacher_sha256", pa.string()),
     ("status", pa.string()),  # completed | stopped (early: ASHA, or a cohort's rung) | diverged | error
@@ -59,11 +63,15 @@ EPOCHS_SCHEMA = pa.schema([
     ("test_acc", pa.float64()),  # only on a completed trial's last epoch
     ("lr", pa.float64()),
     ("epoch_seconds", pa.float64()),
+    ("cka", pa.float64()),  # at the embedding (diagnostics); null without a teacher
+    ("cka_taps", pa.string()),  # JSON: {tap: CKA} at every tap measured
+    ("rank_agreement", pa.float64()),
 ])
 
 SCHEMAS = {"trials": TRIALS_SCHEMA, "epochs": EPOCHS_SCHEMA}
 # Columns added after parts were first written, and what an older part means by them.
-ADDED = {"trials": {"cohort_size": 1}, "epochs": {}}
+ADDED = {"trials": {"cohort_size": 1, "cka": None, "rank_agreement": None},
+         "epochs": {"cka": None, "cka_taps": None, "rank_agreement": None}}
 
 
 class ResultsStore:

@@ -208,9 +208,6 @@ def _check_teachers(store: TeacherStore, prepared: list[Prepared]) -> None:
 
 def _check_resources(session: Session, request: Request, template: TrialConfig) -> None:
     workers = template.train.workers
-    if request.search and session.cohort > 1 and workers > 1:
-        raise UserError(f"--cohort {session.cohort} trains its members in one process; use "
-                        f"--workers 1 (or --cohort 1 for DDP trials)")
     if not request.search and not session.ray and workers > 1:
         raise UserError(f"train.workers={workers} needs Ray Train; drop --no-ray or use one worker")
     if workers > 1 and session.cpus_per_trial <= COORDINATOR_CPUS:

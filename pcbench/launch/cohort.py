@@ -13,6 +13,8 @@ import tempfile
 from typing import Any
 
 import optuna
+import ray.train
+import ray.train.torch
 import torch
 from ray import tune
 from ray.tune.search import Searcher
@@ -20,6 +22,7 @@ from ray.tune.utils.util import unflatten_dict
 
 from pcbench.config import build_config
 from pcbench.engine import DIVERGED, SuccessiveHalving, train_cohort
+from pcbench.launch.trial import run_ddp
 from pcbench.results.selection import METRIC
 
 # Trials asked of Optuna at once (at least one cohort): a protocol setting, never --concurrent,
@@ -59,12 +62,15 @@ class _CohortReporter:
     """The cohort's checkpoint holds the members' last checkpoints and, in RUNNING, which
     members still run: a restarted cohort does not train a member again that had stopped at a
     rung or diverged, and such a member's weights are not uploaded with every later epoch.
-    Members that trained to the end keep theirs."""
+    Members that trained to the end keep theirs. `report` and `get_checkpoint` are Tune's in a
+    one-worker cohort, Ray Train's on each DDP worker (rank 0 alone uploads the checkpoint)."""
 
-    def __init__(self, staging: str, epochs: int):
+    def __init__(self, staging: str, epochs: int, report=tune.report, get_checkpoint=tune.get_checkpoint,
+                 rank: int = 0):
         self.staging, self.epochs, self.pending = staging, epochs, {}
+        self.report, self.rank = report, rank
         self.running: set[int] | None = None  # None: a new cohort, every member runs
-        checkpoint = tune.get_checkpoint()
+        checkpoint = get_checkpoint()
         self.restored = checkpoint.to_directory() if checkpoint else None
         if self.restored:  # the members' last checkpoints go on into the next reports
             shutil.copytree(self.restored, staging, dirs_exist_ok=True)
@@ -81,22 +87,39 @@ class _CohortReporter:
                 shutil.rmtree(os.path.join(self.staging, name))  # ended early
         with open(os.path.join(self.staging, RUNNING), "w") as f:
             json.dump(sorted(running), f)
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(self.staging))
+        self.report(result, checkpoint=tune.Checkpoint.from_directory(self.staging) if self.rank == 0 else None)
 
 
-def tune_cohort(knobs: dict[str, Any], *, templates: list[dict[str, Any]], cpus: float) -> None:
-    """The Tune trainable of a cohort on one worker. A search's cohort: one template, each
-    member's knobs ({"members": [...]}), halved at the rungs. Paired final runs: one member per
-    template, all with this trial's seed, every one trained to the end."""
-    torch.set_num_threads(max(1, int(cpus)))
+def tune_cohort(knobs: dict[str, Any], *, templates: list[dict[str, Any]], cpus: float, gpus: float,
+                storage: str) -> None:
+    """The Tune trainable of a cohort. A search's cohort: one template, each member's knobs
+    ({"members": [...]}), halved at the rungs. Paired final runs: one member per template, all
+    with this trial's seed, every one trained to the end. With train.workers > 1 the cohort is
+    one DDP job: every member data-parallel over the same workers."""
+    workers = build_config(templates[0], {}).train.workers
+    if workers == 1:
+        torch.set_num_threads(max(1, int(cpus)))
+        _train(knobs, templates)
+    else:
+        run_ddp(_cohort_worker, {"knobs": knobs, "templates": templates}, workers, cpus, gpus, storage)
+
+
+def _cohort_worker(loop_config: dict[str, Any]) -> None:
+    torch.set_num_threads(loop_config["threads"])
+    _train(loop_config["knobs"], loop_config["templates"], device=ray.train.torch.get_device(),
+           report=ray.train.report, get_checkpoint=ray.train.get_checkpoint,
+           rank=ray.train.get_context().get_world_rank())
+
+
+def _train(knobs: dict[str, Any], templates: list[dict[str, Any]], device=None, **reporting) -> None:
     if MEMBERS in knobs:
         configs = [build_config(templates[0], member) for member in knobs[MEMBERS]]
     else:
         configs = [build_config(template, knobs) for template in templates]
     epochs = configs[0].train.epochs
     with tempfile.TemporaryDirectory(prefix="pcbench-cohort-") as staging:
-        cohort = _CohortReporter(staging, epochs)
-        train_cohort(configs, [_MemberReporter(cohort, i) for i in range(len(configs))],
+        cohort = _CohortReporter(staging, epochs, **reporting)
+        train_cohort(configs, [_MemberReporter(cohort, i) for i in range(len(configs))], device,
                      halving=SuccessiveHalving(epochs) if MEMBERS in knobs else None,
                      after_epoch=cohort.after_epoch,
                      ended=set() if cohort.running is None else set(range(len(configs))) - cohort.running)

@@ -155,7 +155,8 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
     searched_in_cohorts = plan.cohort > 1 and plan.space is not None
     cohorts = searched_in_cohorts or len(members) > 1
     trainable = tune.with_resources(
-        tune.with_parameters(tune_cohort, templates=templates, cpus=plan.cpus_per_trial) if cohorts
+        tune.with_parameters(tune_cohort, templates=templates, cpus=plan.cpus_per_trial,
+                             gpus=plan.gpus_per_trial, storage=plan.storage) if cohorts
         else tune.with_parameters(tune_trial, template=templates[0], cpus=plan.cpus_per_trial,
                                   gpus=plan.gpus_per_trial, storage=plan.storage),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))

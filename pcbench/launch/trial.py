@@ -44,15 +44,20 @@ def tune_trial(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float, 
                storage: str) -> None:
     """The Tune trainable: the template with this trial's knobs applied."""
     config = build_config(template, knobs)
-    workers = config.train.workers
-    if workers == 1:
+    if config.train.workers == 1:
         torch.set_num_threads(max(1, int(cpus)))
         train_trial(config, TuneReporter())
         return
+    run_ddp(_worker_loop, {"config": config.to_dict()}, config.train.workers, cpus, gpus, storage)
+
+
+def run_ddp(loop, loop_config: dict[str, Any], workers: int, cpus: float, gpus: float, storage: str) -> None:
+    """`loop(loop_config)` on `workers` DDP workers (a TorchTrainer inside this Tune trial); the
+    workers' reports reach Tune. loop_config gains each worker's torch thread count."""
     per_worker = worker_resources(workers, cpus, gpus)
     trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"config": config.to_dict(), "threads": max(1, int(per_worker["CPU"]))},
+        loop,
+        train_loop_config={**loop_config, "threads": max(1, int(per_worker["CPU"]))},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),

@@ -110,7 +110,8 @@ def engine_trial(data_dir: Path, teacher_file: str, device: str, options: str, e
         {"data": {"name": "cifar100", "root": str(data_dir), "val_fraction": 0.0, "batch_size": BATCH},
          "teacher": TEACHER, "student": STUDENT, "method": "kd",
          "train": {"epochs": epochs, "device": device, "precision": "bf16" if "bf16" in opts else "fp32",
-                   "channels_last": "cl" in opts, "compile": _compile_mode(opts)}},
+                   "channels_last": "cl" in opts, "compile": _compile_mode(opts),
+                   "diagnostics": False}},  # training speed only
         {}).model_copy(update={"teacher_weights": teacher_file})
     reporter = LocalReporter()
     train_trial(config, reporter)

@@ -10,7 +10,9 @@ split where a final run has none):
   teacher's and the student's cosine dissimilarities to every other image, averaged over the
   images. It is what perception coherence optimises, measured for every method.
 
-The teacher is frozen, so its side is computed once per trial (Reference). Plain PyTorch."""
+The teacher is frozen, so its side is computed once per trial (Reference). Plain PyTorch.
+The first images of a split: right for CIFAR and digits, whose splits are shuffled; ImageNet
+folders list their images by class, so there they cover a few classes only."""
 
 import torch
 
@@ -31,14 +33,15 @@ def features(model: Tapped, data: DataSource, split: str, memory_format=torch.co
              batch_size: int = 256) -> dict[str, torch.Tensor]:
     """The model's taps on the split's first DIAGNOSTIC_IMAGES images, in evaluation mode, as
     float32 rows (one per image)."""
-    was_training = model.training
+    was_training = model.model.training  # the wrapped model's mode, not the new wrapper's
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     seen = 0
     for x, _, _ in data.batches(split, batch_size):
         x = x[:DIAGNOSTIC_IMAGES - seen].contiguous(memory_format=memory_format)
         for name, value in model(x).items():
-            parts.setdefault(name, []).append(value.float().flatten(1))
+            if name != "logits":
+                parts.setdefault(name, []).append(value.float().flatten(1))
         seen += len(x)
         if seen >= DIAGNOSTIC_IMAGES:
             break
@@ -73,7 +76,7 @@ class Reference:
     ranks of its embedding's dissimilarities."""
 
     def __init__(self, teacher_feats: dict[str, torch.Tensor]):
-        self.grams = {name: centred_gram(rows) for name, rows in teacher_feats.items() if name != "logits"}
+        self.grams = {name: centred_gram(rows) for name, rows in teacher_feats.items()}
         self.ranks = row_ranks(cosine_dissimilarity(teacher_feats[EMBEDDING])) if EMBEDDING in teacher_feats else None
 
     def compare(self, student_feats: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -193,6 +193,10 @@ def cohort_mismatch(configs: list[TrialConfig]) -> str | None:
                              sort_keys=True, default=str) for f in flats}
         if len(values) > 1:
             return f"members differ in {key}"
+    modes = {getattr(c.method, "teacher_train_mode", False) for c in configs
+             if get_method(c.method.name).needs_teacher}
+    if len(modes) > 1:  # one teacher forward: one BatchNorm mode
+        return "members differ in the teacher's train mode"
     return None
 
 
@@ -238,7 +242,7 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
     members = [_Member(c, r, data, teacher_info if t else None, device, memory_format, compile_mode, world)
                for c, r, t in zip(cfgs, reporters, needs_teacher)]
     if any(diagnosing):
-        wanted = set().union(*(m.diagnose(teacher.TAP_NODES) for m, on in zip(members, diagnosing) if on))
+        wanted = set().union(*(m.diagnose(teacher.TAP_NODES, split) for m, on in zip(members, diagnosing) if on))
         reference = Reference(features(Tapped(teacher, wanted), data, split, memory_format))
         for member, on in zip(members, diagnosing):
             member.reference = reference if on else None
@@ -248,10 +252,7 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
     if any(needs_teacher):
         taps = set().union(*(m.taps for m in members if m.needs_teacher))
         teacher_taps = Tapped(teacher, taps, compile=compile_mode)
-        modes = {m.distiller.method.teacher_train_mode for m in members if m.needs_teacher}
-        if len(modes) > 1:
-            raise ValueError("not one cohort: members differ in the teacher's train mode")
-        teacher_mode = modes.pop()
+        teacher_mode = next(m.distiller.method.teacher_train_mode for m in members if m.needs_teacher)
 
     per_rank_batch = max(1, cfg.data.batch_size // world)  # data.batch_size is the global batch
     first = min((m.start_epoch for m in members if m.running), default=cfg.train.epochs)
@@ -361,11 +362,11 @@ class _Member:
         self.reference: Reference | None = None  # the teacher's side of the diagnostics
         self.diagnosed: Tapped | None = None
 
-    def diagnose(self, teacher_taps) -> set[str]:
-        """Measure this member against the teacher every epoch: at the taps its method reads
-        and the embedding, where the teacher has them. Returns those taps."""
-        taps = {t for t in self.taps if t != "logits" and t in teacher_taps} | {EMBEDDING}
-        self.diagnosed = Tapped(self.distiller.student.model, taps)
+    def diagnose(self, teacher_has: Iterable[str], split: str) -> set[str]:
+        """Measure this member against the teacher every epoch on `split`: at the taps its
+        method reads and the embedding, where the teacher has them. Returns those taps."""
+        taps = {t for t in self.taps if t != "logits" and t in teacher_has} | {EMBEDDING}
+        self.diagnosed, self.split = Tapped(self.distiller.student.model, taps), split
         return taps
 
     def begin_epoch(self, device) -> None:
@@ -416,8 +417,7 @@ class _Member:
         metrics["eval_seconds"] = time.perf_counter() - evaluating
         if self.reference is not None:
             measuring = time.perf_counter()
-            metrics.update(self.reference.compare(
-                features(self.diagnosed, data, diagnostic_split(data), memory_format)))
+            metrics.update(self.reference.compare(features(self.diagnosed, data, self.split, memory_format)))
             metrics["diagnostics_seconds"] = time.perf_counter() - measuring
         # a cohort's training time is shared among the members it trained
         metrics["epoch_seconds"] = train_seconds + metrics["eval_seconds"] + metrics.get("diagnostics_seconds", 0.0)

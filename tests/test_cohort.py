@@ -79,3 +79,10 @@ def test_a_cohort_stopped_mid_way_resumes_every_member_from_its_checkpoint(membe
 def test_a_cohort_refuses_members_that_cannot_share_a_data_stream(members):
     with pytest.raises(ValueError, match="members differ in seed"):
         train_cohort([members[0], members[0].model_copy(update={"seed": 1})], [LocalReporter()] * 2)
+
+
+def test_members_whose_teacher_runs_in_different_batchnorm_modes_are_no_cohort(teacher_store):
+    from pcbench.engine import cohort_mismatch
+    fcfd = _config(teacher_store, "fcfd", **{"fcfd.teacher_train_mode": True})
+    assert cohort_mismatch([fcfd, _config(teacher_store, "kd")]) == "members differ in the teacher's train mode"
+    assert cohort_mismatch([fcfd, _config(teacher_store, "ce")]) is None  # CE never runs the teacher

@@ -39,12 +39,13 @@ def test_a_cohort_search_gives_the_same_trials_whatever_its_concurrency(tmp_path
 
 def test_a_cohort_runs_as_one_ddp_job_over_two_workers(tmp_path, teacher_store, local_ray):
     result = CliRunner().invoke(app, [
-        "search", "--method", "kd", "--samples", "2", "--cohort", "2", "--workers", "2",
+        # two cohorts one after the other: a DDP cohort's actor is never reused
+        "search", "--method", "kd", "--samples", "4", "--cohort", "2", "--workers", "2", "--concurrent", "1",
         "--cpus-per-trial", "1", "--epochs", "2", "--results", str(tmp_path / "results"),
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--teachers", str(teacher_store.root)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     trials = pd.read_parquet(tmp_path / "results" / "trials")
-    assert len(trials) == 2 and (trials.workers == 2).all() and (trials.cohort_size == 2).all()
-    assert trials.trial_id.str.rsplit("-m", n=1).str[0].nunique() == 1  # one Tune trial: one DDP job
+    assert len(trials) == 4 and (trials.workers == 2).all() and (trials.cohort_size == 2).all()
+    assert trials.trial_id.str.rsplit("-m", n=1).str[0].nunique() == 2  # a Tune trial, a DDP job, each
     # halved at the rung (epoch 1 of 2) on the members' all-reduced validation accuracy
-    assert sorted(trials.status) == ["completed", "stopped"] and trials.val_acc.notna().all()
+    assert sorted(trials.status) == ["completed"] * 2 + ["stopped"] * 2 and trials.val_acc.notna().all()

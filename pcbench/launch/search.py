@@ -237,7 +237,8 @@ def _cohort_config(plan: SearchPlan) -> tune.TuneConfig:
                             None if earlier else plan.space.first_point(plan.template),
                             plan.name, SEARCH_ATTR)
     return tune.TuneConfig(search_alg=searcher, num_samples=cohort_count(plan.samples, plan.cohort),
-                           max_concurrent_trials=plan.concurrent, reuse_actors=True)
+                           max_concurrent_trials=plan.concurrent,
+                           reuse_actors=plan.template.train.workers == 1)  # as _tune_config
 
 
 def _optuna_storage(plan: SearchPlan) -> optuna.storages.RDBStorage | None:

@@ -25,8 +25,9 @@ def _channels(f: torch.Tensor) -> torch.Tensor:
 
 
 def poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """B x C_b x C_a of (a_i . b_j)^2."""
-    return (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1).pow(2)
+    """B x C_b x C_a of (a_i . b_j)^2 (RepDistiller's broadcast form, without its B x C x C x HW
+    intermediate)."""
+    return torch.bmm(b, a.transpose(1, 2)).pow(2)
 
 
 def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ def _table(rows: pd.DataFrame) -> pd.DataFrame:
     shown["vs best"] = _verdict(rows)
     shown["seeds"] = rows["seeds"].astype(int)
     shown["val acc"] = rows["val_acc"].map(_pct)
-    if _diagnosed(rows):  # how close the student came to the teacher: how close the student came to the teacher
+    if _diagnosed(rows):  # how close the student came to the teacher
         shown["CKA"] = rows["cka"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
         shown["rank agr."] = rows["rank_agreement"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     shown["chosen knobs"] = rows["knobs"].map(_knobs)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step, TapList
+from pcbench.methods.base import DistillConfig, Method, Step, TapList, pool_to_smaller
 
 
 class ATConfig(DistillConfig):
@@ -24,8 +24,7 @@ def attention(f: torch.Tensor, p: float) -> torch.Tensor:
 
 def at_loss(fs: torch.Tensor, ft: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """As RepDistiller: the larger map is average-pooled to the smaller one's size first."""
-    size = min(fs.shape[2], ft.shape[2]), min(fs.shape[3], ft.shape[3])
-    fs, ft = F.adaptive_avg_pool2d(fs, size), F.adaptive_avg_pool2d(ft, size)
+    fs, ft = pool_to_smaller(fs, ft)
     return (attention(fs, p) - attention(ft, p)).pow(2).mean()
 
 

@@ -65,6 +65,13 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float
                     reduction="batchmean", log_target=True) * t * t
 
 
+def pool_to_smaller(fs: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two feature maps at a common size, as RepDistiller compares maps of different
+    resolutions: the larger average-pooled (adaptively) to the smaller; the smaller unchanged."""
+    size = min(fs.shape[2], ft.shape[2]), min(fs.shape[3], ft.shape[3])
+    return F.adaptive_avg_pool2d(fs, size), F.adaptive_avg_pool2d(ft, size)
+
+
 class Method(nn.Module):
     """Base: cross-entropy (+ KD when configured) plus the method's own `transfer` terms."""
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step, TapList
+from pcbench.methods.base import DistillConfig, Method, Step, TapList, pool_to_smaller
 
 
 class NSTConfig(DistillConfig):
@@ -31,8 +31,7 @@ def poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-    size = min(f_s.shape[2], f_t.shape[2])  # the larger map average-pooled to the smaller
-    s, t = _channels(F.adaptive_avg_pool2d(f_s, size)), _channels(F.adaptive_avg_pool2d(f_t, size))
+    s, t = map(_channels, pool_to_smaller(f_s, f_t))
     return poly_kernel(t, t).mean().detach() + poly_kernel(s, s).mean() - 2 * poly_kernel(s, t).mean()
 
 

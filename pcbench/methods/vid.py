@@ -15,7 +15,7 @@ from pydantic import NonNegativeFloat, PositiveFloat
 from torch import nn
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step, TapList
+from pcbench.methods.base import DistillConfig, Method, Step, TapList, pool_to_smaller
 
 EPS = 1e-5
 
@@ -37,8 +37,7 @@ class VariationalRegressor(nn.Module):
         self.log_scale = nn.Parameter(torch.full((t_channels,), math.log(math.expm1(init_var - EPS))))
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-        size = min(f_s.shape[2], f_t.shape[2])
-        f_s, f_t = F.adaptive_avg_pool2d(f_s, size), F.adaptive_avg_pool2d(f_t, size)
+        f_s, f_t = pool_to_smaller(f_s, f_t)
         var = (F.softplus(self.log_scale) + EPS).view(1, -1, 1, 1)
         return (0.5 * ((self.mean(f_s) - f_t).pow(2) / var + var.log())).mean()
 

@@ -23,7 +23,7 @@ from pydantic import (
 from pcbench.data import dataset_names
 from pcbench.errors import UserError
 from pcbench.methods import MethodConfig, get_method, method_names
-from pcbench.models import model_names, stage_taps, tap_names
+from pcbench.models import PREACT, model_names, stage_taps, tap_names
 from pcbench.models.roles import common_stages
 
 
@@ -111,7 +111,7 @@ class TrialConfig(_Section):
             model = getattr(self, role)
             valid = tap_names(model)
             for tap in sorted(method.taps(self.method, stages[role])):
-                if tap not in valid:
+                if tap.removesuffix(PREACT) not in valid:
                     raise ValueError(f"tap '{tap}' does not exist in {role} {model}; "
                                      f"valid taps: {', '.join(valid)} or a layer role "
                                      f"(last_stage, stage[-2], all_stages, middle_stage)")

@@ -262,7 +262,7 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
             continue  # none left, or the ones left resume at a later epoch
         started = time.perf_counter()
         for member in live:
-            member.begin_epoch(device)
+            member.begin_epoch(epoch, device)
         if teacher_taps is not None:
             teacher_taps.train(teacher_mode)
         steps = 0
@@ -336,7 +336,7 @@ class _Member:
         student_info = model_info(student, data.input_shape, cfg.student)
         self.taps = method_class.taps(cfg.method, student.stage_taps)
         method = method_class(cfg.method, student_info, teacher_info,
-                              DataInfo(data.num_classes, data.size("train")))
+                              DataInfo(data.num_classes, data.size("train"), cfg.train.epochs))
         self.distiller = Distiller(student, method, self.taps, cfg.train.precision, compile_mode)
         self.distiller = self.distiller.to(device, memory_format=memory_format)
         self.trainer = self.distiller
@@ -369,7 +369,9 @@ class _Member:
         self.diagnosed, self.split = Tapped(self.distiller.student.model, taps), split
         return taps
 
-    def begin_epoch(self, device) -> None:
+    def begin_epoch(self, epoch: int, device) -> None:
+        if epoch > 0 and epoch == self.distiller.method.init_epochs:
+            self.optimizer.state.clear()  # distillation starts with no momentum from the first stage
         self.distiller.train()
         self.sums: dict[str, torch.Tensor] = {}
         self.steps = 0

@@ -39,10 +39,11 @@ class DistillConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a method may know about the training data before training."""
+    """What a method may know about the training data, and the trial's budget, before training."""
 
     num_classes: int
     train_size: int
+    epochs: int = 1  # the trial's epochs, an initialisation stage's included
 
 
 @dataclass
@@ -84,6 +85,9 @@ class Method(nn.Module):
     same_stages: ClassVar[bool] = False
     # The smallest per-rank training batch the loss is defined on (batch-relational losses).
     min_batch: ClassVar[int] = 1
+    # Epochs of an initialisation stage before distillation (InitStageMethod): the engine
+    # starts the optimizer afresh when it ends.
+    init_epochs: int = 0
 
     def __init__(self, config: MethodConfig, student: ModelInfo, teacher: ModelInfo | None,
                  data: DataInfo):
@@ -142,3 +146,35 @@ class Method(nn.Module):
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         return {}
+
+
+class InitStageConfig(DistillConfig):
+    """Knobs of a method that trains an initialisation stage before distilling: the share of
+    the trial's epochs it takes. RepDistiller runs 30 such epochs before its 240, so 30/270 of
+    a budget that counts both."""
+
+    init_share: float = Field(1 / 9, ge=0.0, lt=1.0)
+
+
+class InitStageMethod(Method):
+    """A method that first trains an initialisation stage, as RepDistiller's `init` for AB, FT
+    and FSP: for the first `init_share` of the trial's epochs (at least one, and never all)
+    the loss is `initialise`'s terms alone, with no label term; then the base loss plus
+    `transfer`. The stage runs inside the trial, so its cost is in the trial's budget, and
+    the engine starts the optimizer afresh (no momentum) when it ends, as RepDistiller builds
+    a new optimizer for distillation. Parameters an initialisation term does not reach (the
+    student's classifier) keep no gradient and are not stepped."""
+
+    Config = InitStageConfig
+    sometimes_unused = True  # the classifier sits out the first stage; some modules the second
+
+    def __init__(self, config, student, teacher, data):
+        super().__init__(config, student, teacher, data)
+        share = self.config.init_share
+        self.init_epochs = min(data.epochs - 1, max(1, round(share * data.epochs))) if share > 0 else 0
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        return self.initialise(step) if step.epoch < self.init_epochs else super().forward(step)
+
+    def initialise(self, step: Step) -> dict[str, torch.Tensor]:
+        raise NotImplementedError

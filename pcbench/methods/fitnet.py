@@ -19,9 +19,9 @@ class FitNetConfig(DistillConfig):
     tap: str = "middle_stage"  # FitNets' hint: the middle stage (stage2 of 3 or 4, as RepDistiller)
 
 
-def conv_regressor(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Sequential:
+def conv_regressor(student: tuple[int, ...], teacher: tuple[int, ...], relu: bool = True) -> nn.Sequential:
     """RepDistiller's ConvReg: strided, transposed or shrinking conv by the spatial sizes,
-    then BatchNorm and ReLU."""
+    then BatchNorm and (unless `relu` is False) ReLU."""
     (s_c, s_h, s_w), (t_c, t_h, t_w) = student, teacher
     if s_h == 2 * t_h:
         conv = nn.Conv2d(s_c, t_c, 3, stride=2, padding=1)
@@ -31,7 +31,7 @@ def conv_regressor(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Seq
         conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
     else:
         raise ValueError(f"no FitNet regressor from spatial size {s_h} to {t_h}")
-    return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU(inplace=True))
+    return nn.Sequential(conv, nn.BatchNorm2d(t_c), *([nn.ReLU(inplace=True)] if relu else []))
 
 
 @register

@@ -5,12 +5,14 @@ mdistiller's checkpoints load), torchvision's ImageNet models, and two small CNN
 """
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor
 
 from pcbench.errors import UserError
 from pcbench.models import imagenet
@@ -126,6 +128,7 @@ class ModelInfo:
     tap_shapes: dict[str, tuple[int, ...]]
     stages: tuple[str, ...]
     stages_post_relu: bool = True
+    preact: tuple[str, ...] = ()  # the taps whose pre-activation `Tapped` can read
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,8 +139,35 @@ def shapes_of(name: str, input_shape: tuple[int, ...]) -> ModelInfo:
         return model_info(create_model(name, num_classes=10, in_channels=input_shape[0]), input_shape, name)
 
 
+PREACT = "/preact"  # suffix of a tap name: that tap before its closing ReLU
+
+
+def preact_nodes(model: TapModel) -> dict[str, str]:
+    """For each stage, the graph node (torchvision's node name) holding it before its closing
+    ReLU, what RepDistiller's models return with `preact=True`; the stage's own node where it
+    closes with no ReLU (the pre-activation stages of WRN and MobileNetV2). A stage closed by an
+    in-place ReLU is left out: that ReLU overwrites the pre-activation before anyone reads it."""
+    tracer = NodePathTracer()  # the tracer behind create_feature_extractor: the same node names
+    graph = tracer.trace(model)
+    found = {}
+    for tap in model.stage_taps:
+        query = model.TAP_NODES[tap]  # as create_feature_extractor: the module's last node
+        node = [n for n in graph.nodes
+                if re.fullmatch(rf"{re.escape(query)}(\..*)?", tracer.node_to_qualname.get(n, ""))][-1]
+        if node.op == "call_module":
+            relu = model.get_submodule(node.target)
+            is_relu, in_place = isinstance(relu, nn.ReLU), getattr(relu, "inplace", False)
+        else:
+            is_relu = node.target in (F.relu, torch.relu, torch.relu_, "relu", "relu_")
+            in_place = node.target in (torch.relu_, "relu_") or node.kwargs.get("inplace", False)
+        if not in_place:
+            found[tap] = tracer.node_to_qualname[node.args[0]] if is_relu else query
+    return found
+
+
 class Tapped(nn.Module):
     """Runs a model and returns its logits plus the named taps (torchvision feature extraction).
+    A tap named `<stage>/preact` is that stage before its closing ReLU (`preact_nodes`).
 
     The extractor shares the model's leaf modules, so it is kept out of the module tree: the
     model alone owns the parameters and its state_dict keys stay those of the plain model.
@@ -146,7 +176,17 @@ class Tapped(nn.Module):
     def __init__(self, model: TapModel, taps: set[str], compile: str = "off"):
         super().__init__()
         self.model = model
-        nodes = {model.TAP_NODES[t]: t for t in sorted(taps | {"logits"})}
+        node_of = {t: model.TAP_NODES[t] for t in sorted(taps | {"logits"}) if not t.endswith(PREACT)}
+        if wanted := {t.removesuffix(PREACT) for t in taps if t.endswith(PREACT)}:
+            preacts = preact_nodes(model)
+            if missing := wanted - set(preacts):
+                raise ValueError(f"{type(model).__name__} cannot give the pre-activation of "
+                                 f"{', '.join(sorted(missing))} (an in-place ReLU closes it)")
+            node_of.update({t + PREACT: preacts[t] for t in wanted})
+        nodes = {}  # one output per node: a tap and its pre-activation may be one node (WRN)
+        for tap, node in node_of.items():
+            nodes.setdefault(node, tap)
+        self.aliases = {tap: nodes[node] for tap, node in node_of.items() if nodes[node] != tap}
         extractor = create_feature_extractor(model, nodes)
         if compile != "off":  # torch.compile's mode: "default" or "reduce-overhead" (CUDA graphs)
             extractor = torch.compile(extractor, mode=compile)
@@ -158,7 +198,10 @@ class Tapped(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._extractor(x)
+        out = self._extractor(x)
+        for tap, same in self.aliases.items():
+            out[tap] = out[same]
+        return out
 
 
 def model_info(model: TapModel, input_shape: tuple[int, ...], name: str = "") -> ModelInfo:
@@ -168,4 +211,4 @@ def model_info(model: TapModel, input_shape: tuple[int, ...], name: str = "") ->
         out = Tapped(model, taps).eval()(torch.zeros(2, *input_shape))
     model.train(was_training)
     return ModelInfo(name, {k: tuple(v.shape[1:]) for k, v in out.items()}, tuple(model.stage_taps),
-                     model.STAGES_POST_RELU)
+                     model.STAGES_POST_RELU, tuple(preact_nodes(model)))

@@ -93,6 +93,12 @@ def _stop_ray() -> None:
 Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Data set (default: digits).")]
 Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher model.")]
 Student = Annotated[Optional[str], typer.Option("--student", help="Student model.")]
+TeacherDataset = Annotated[Optional[str], typer.Option(
+    "--teacher-dataset", help="Data set the teacher was trained on (default: the student's); another "
+    "task's for transfer: feature methods only, the classes differ.")]
+InitFromTeacher = Annotated[bool, typer.Option(
+    "--init-from-teacher", help="Start the student from the teacher's weights (same architecture), "
+    "its classifier re-initialised.")]
 Sets = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Dotted override, repeatable: method.tau=0.05, train.lr=0.1, pc.weight=2.")]
 # A str, not a Path: a Path would turn s3://bucket/x into s3:/bucket/x.
@@ -123,8 +129,11 @@ GpusPerTrial = Annotated[float, typer.Option(
     "--gpus-per-trial", help="GPUs a trial holds (fractions share one).")]
 
 
-def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None) -> dict[str, Any]:
+def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None, teacher_dataset=None,
+          init_from_teacher=False) -> dict[str, Any]:
     base: dict[str, Any] = {"seed": seed}
+    if teacher_dataset is not None:
+        base["teacher_dataset"] = teacher_dataset
     data = {k: v for k, v in (("name", dataset), ("root", data_dir)) if v is not None}
     if data:
         base["data"] = data
@@ -133,6 +142,8 @@ def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None) -> di
     if student is not None:
         base["student"] = student
     train = {k: v for k, v in (("epochs", epochs), ("workers", workers)) if v is not None}
+    if init_from_teacher:
+        train["init_from_teacher"] = True
     if train:
         base["train"] = train
     return base
@@ -156,12 +167,14 @@ def _resume(resume: bool, resume_id: Optional[str]) -> Optional[str]:
 def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool) -> None:
     """A dry run's output: the plan on stdout (text or JSON), what is missing on stderr."""
     import json
+
+    from pcbench.results.leaderboard import pair_label
     if as_json:
         typer.echo(json.dumps(entries, indent=1))
     else:
         for e in entries:
             budget = e["budget"]
-            line = (f"{e['teacher']} -> {e['student']}  {e['method']}: "
+            line = (f"{pair_label(e)}  {e['method']}: "
                     f"{budget['trials']} trials x {budget['epochs']} epochs")
             if "final" in e:
                 line += f", then {len(e['final']['seeds'])} seeds x {e['final']['epochs']} epochs"
@@ -242,7 +255,7 @@ def run(
     method: Annotated[str, typer.Option("--method", help="Method to run.")] = "pc",
     dataset: Dataset = None, teacher: Teacher = None, student: Student = None, set_: Sets = None,
     epochs: Epochs = None, workers: Workers = None, seed: Seed = 0, data_dir: DataDir = None,
-    recipe: Recipe = None,
+    recipe: Recipe = None, teacher_dataset: TeacherDataset = None, init_from_teacher: InitFromTeacher = False,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process, without Ray.")] = False,
     results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
@@ -253,7 +266,8 @@ def run(
     session = _open_session(results, teachers, tracking_uri, search=False, experiment=experiment,
                             ray=not no_ray, address=address, cpus_per_trial=cpus_per_trial,
                             gpus_per_trial=gpus_per_trial)
-    request = Request([method], _base(dataset, teacher, student, epochs, workers, seed, data_dir),
+    request = Request([method], _base(dataset, teacher, student, epochs, workers, seed, data_dir,
+                                      teacher_dataset, init_from_teacher),
                       parse_overrides(set_ or []), recipe=recipe, search=False, seed=seed)
     _execute(session, request)
 
@@ -261,14 +275,15 @@ def run(
 def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus,
             optuna_storage=None, data_dir=None, recipe=None, dry_run=False, as_json=False,
-            resume=None, cohort=1) -> None:
+            resume=None, cohort=1, teacher_dataset=None, init_from_teacher=False) -> None:
     from pcbench.session import Request
     if space is not None and len(set(methods_)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
     session = _open_session(results, teachers, tracking_uri, optuna_storage, experiment=experiment,
                             address=address, cpus_per_trial=cpus, gpus_per_trial=gpus,
                             concurrent=concurrent, cohort=cohort, resume=resume)
-    request = Request(list(methods_), _base(dataset, teacher, student, epochs, workers, seed, data_dir),
+    request = Request(list(methods_), _base(dataset, teacher, student, epochs, workers, seed, data_dir,
+                                            teacher_dataset, init_from_teacher),
                       parse_overrides(set_ or []), recipe=recipe, space_file=space, samples=samples,
                       seed=seed)
     _execute(session, request, dry_run, as_json)
@@ -296,12 +311,13 @@ def search(
     optuna_storage: OptunaStorage = None, data_dir: DataDir = None, recipe: Recipe = None,
     dry_run: DryRun = False, as_json: Json = False, resume: Resume = False, resume_id: ResumeId = None,
     cohort: Annotated[int, typer.Option("--cohort", help=COHORT_HELP)] = 1,
+    teacher_dataset: TeacherDataset = None, init_from_teacher: InitFromTeacher = False,
 ) -> None:
     """Search each method's knobs with Ray Tune + Optuna (TPE) and ASHA (or cohorts)."""
     _search(method or [], dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address,
             cpus_per_trial, gpus_per_trial, optuna_storage, data_dir, recipe, dry_run, as_json,
-            _resume(resume, resume_id), cohort)
+            _resume(resume, resume_id), cohort, teacher_dataset, init_from_teacher)
 
 
 def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, data_dir=None,
@@ -342,7 +358,7 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, da
     work, missing = [], []
     for pair in chosen:
         base = {"seed": suite.seed, "data": {"name": suite.dataset}, "teacher": pair.teacher,
-                "student": pair.student}
+                "student": pair.student, "teacher_dataset": suite.teacher_dataset}
         if data_dir is not None:
             base["data"]["root"] = data_dir
         if budget_epochs is not None:
@@ -418,6 +434,7 @@ def demo(
 def _report(results: str, out: Optional[Path]) -> None:
     from pcbench.checks import check_writable
     from pcbench.results import ResultsStore, leaderboard, write_report
+    from pcbench.results.leaderboard import pair_label
     from pcbench.storage import resolve
     store = ResultsStore(resolve(results, "--results"))
     if not store.parts("trials"):
@@ -439,7 +456,7 @@ def _report(results: str, out: Optional[Path]) -> None:
     table = Table("data set", "pair", "method", "test acc", "seeds", "val acc", "trials")
     for row in board.itertuples():
         spread = f" ± {100 * row.test_acc_std:.2f}" if row.seeds > 1 else ""
-        table.add_row(row.dataset, f"{row.teacher} -> {row.student}", row.method,
+        table.add_row(row.dataset, pair_label(row._asdict()), row.method,
                       f"{100 * row.test_acc_mean:.2f}{spread}", str(row.seeds),
                       f"{100 * row.val_acc:.2f}", str(row.trials))
     Console().print(table)

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from pcbench.data import dataset_names
+from pcbench.data import dataset_names, get_dataset
 from pcbench.errors import UserError
 from pcbench.methods import MethodConfig, get_method, method_names
 from pcbench.models import PREACT, model_names, stage_taps, tap_names
@@ -70,12 +70,18 @@ class TrainConfig(_Section):
     # Every epoch, CKA and rank agreement between teacher and student (diagnostics.py); a
     # measurement only: it changes nothing the trial trains, so it is not part of its hash.
     diagnostics: bool = True
+    # Start the student from the teacher's weights (same architecture), its classifier
+    # re-initialised: the transfer-learning baseline, and a start for any method.
+    init_from_teacher: bool = False
 
 
 class TrialConfig(_Section):
     data: DataConfig = DataConfig()
     teacher: str = "cnn_large"
     student: str = "cnn_small"
+    # The data set the teacher was trained on, when not the student's (transfer from another
+    # task): it sees the student's images, and its classes are not the student's.
+    teacher_dataset: str | None = None
     method: SerializeAsAny[MethodConfig]
     train: TrainConfig = TrainConfig()
     seed: NonNegativeInt = 0
@@ -89,6 +95,46 @@ class TrialConfig(_Section):
         if name not in model_names():
             raise ValueError(f"unknown model '{name}'; choose one of {', '.join(model_names())}")
         return name
+
+    @field_validator("teacher_dataset")
+    @classmethod
+    def _known_teacher_dataset(cls, name: str | None) -> str | None:
+        if name is not None and name not in dataset_names():
+            raise ValueError(f"unknown data set '{name}'; choose one of {', '.join(dataset_names())}")
+        return name
+
+    @property
+    def teacher_data(self) -> str:
+        """The data set the teacher was trained on."""
+        return self.teacher_dataset or self.data.name
+
+    @property
+    def transfer(self) -> bool:
+        """Whether the teacher comes from another task (its classes are not the student's)."""
+        return self.teacher_data != self.data.name
+
+    @model_validator(mode="after")
+    def _transfer_possible(self) -> "TrialConfig":
+        if self.teacher_dataset == self.data.name:
+            self.teacher_dataset = None  # one spelling of "the student's", one hash
+        method = get_method(self.method.name)
+        if self.train.init_from_teacher and self.teacher != self.student:
+            raise ValueError(f"train.init_from_teacher copies the teacher's weights into the student, "
+                             f"but {self.teacher} and {self.student} differ; use one architecture")
+        if not self.transfer:
+            return self
+        teacher_shape = get_dataset(self.teacher_data).input_shape
+        student_shape = get_dataset(self.data.name).input_shape
+        if teacher_shape != student_shape:
+            raise ValueError(f"the teacher's data set {self.teacher_data} has images of "
+                             f"{'x'.join(map(str, teacher_shape))} and the student's {self.data.name} of "
+                             f"{'x'.join(map(str, student_shape))}; pick data sets of one image shape")
+        if method.reads_teacher_logits or getattr(self.method, "w_kd", 0.0) > 0:
+            what = "w_kd > 0" if not method.reads_teacher_logits else self.method.name
+            raise ValueError(f"{what} compares the teacher's logits with the student's, but a teacher "
+                             f"of {self.teacher_data} has other classes than {self.data.name}; use a "
+                             f"feature method (or w_kd=0), or the student's own data set for the teacher")
+        return self
 
     @model_validator(mode="after")
     def _taps_resolved(self) -> "TrialConfig":
@@ -152,6 +198,11 @@ class TrialConfig(_Section):
                                                      "teacher_sha256": True,
                                                      "data": {"root", "loader_workers"},
                                                      "train": {"diagnostics"}})
+        # settings added later count only when used, so earlier configurations keep their hash
+        if body["teacher_dataset"] is None:
+            del body["teacher_dataset"]
+        if not body["train"]["init_from_teacher"]:
+            del body["train"]["init_from_teacher"]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 

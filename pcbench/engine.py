@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pcbench.atomic import sha256_of
 from pcbench.config import TrialConfig
-from pcbench.data import DataSource, load_dataset
+from pcbench.data import DataSource, get_dataset, load_dataset
 from pcbench.diagnostics import EMBEDDING, Reference, diagnostic_split, features
 from pcbench.errors import UserError
 from pcbench.methods import DataInfo, Method, Step, get_method
@@ -119,15 +119,29 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_teacher(config: TrialConfig, data: DataSource) -> TapModel:
-    """The stored teacher, which must still be the file whose hash the trial records."""
+def teacher_state(config: TrialConfig) -> dict[str, torch.Tensor]:
+    """The stored teacher's weights, which must still be the file whose hash the trial records."""
     if config.teacher_sha256 and sha256_of(config.teacher_weights) != config.teacher_sha256:
         raise RuntimeError(f"teacher {config.teacher_weights} changed since this trial was set up "
                            f"(its sha256 is no longer {config.teacher_sha256[:12]}); run it again")
-    teacher = create_model(config.teacher, data.num_classes, data.input_shape[0])
-    state = torch.load(config.teacher_weights, map_location="cpu", weights_only=True)
-    teacher.load_state_dict(state["model"])
+    return torch.load(config.teacher_weights, map_location="cpu", weights_only=True)["model"]
+
+
+def load_teacher(config: TrialConfig, data: DataSource) -> TapModel:
+    """The stored teacher, with its own data set's classes (another task's, in transfer)."""
+    teacher = create_model(config.teacher, get_dataset(config.teacher_data).num_classes, data.input_shape[0])
+    teacher.load_state_dict(teacher_state(config))
     return teacher.requires_grad_(False)
+
+
+def init_from_teacher(student: TapModel, config: TrialConfig) -> None:
+    """The teacher's weights in the student (one architecture), all but the classifier's: the
+    layer that gives the logits keeps its fresh initialisation (another task's classes, or a
+    head to learn again)."""
+    head = student.TAP_NODES["logits"] + "."
+    state = {k: v for k, v in teacher_state(config).items() if not k.startswith(head)}
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith(head) for k in missing), (missing, unexpected)
 
 
 def teacher_features(teacher: Tapped, x: torch.Tensor, precision: str) -> dict[str, torch.Tensor]:
@@ -180,7 +194,7 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
 
 
 # What the members of a cohort must share: one data stream and one teacher forward feed them all.
-COHORT_SHARED = ("data", "teacher", "student", "teacher_weights", "teacher_sha256", "seed",
+COHORT_SHARED = ("data", "teacher", "teacher_dataset", "student", "teacher_weights", "teacher_sha256", "seed",
                  "train.epochs", "train.workers", "train.device", "train.precision",
                  "train.channels_last", "train.compile")
 
@@ -333,6 +347,8 @@ class _Member:
         method_class = get_method(cfg.method.name)
         self.needs_teacher = method_class.needs_teacher
         student = create_model(cfg.student, data.num_classes, data.input_shape[0])
+        if cfg.train.init_from_teacher:
+            init_from_teacher(student, cfg)
         student_info = model_info(student, data.input_shape, cfg.student)
         self.taps = method_class.taps(cfg.method, student.stage_taps)
         method = method_class(cfg.method, student_info, teacher_info,

@@ -90,6 +90,7 @@ class SearchRecorder:
             return
         tags = {"pcbench.method": config.method.name, "pcbench.teacher": config.teacher,
                 "pcbench.student": config.student, "pcbench.dataset": config.data.name,
+                "pcbench.teacher_dataset": config.teacher_data,
                 "pcbench.seed": config.seed, "pcbench.teacher_sha256": config.teacher_sha256 or "",
                 "pcbench.config_hash": config.hash, "pcbench.trial_id": trial_id,
                 "pcbench.search_id": self.search_id, "pcbench.phase": stage.phase,
@@ -132,7 +133,8 @@ class SearchRecorder:
             "search_id": self.search_id, "trial_id": trial_id, "mlflow_run_id": trial.run_id,
             "suite": self.suite, "phase": trial.stage.phase, "selected_trial": trial.stage.selected_trial,
             "method": cfg.method.name, "dataset": cfg.data.name, "teacher": cfg.teacher,
-            "student": cfg.student, "seed": cfg.seed,
+            "teacher_dataset": cfg.teacher_data, "student": cfg.student,
+            "student_init": "teacher" if cfg.train.init_from_teacher else "scratch", "seed": cfg.seed,
             "knobs": json.dumps(trial.knobs, sort_keys=True),
             "config": json.dumps(cfg.to_dict(), sort_keys=True),
             "val_acc": last.get("val_acc"),

@@ -26,7 +26,7 @@ from pcbench.models import shapes_of
 from pcbench.recipes import with_recipe
 from pcbench.spaces import TAP_KNOBS, SearchSpace, prepare_search
 from pcbench.storage import Location
-from pcbench.teachers import TeacherStore
+from pcbench.teachers import TeacherStore, needs_teacher
 
 
 @dataclass
@@ -198,12 +198,12 @@ def _check_teachers(store: TeacherStore, prepared: list[Prepared]) -> None:
     """Embedded data sets train a missing teacher on first use; others need it stored."""
     for item in prepared:
         t = item.template
-        if (get_method(item.method).needs_teacher and not get_dataset(t.data.name).embedded
-                and store.get(t.teacher, t.data.name) is None):
-            raise UserError(f"no {t.teacher} teacher for {t.data.name} in {store.root}; train it "
-                            f"with `pcbench teacher train --model {t.teacher} --dataset {t.data.name}` "
+        if (needs_teacher(t) and not get_dataset(t.teacher_data).embedded
+                and store.get(t.teacher, t.teacher_data) is None):
+            raise UserError(f"no {t.teacher} teacher for {t.teacher_data} in {store.root}; train it "
+                            f"with `pcbench teacher train --model {t.teacher} --dataset {t.teacher_data}` "
                             f"or import one with `pcbench teacher import FILE --model {t.teacher} "
-                            f"--dataset {t.data.name}`")
+                            f"--dataset {t.teacher_data}`")
 
 
 def _check_resources(session: Session, request: Request, template: TrialConfig) -> None:
@@ -231,7 +231,8 @@ def plan(request: Request, prepared: list[Prepared]) -> list[dict[str, Any]]:
     for item in prepared:
         t = item.template
         entry = {"teacher": t.teacher, "student": t.student, "method": item.method,
-                 "dataset": t.data.name,
+                 "dataset": t.data.name, "teacher_dataset": t.teacher_data,
+                 "student_init": "teacher" if t.train.init_from_teacher else "scratch",
                  "budget": {"trials": request.samples if request.search else 1, "epochs": t.train.epochs},
                  "first_point": item.space.first_point(t) if item.space else {},
                  "knobs": item.space.describe() if item.space else {}}

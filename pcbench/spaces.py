@@ -27,6 +27,8 @@ from pcbench.models.roles import common_stages, resolve_taps
 SPACES_DIR = REPO_ROOT / "search_spaces"
 TRAINING_SPACE = SPACES_DIR / "training.yaml"
 TAP_KNOBS = ("method.tap", "method.taps")
+# The logit-KD knobs: off in transfer, where the teacher's classes are another task's.
+LOGIT_KNOBS = ("method.w_kd", "method.temperature")
 
 
 def default_space_path(method: str) -> Path:
@@ -148,6 +150,8 @@ def load_space(path: str | Path, template: TrialConfig) -> SearchSpace:
     (the trial as configured, without the search's choices)."""
     path = str(path)
     knobs = {**read_knobs(path, allowed_prefix="method."), **read_knobs(TRAINING_SPACE)}
+    if template.transfer:
+        knobs = {k: v for k, v in knobs.items() if k not in LOGIT_KNOBS}
     flat = template.flat()
     for key in knobs:
         if key not in flat:

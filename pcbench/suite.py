@@ -33,6 +33,8 @@ class Budget(_Strict):
 class Suite(_Strict):
     name: str
     dataset: str
+    # The data set the teachers were trained on, where it is another task (transfer); None: `dataset`
+    teacher_dataset: str | None = None
     recipe: str | None = None  # a named profile (recipes.py); the trial defaults otherwise
     pairs: list[Pair] = Field(min_length=1)
     methods: list[str] = Field(min_length=1)

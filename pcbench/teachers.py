@@ -15,6 +15,7 @@ from pcbench.atomic import sha256_of, write_atomic
 from pcbench.config import TrialConfig, build_config
 from pcbench.engine import MODEL_FILE, LocalReporter, train_trial
 from pcbench.errors import UserError
+from pcbench.methods import get_method
 from pcbench.recipes import with_recipe
 
 # Trains a teacher's trial and returns (its last metrics, the folder of its final checkpoint).
@@ -124,6 +125,12 @@ class TeacherStore:
             raise UserError(f"teacher {record.path} does not match its recorded sha256; "
                             f"retrain it with `pcbench teacher train --model {model} --dataset {dataset}`")
         return record
+
+
+def needs_teacher(config: TrialConfig) -> bool:
+    """Whether a trial cannot run without the stored teacher: its method distils from it, or
+    its student starts from the teacher's weights."""
+    return get_method(config.method.name).needs_teacher or config.train.init_from_teacher
 
 
 def attach(config: TrialConfig, record: TeacherRecord) -> TrialConfig:

@@ -18,13 +18,12 @@ from pcbench.config import TrialConfig
 from pcbench.errors import Interrupted, Terminated, UserError
 from pcbench.launch import backend
 from pcbench.launch.plan import FINAL, RUN, SEARCH, SearchPlan, Stage, TrialListener
-from pcbench.methods import get_method
 from pcbench.recipes import recipe, scale_milestones
 from pcbench.recording import SearchRecorder, package_versions
 from pcbench.results import ResultsStore
 from pcbench.results.selection import best_trial
 from pcbench.session import Prepared, Request, Session
-from pcbench.teachers import attach
+from pcbench.teachers import attach, needs_teacher
 
 Work = Sequence[tuple[Request, list[Prepared]]]
 
@@ -38,7 +37,12 @@ class Outcome:
 
 
 def experiment_name(template: TrialConfig) -> str:
-    return f"pcbench-{template.data.name}-{template.teacher}-to-{template.student}"
+    """One per pair (and so one Optuna study per pair and method): a teacher of another task,
+    or a student started from the teacher, is another pair."""
+    name = f"pcbench-{template.data.name}-{template.teacher}-to-{template.student}"
+    if template.transfer:
+        name += f"-teacher-{template.teacher_data}"
+    return name + ("-from-teacher" if template.train.init_from_teacher else "")
 
 
 def study_name(experiment: str, method: str) -> str:
@@ -151,14 +155,14 @@ def _with_teacher(session: Session, prepared: list[Prepared], on_teacher) -> lis
     it can share a cohort with the others."""
     records = {}
     for item in prepared:
-        key = (item.template.teacher, item.template.data.name)
-        if get_method(item.method).needs_teacher and key not in records:
+        key = (item.template.teacher, item.template.teacher_data)
+        if needs_teacher(item.template) and key not in records:
             if session.teachers.get(*key) is None:
                 on_teacher(*key)
             records[key] = session.teachers.ensure(*key)
     out = []
     for item in prepared:
-        template, key = item.template, (item.template.teacher, item.template.data.name)
+        template, key = item.template, (item.template.teacher, item.template.teacher_data)
         if record := records.get(key) or session.teachers.get(*key):
             template = attach(template, record)
         out.append(Prepared(item.method, template, item.space))

@@ -19,14 +19,20 @@ class DataSet:
     val_fraction: float  # the default validation share of the training data
     load: Callable[..., DataSource]  # (root, val_fraction, split_seed, loader_workers)
     input_shape: tuple[int, int, int]  # one image, as the models see it
+    num_classes: int
     # files present, before any trial; (root, download): fetch what is missing where possible
     check: Callable[[str, bool], None] = lambda root, download: None
     embedded: bool = False  # ships with the installed packages: no --data-dir needed
 
 
-def _digits(root, val_fraction, split_seed, loader_workers):
-    from pcbench.data import digits
-    return digits.load(val_fraction, split_seed)
+def _digits(name: str, classes: range) -> DataSet:
+    """scikit-learn's digits, or the images of some of its classes (labels counted from 0):
+    two halves of one data set are two tasks for transfer (a teacher of one, a student of the
+    other) with no download."""
+    def load(root, val_fraction, split_seed, loader_workers):
+        from pcbench.data import digits
+        return digits.load(val_fraction, split_seed, classes)
+    return DataSet(name, 0.15, load, (1, 8, 8), len(classes), embedded=True)
 
 
 def _cifar(name: str) -> DataSet:
@@ -34,7 +40,7 @@ def _cifar(name: str) -> DataSet:
     return DataSet(name, 0.1,  # 5,000 of the 50,000 training images
                    lambda root, val_fraction, split_seed, loader_workers:
                    cifar.load(name, root, val_fraction, split_seed), (3, 32, 32),
-                   lambda root, download: cifar.check(name, root, download))
+                   10 if name == "cifar10" else 100, lambda root, download: cifar.check(name, root, download))
 
 
 def _imagenet() -> DataSet:
@@ -42,12 +48,13 @@ def _imagenet() -> DataSet:
     return DataSet("imagenet", 0.01,
                    lambda root, val_fraction, split_seed, loader_workers:
                    folder.FolderSplits(root, val_fraction, split_seed, loader_workers=loader_workers),
-                   (3, folder.IMAGE_SIZE, folder.IMAGE_SIZE),
+                   (3, folder.IMAGE_SIZE, folder.IMAGE_SIZE), 1000,
                    lambda root, download: folder.check(root))
 
 
-_DATASETS = {d.name: d for d in (DataSet("digits", 0.15, _digits, (1, 8, 8), embedded=True),
-                                 _cifar("cifar10"), _cifar("cifar100"), _imagenet())}
+_DATASETS = {d.name: d for d in (_digits("digits", range(10)), _digits("digits-0to4", range(5)),
+                                 _digits("digits-5to9", range(5, 10)), _cifar("cifar10"),
+                                 _cifar("cifar100"), _imagenet())}
 
 
 def dataset_names() -> list[str]:

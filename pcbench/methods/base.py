@@ -83,6 +83,9 @@ class Method(nn.Module):
     sometimes_unused: ClassVar[bool] = False
     # True when teacher and student must have as many stages (stage i is paired with stage i).
     same_stages: ClassVar[bool] = False
+    # True when the loss compares teacher and student logits (refused when the teacher's
+    # classes are another task's).
+    reads_teacher_logits: ClassVar[bool] = False
     # The smallest per-rank training batch the loss is defined on (batch-relational losses).
     min_batch: ClassVar[int] = 1
     # Epochs of an initialisation stage before distillation (InitStageMethod): the engine

@@ -37,6 +37,7 @@ def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor,
 @register
 class DKD(Method):
     name = "dkd"
+    reads_teacher_logits = True
     Config = DKDConfig
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:

@@ -70,6 +70,7 @@ def pooled(f: torch.Tensor) -> torch.Tensor:
 class FCFD(Method):
     name = "fcfd"
     Config = FCFDConfig
+    reads_teacher_logits = True  # s->t paths end in the teacher's classifier, matched to its logits
     same_stages = True
     sometimes_unused = True  # only the sampled paths' bridges take part in a step
 

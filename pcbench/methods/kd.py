@@ -17,4 +17,5 @@ class KDConfig(DistillConfig):
 @register
 class KD(Method):
     name = "kd"
+    reads_teacher_logits = True
     Config = KDConfig

@@ -17,9 +17,11 @@ from pcbench.results.significance import ALPHA, ci95, p_value
 
 # protocol: "final" (mean over seed runs on all the training data) or "search" (a search's
 # chosen trial); the two are never ranked together.
-GROUP = ["dataset", "teacher", "student", "epochs_planned", "scoring_rule", "protocol"]
+# A pair is its teacher (and the data set it learnt), its student (and how it starts).
+PAIR = ["dataset", "teacher", "teacher_dataset", "student", "student_init"]
+GROUP = [*PAIR, "epochs_planned", "scoring_rule", "protocol"]
 
-COLUMNS = ["dataset", "teacher", "student", "epochs_planned", "protocol", "method", "test_acc_mean",
+COLUMNS = [*PAIR, "epochs_planned", "protocol", "method", "test_acc_mean",
            "test_acc_std", "seeds", "ci95_low", "ci95_high", "p_vs_best", "tied_with_best", "val_acc",
            "cka", "rank_agreement",
            "knobs", "trials", "completed", "diverged", "compute_hours", "gpu_hours", "published_acc",
@@ -64,7 +66,8 @@ def _row(search: pd.DataFrame, finals: pd.DataFrame, final_epochs: int | None) -
     row.update(trials=len(search), completed=int((search["status"] == "completed").sum()),
                diverged=int((spent["status"] == "diverged").sum()),
                compute_hours=spent["wall_seconds"].sum() / 3600.0, gpu_hours=_gpu_hours(spent))
-    reference = published(row["dataset"], row["teacher"], row["student"], row["method"])
+    reference = (published(row["dataset"], row["teacher"], row["student"], row["method"])
+                 if row["teacher_dataset"] == row["dataset"] and row["student_init"] == "scratch" else None)
     row.update(published_acc=reference.accuracy / 100 if reference else math.nan,
                published_rule=reference.rule if reference else None,
                published_source=reference.source if reference else None)
@@ -94,15 +97,18 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     for diagnostic in ("cka", "rank_agreement"):  # rows from before the diagnostics
         if diagnostic not in trials:
             trials[diagnostic] = math.nan
+    if "teacher_dataset" not in trials:  # rows from before transfer
+        trials = trials.assign(teacher_dataset=None, student_init="scratch")
+    trials = trials.assign(teacher_dataset=trials["teacher_dataset"].fillna(trials["dataset"]))
     rows = []
     # one row per (search, pair, method); a method searched again keeps only its latest
-    keys = ["search_id", "dataset", "teacher", "student", "scoring_rule", "method"]
+    keys = ["search_id", *PAIR, "scoring_rule", "method"]
     # a benchmark's final length per pair: where a method that never completed is shown
     final_epochs = trials[trials["phase"] == "final"].groupby(
-        ["search_id", "teacher", "student"])["epochs_planned"].max().to_dict()
+        ["search_id", *PAIR])["epochs_planned"].max().to_dict()
     for key, runs in trials.groupby(keys, sort=False, dropna=False):
         row = _row(runs[runs["phase"] != "final"], runs[runs["phase"] == "final"],
-                   final_epochs.get((key[0], key[2], key[3])))
+                   final_epochs.get(key[:1 + len(PAIR)]))
         if row is not None:
             row["_finished"] = runs["finished_at"].max()
             rows.append(row)
@@ -112,3 +118,12 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     board = pd.concat([_mark_ties(group) for _, group in board.groupby(GROUP, sort=False, dropna=False)])
     board = board.sort_values(GROUP + ["test_acc_mean"], ascending=[True] * len(GROUP) + [False])
     return board[COLUMNS].reset_index(drop=True)
+
+
+def pair_label(row) -> str:
+    """`teacher -> student`, naming the teacher's data set where it is another task's and the
+    student's start where it is the teacher's weights."""
+    teacher = row["teacher"] if row["teacher_dataset"] == row["dataset"] else \
+        f"{row['teacher']} ({row['teacher_dataset']})"
+    start = ", from the teacher's weights" if row["student_init"] == "teacher" else ""
+    return f"{teacher} -> {row['student']}{start}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from pcbench.atomic import write_atomic
-from pcbench.results.leaderboard import GROUP
+from pcbench.results.leaderboard import GROUP, pair_label
 from pcbench.results.significance import TEST_NOTE
 
 
@@ -81,9 +81,11 @@ def _knobs(text: str) -> str:
 def _groups(board: pd.DataFrame):
     """(group key, that group's board rows, title, notes, the table as shown)."""
     for key, rows in board.groupby(GROUP, sort=True):
-        dataset, teacher, student, epochs, rule, protocol = key
+        first = rows.iloc[0]
+        dataset, epochs, rule, protocol = (first[k] for k in ("dataset", "epochs_planned", "scoring_rule",
+                                                              "protocol"))
         shown = _table(rows)
-        title = f"{dataset}: {teacher} -> {student}, {epochs} epochs"
+        title = f"{dataset}: {pair_label(first)}, {epochs} epochs"
         runs = ("mean ± std over the final runs, one per seed, on all the training data"
                 if protocol == "final" else "the chosen search trial")
         notes = [f"Scoring: test accuracy at the {rule.replace('_', ' ')}, {runs}; configuration "
@@ -175,7 +177,9 @@ def _searched(rows: pd.DataFrame, trials: pd.DataFrame | None) -> pd.DataFrame |
         return None
     if "phase" in trials:
         trials = trials[trials["phase"].fillna("search") != "final"]
-    keys = ["search_id", "teacher", "student", "method"]
+    keys = ["search_id", "teacher", "student", "method"]  # one search's pairs differ in these
+    if "student_init" in trials and "student_init" in rows:
+        keys.append("student_init")
     mine = trials[pd.MultiIndex.from_frame(trials[keys]).isin(pd.MultiIndex.from_frame(rows[keys]))]
     return mine[mine["val_acc"].notna()]
 

@@ -22,7 +22,9 @@ TRIALS_SCHEMA = pa.schema([
     ("method", pa.string()),
     ("dataset", pa.string()),
     ("teacher", pa.string()),
+    ("teacher_dataset", pa.string()),  # what the teacher was trained on: `dataset`, or another task's
     ("student", pa.string()),
+    ("student_init", pa.string()),  # scratch | teacher (its weights, the classifier re-initialised)
     ("seed", pa.int64()),
     ("knobs", pa.string()),  # JSON: the searched knobs and their values
     ("config", pa.string()),  # JSON: the whole resolved trial config
@@ -70,7 +72,8 @@ EPOCHS_SCHEMA = pa.schema([
 
 SCHEMAS = {"trials": TRIALS_SCHEMA, "epochs": EPOCHS_SCHEMA}
 # Columns added after parts were first written, and what an older part means by them.
-ADDED = {"trials": {"cohort_size": 1, "cka": None, "rank_agreement": None},
+ADDED = {"trials": {"cohort_size": 1, "cka": None, "rank_agreement": None,
+                    "teacher_dataset": None, "student_init": "scratch"},  # None: the student's
          "epochs": {"cka": None, "cka_taps": None, "rank_agreement": None}}
 
 

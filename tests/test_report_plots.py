@@ -35,7 +35,7 @@ def _trials() -> pd.DataFrame:
 def _board(**extra) -> pd.DataFrame:
     """A board as the renderer reads it, by hand (one group, two methods)."""
     rows = pd.DataFrame({"dataset": "digits", "teacher": "cnn_large", "student": "cnn_small",
-                         "epochs_planned": 3, "scoring_rule": "last_epoch", "protocol": "search",
+                         "teacher_dataset": "digits", "student_init": "scratch", "epochs_planned": 3, "scoring_rule": "last_epoch", "protocol": "search",
                          "method": ["pc", "kd"],
                          "test_acc_mean": [0.92, 0.90], "test_acc_std": float("nan"), "seeds": 1,
                          "val_acc": [0.93, 0.91], "knobs": "{}", "trials": [3, 2], "completed": [2, 2],

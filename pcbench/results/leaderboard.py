@@ -98,8 +98,9 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
         if diagnostic not in trials:
             trials[diagnostic] = math.nan
     if "teacher_dataset" not in trials:  # rows from before transfer
-        trials = trials.assign(teacher_dataset=None, student_init="scratch")
-    trials = trials.assign(teacher_dataset=trials["teacher_dataset"].fillna(trials["dataset"]))
+        trials = trials.assign(teacher_dataset=None, student_init=None)
+    trials = trials.assign(teacher_dataset=trials["teacher_dataset"].fillna(trials["dataset"]),
+                           student_init=trials["student_init"].fillna("scratch"))
     rows = []
     # one row per (search, pair, method); a method searched again keeps only its latest
     keys = ["search_id", *PAIR, "scoring_rule", "method"]

@@ -177,9 +177,10 @@ def _searched(rows: pd.DataFrame, trials: pd.DataFrame | None) -> pd.DataFrame |
         return None
     if "phase" in trials:
         trials = trials[trials["phase"].fillna("search") != "final"]
-    keys = ["search_id", "teacher", "student", "method"]  # one search's pairs differ in these
-    if "student_init" in trials and "student_init" in rows:
-        keys.append("student_init")
+    # one search's pairs differ in these (a student from scratch or from the teacher's weights)
+    keys = ["search_id", "teacher", "student", "student_init", "method"]
+    trials = trials.assign(student_init=trials.get("student_init", pd.Series(index=trials.index))
+                           .fillna("scratch"))
     mine = trials[pd.MultiIndex.from_frame(trials[keys]).isin(pd.MultiIndex.from_frame(rows[keys]))]
     return mine[mine["val_acc"].notna()]
 

@@ -11,6 +11,7 @@ than two runs on either side nothing can be told, and the tie is unknown.
 """
 
 import math
+import statistics
 import warnings
 from collections.abc import Sequence
 
@@ -29,7 +30,7 @@ def ci95(values: Sequence[float]) -> tuple[float, float]:
     if n < 2:
         return math.nan, math.nan
     mean = sum(values) / n
-    half = stats.t.ppf(0.975, n - 1) * stats.tstd(values) / math.sqrt(n)
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)  # no warning at 0
     return mean - half, mean + half
 
 

@@ -129,7 +129,8 @@ def teacher_state(config: TrialConfig) -> dict[str, torch.Tensor]:
 
 def load_teacher(config: TrialConfig, data: DataSource) -> TapModel:
     """The stored teacher, with its own data set's classes (another task's, in transfer)."""
-    teacher = create_model(config.teacher, get_dataset(config.teacher_data).num_classes, data.input_shape[0])
+    classes = get_dataset(config.teacher_data).num_classes
+    teacher = create_model(config.teacher, classes, data.input_shape[0])
     teacher.load_state_dict(teacher_state(config))
     return teacher.requires_grad_(False)
 
@@ -194,8 +195,8 @@ def train_trial(config: TrialConfig | dict[str, Any], reporter: Reporter,
 
 
 # What the members of a cohort must share: one data stream and one teacher forward feed them all.
-COHORT_SHARED = ("data", "teacher", "teacher_dataset", "student", "teacher_weights", "teacher_sha256", "seed",
-                 "train.epochs", "train.workers", "train.device", "train.precision",
+COHORT_SHARED = ("data", "teacher", "teacher_dataset", "student", "teacher_weights", "teacher_sha256",
+                 "seed", "train.epochs", "train.workers", "train.device", "train.precision",
                  "train.channels_last", "train.compile")
 
 

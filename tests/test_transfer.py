@@ -17,7 +17,7 @@ from pcbench.engine import LocalReporter, init_from_teacher, train_trial
 from pcbench.errors import UserError
 from pcbench.models import create_model
 from pcbench.spaces import prepare_search
-from pcbench.teachers import attach
+from pcbench.teachers import attach, needs_teacher
 
 TRANSFER = {"data": {"name": "digits-5to9"}, "teacher_dataset": "digits-0to4"}
 
@@ -37,7 +37,8 @@ def test_the_halves_of_digits_are_two_five_class_tasks():
     assert 500 < low.size("train") < 700 and 500 < high.size("train") < 700
 
 
-@pytest.mark.parametrize("method, overrides", [("kd", {}), ("dkd", {}), ("fcfd", {}), ("pc", {"pc.w_kd": 0.5})])
+@pytest.mark.parametrize("method, overrides",
+                         [("kd", {}), ("dkd", {}), ("fcfd", {}), ("pc", {"pc.w_kd": 0.5})])
 def test_logit_terms_are_refused_across_tasks(method, overrides):
     with pytest.raises(UserError, match="compares the teacher's logits with the student's"):
         build_config({"method": method, **TRANSFER}, overrides)
@@ -62,7 +63,8 @@ def test_a_search_across_tasks_leaves_the_logit_knobs_out():
 
 
 def test_a_feature_method_distils_a_teacher_of_other_classes(half_teachers):
-    config = attach(build_config({"method": "pc", **TRANSFER}, {"train.epochs": 2}), half_teachers["cnn_large"])
+    config = attach(build_config({"method": "pc", **TRANSFER}, {"train.epochs": 2}),
+                    half_teachers["cnn_large"])
     reporter = LocalReporter()
     final = train_trial(config, reporter)
     assert final["epoch"] == 2 and 0.0 <= final["test_acc"] <= 1.0
@@ -73,6 +75,7 @@ def test_a_student_started_from_the_teacher_has_all_its_weights_but_the_classifi
     record = half_teachers["cnn_small"]
     config = attach(build_config({"method": "ce", "teacher": "cnn_small", **TRANSFER},
                                  {"train.init_from_teacher": True}), record)
+    assert needs_teacher(config)  # CE too: the driver must attach it
     teacher = torch.load(record.path, weights_only=True)["model"]
     torch.manual_seed(0)
     student = create_model("cnn_small", num_classes=5, in_channels=1)
@@ -86,21 +89,21 @@ def test_a_student_started_from_the_teacher_has_all_its_weights_but_the_classifi
     assert torch.equal(student.fc.weight, fresh_head)  # re-initialised: its own fresh weights
 
 
-def test_the_transfer_demo_suite_runs_and_its_leaderboard_names_the_teachers_task(tmp_path, teacher_store,
-                                                                                  local_ray):
+def test_the_transfer_demo_suite_runs_and_its_leaderboard_names_the_teachers_task(
+        tmp_path, teacher_store, local_ray):
     result = CliRunner().invoke(app, [str(a) for a in (
-        "benchmark", REPO_ROOT / "suites" / "transfer-demo.yaml", "--method", "ce", "--method", "pc",
+        "benchmark", REPO_ROOT / "suites" / "transfer-demo.yaml", "--method", "pc",
         "--samples", 1, "--epochs", 2, "--seeds", 1, "--results", tmp_path / "results",
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--teachers", teacher_store.root)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     trials = pd.read_parquet(tmp_path / "results" / "trials")
-    assert len(trials) == 2 * 2 * 2 and (trials.status == "completed").all()  # pairs x methods x (search + final)
+    assert len(trials) == 2 * 2 and (trials.status == "completed").all()  # pairs x (search + final)
     assert (trials.dataset == "digits-5to9").all() and (trials.teacher_dataset == "digits-0to4").all()
     started = trials[trials.student_init == "teacher"]
-    assert set(started.teacher) == {"cnn_small"} and len(started) == 4
+    assert set(started.teacher) == {"cnn_small"} and len(started) == 2
     assert all(json.loads(c)["train"]["init_from_teacher"] for c in started.config)
     board = pd.read_parquet(tmp_path / "results" / "report" / "leaderboard.parquet")
-    assert len(board) == 4 and set(board.student_init) == {"scratch", "teacher"}
+    assert len(board) == 2 and set(board.student_init) == {"scratch", "teacher"}
     assert board.published_acc.isna().all()  # no published number is for this setting
     markdown = (tmp_path / "results" / "report" / "leaderboard.md").read_text()
     assert "cnn_large (digits-0to4) -> cnn_small" in markdown

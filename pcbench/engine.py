@@ -25,7 +25,7 @@ from pcbench.data import DataSource, get_dataset, load_dataset
 from pcbench.diagnostics import EMBEDDING, Reference, diagnostic_split, features
 from pcbench.errors import UserError
 from pcbench.methods import DataInfo, Method, Step, get_method
-from pcbench.models import TapModel, Tapped, create_model, model_info
+from pcbench.models import PREACT, TapModel, Tapped, create_model, model_info
 
 MODEL_FILE = "model.pt"  # {'model': state_dict}: the RepDistiller checkpoint format
 TRAINER_FILE = "trainer.pt"  # method modules, optimizer, schedule, epoch
@@ -382,7 +382,8 @@ class _Member:
     def diagnose(self, teacher_has: Iterable[str], split: str) -> set[str]:
         """Measure this member against the teacher every epoch on `split`: at the taps its
         method reads and the embedding, where the teacher has them. Returns those taps."""
-        taps = {t for t in self.taps if t != "logits" and t in teacher_has} | {EMBEDDING}
+        read = {t.removesuffix(PREACT) for t in self.taps}  # AB reads stages before their ReLU
+        taps = {t for t in read if t != "logits" and t in teacher_has} | {EMBEDDING}
         self.diagnosed, self.split = Tapped(self.distiller.student.model, taps), split
         return taps
 

@@ -152,3 +152,6 @@ def test_the_first_stage_leaves_the_classifier_alone_and_runs_inside_the_trials_
     assert torch.equal(heads[0], initial)  # no gradient, so neither step nor weight decay
     assert not torch.equal(heads[1], initial)
     assert reporter.last["epoch"] == 3 and reporter.last["val_acc"] > 0.2  # chance: 0.1
+    # measured at the stages it reads (after their ReLU, as every method's) and the embedding
+    assert {k for k in reporter.last if k.startswith("cka/")} == {"cka/stage1", "cka/stage2", "cka/stage3",
+                                                                  "cka/embedding"}

@@ -40,6 +40,12 @@ CASES = {
     "epochs not a number, with a recipe": (
         ["search", "--method", "ce", "--recipe", "digits", "--set", "train.epochs=abc"],
         "train.epochs: 'abc' is not a positive whole number"),
+    "logits across tasks": (["run", "--method", "kd", "--dataset", "digits-5to9", "--teacher-dataset",
+                             "digits-0to4"], "kd compares the teacher's logits with the student's"),
+    "fsp on a pair of two widths": (["search", "--method", "fsp"],
+                                    "cnn_large -> cnn_small: fsp matches the channels of the stem"),
+    "a student from a teacher of another architecture": (
+        ["run", "--method", "ce", "--init-from-teacher"], "train.init_from_teacher copies the teacher's weights"),
     "an infinite learning rate": (["run", "--method", "ce", "--set", "train.lr=.inf"],
                                   "train.lr: Input should be a finite number"),
     "a space file of random bytes": (["search", "--method", "pc", "--space", "random.bin"],

@@ -45,7 +45,8 @@ CASES = {
     "fsp on a pair of two widths": (["search", "--method", "fsp"],
                                     "cnn_large -> cnn_small: fsp matches the channels of the stem"),
     "a student from a teacher of another architecture": (
-        ["run", "--method", "ce", "--init-from-teacher"], "train.init_from_teacher copies the teacher's weights"),
+        ["run", "--method", "ce", "--init-from-teacher"],
+        "train.init_from_teacher copies the teacher's weights"),
     "an infinite learning rate": (["run", "--method", "ce", "--set", "train.lr=.inf"],
                                   "train.lr: Input should be a finite number"),
     "a space file of random bytes": (["search", "--method", "pc", "--space", "random.bin"],

@@ -60,7 +60,7 @@ def _step(batch: int, variant: str, device: torch.device):
     student, teacher = create_model("cnn_small", 10, 1), create_model("cnn_large", 10, 1)
     taps = method_class.taps(config, student.stage_taps)
     method = method_class(config, model_info(student, (1, 8, 8)), model_info(teacher, (1, 8, 8)),
-                          DataInfo(10, 1221))
+                          DataInfo(10, 1221, epochs=20))
     distiller = Distiller(student, method, taps).to(device)
     teacher_taps = Tapped(teacher.requires_grad_(False), taps).to(device).eval()
     optimizer = torch.optim.SGD(distiller.parameters(), lr=0.01, momentum=0.9)

@@ -146,6 +146,10 @@ class TrialConfig(_Section):
             raise ValueError(f"{method.name} pairs stage with stage: teacher {self.teacher} has "
                              f"{len(stages['teacher'])} stages and student {self.student} "
                              f"{len(stages['student'])}; choose a pair with equal stage counts")
+        if self.train.epochs < method.min_epochs:
+            raise ValueError(f"{method.name} trains an initialisation stage before distilling, so it "
+                             f"needs at least {method.min_epochs} epochs, not {self.train.epochs}; "
+                             f"raise train.epochs")
         per_rank = self.data.batch_size // self.train.workers
         if per_rank < method.min_batch:
             raise ValueError(f"{method.name} needs at least {method.min_batch} samples per worker's "
@@ -157,6 +161,9 @@ class TrialConfig(_Section):
             model = getattr(self, role)
             valid = tap_names(model)
             for tap in sorted(method.taps(self.method, stages[role])):
+                if tap == "logits" and self.transfer:
+                    raise ValueError(f"{method.name} reads the logits, but a teacher of {self.teacher_data} "
+                                     f"has other classes than {self.data.name}; choose a feature layer")
                 if tap.removesuffix(PREACT) not in valid:
                     raise ValueError(f"tap '{tap}' does not exist in {role} {model}; "
                                      f"valid taps: {', '.join(valid)} or a layer role "

@@ -129,7 +129,8 @@ def teacher_state(config: TrialConfig) -> dict[str, torch.Tensor]:
 
 def load_teacher(config: TrialConfig, data: DataSource) -> TapModel:
     """The stored teacher, with its own data set's classes (another task's, in transfer)."""
-    classes = get_dataset(config.teacher_data).num_classes
+    # the student's classes, as counted by its data (an image-folder subset), unless another task's
+    classes = get_dataset(config.teacher_data).num_classes if config.transfer else data.num_classes
     teacher = create_model(config.teacher, classes, data.input_shape[0])
     teacher.load_state_dict(teacher_state(config))
     return teacher.requires_grad_(False)
@@ -142,7 +143,9 @@ def init_from_teacher(student: TapModel, config: TrialConfig) -> None:
     head = student.TAP_NODES["logits"] + "."
     state = {k: v for k, v in teacher_state(config).items() if not k.startswith(head)}
     missing, unexpected = student.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith(head) for k in missing), (missing, unexpected)
+    if unexpected or not all(k.startswith(head) for k in missing):
+        raise RuntimeError(f"teacher {config.teacher_weights} does not fit {config.student} beyond its "
+                           f"classifier (missing {missing}, unexpected {unexpected})")
 
 
 def teacher_features(teacher: Tapped, x: torch.Tensor, precision: str) -> dict[str, torch.Tensor]:

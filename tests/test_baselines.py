@@ -86,7 +86,7 @@ def test_crd_nce_loss_by_hand():
 def test_crd_memory_is_sized_by_the_data_set_and_updated_at_the_batch_positions():
     info = ModelInfo("m", {"embedding": (8,)}, ("stage1",))
     config = get_method("crd").Config(feat_dim=4, negatives=16384)
-    crd = get_method("crd")(config, info, info, DataInfo(num_classes=10, train_size=50))
+    crd = get_method("crd")(config, info, info, DataInfo(num_classes=10, train_size=50, epochs=20))
     assert crd.memory_s.shape == (50, 4) and crd.k == 49  # negatives capped at N - 1
     before = crd.memory_t.clone()
     feats = {"embedding": torch.randn(4, 8), "logits": torch.randn(4, 10)}
@@ -133,7 +133,7 @@ def _crd_rank(rank: int, world: int, port: int, out: dict) -> None:
                             world_size=world)
     torch.manual_seed(0)  # identical banks and embeddings on both ranks
     info = ModelInfo("m", {"embedding": (8,)}, ("stage1",))
-    crd = get_method("crd")(get_method("crd").Config(feat_dim=4), info, info, DataInfo(10, 20))
+    crd = get_method("crd")(get_method("crd").Config(feat_dim=4), info, info, DataInfo(10, 20, epochs=20))
     torch.manual_seed(1 + rank)  # each rank its own batch
     feats = {"embedding": torch.randn(2, 8), "logits": torch.randn(2, 10)}
     index = torch.tensor([2 * rank, 2 * rank + 1])
@@ -171,7 +171,8 @@ def test_cc_multiplies_consecutive_samples_embedding_gaps_and_trains_both_projec
     assert cc_loss(e_s, e_t).item() == pytest.approx((0 * 1 + 0 * 2 + (0 * 2 + 2 * 0)) / 2)
     assert cc_loss(e_s, e_t).item() == pytest.approx(((delta[:-1] * delta[1:]).sum(1)).mean().item())
     shapes = {"embedding": (4,), "logits": (3,)}
-    cc = get_method("cc")(get_method("cc").Config(), _info("s", shapes), _info("t", shapes), DataInfo(3, 10))
+    cc = get_method("cc")(get_method("cc").Config(), _info("s", shapes), _info("t", shapes),
+                          DataInfo(3, 10, epochs=20))
     assert cc.embed_s.out_features == cc.embed_t.out_features == 128
     feats = {"embedding": torch.randn(5, 4), "logits": torch.randn(5, 3)}
     step = Step(None, torch.zeros(5, dtype=torch.long), None, 0, feats, {k: v.detach() for k, v in feats.items()},

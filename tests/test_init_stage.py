@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from pcbench.config import build_config
-from pcbench.engine import MODEL_FILE, train_trial
+from pcbench.engine import MODEL_FILE, LocalReporter, train_trial
+from pcbench.errors import UserError
 from pcbench.methods import DataInfo, get_method
 from pcbench.methods.ab import boundary_loss
 from pcbench.methods.base import Step
@@ -65,14 +66,15 @@ def test_a_pre_activation_tap_is_the_stage_before_its_closing_relu(name):
     assert model_info(model, shape).preact == tuple(stages)
 
 
-def test_pre_activation_stages_are_their_own_pre_activation_and_an_in_place_relu_is_refused():
+def test_pre_activation_stages_are_their_own_pre_activation_and_no_relu_or_an_in_place_one_is_refused():
     wrn = create_model("wrn_16_2", num_classes=10)
     assert preact_nodes(wrn) == {s: wrn.TAP_NODES[s] for s in wrn.stage_taps}
     out = Tapped(wrn, {"stage1", "stage1" + PREACT})(torch.randn(2, 3, 32, 32))
     assert out["stage1" + PREACT] is out["stage1"]
+    assert preact_nodes(create_model("ShuffleV2", num_classes=10)) == {}  # a shuffle of ReLU outputs
     resnet18 = create_model("resnet18", num_classes=10)  # torchvision's: in-place ReLUs
     assert preact_nodes(resnet18) == {}
-    with pytest.raises(ValueError, match="in-place ReLU"):
+    with pytest.raises(ValueError, match="an in-place one, closes it"):
         Tapped(resnet18, {"stage1" + PREACT})
     with pytest.raises(ValueError, match="ab reads pre-activations"):
         info = model_info(resnet18.eval(), (3, 64, 64), "resnet18")
@@ -155,3 +157,29 @@ def test_the_first_stage_leaves_the_classifier_alone_and_runs_inside_the_trials_
     # measured at the stages it reads (after their ReLU, as every method's) and the embedding
     assert {k for k in reporter.last if k.startswith("cka/")} == {"cka/stage1", "cka/stage2", "cka/stage3",
                                                                   "cka/embedding"}
+
+
+def test_a_trial_resumed_across_the_stage_boundary_ends_as_it_would_have(teacher_store, tmp_path):
+    config = attach(build_config({"method": "ft"}, {"train.epochs": 3, "method.init_share": 0.34,
+                                                    "method.weight": 5.0}),
+                    teacher_store.get("cnn_large", "digits"))
+    straight = train_trial(config, LocalReporter())
+
+    class LostAfterTheFirstStage(LocalReporter):
+        def report(self, metrics, checkpoint_dir):
+            super().report(metrics, checkpoint_dir)
+            if metrics["epoch"] == 1:
+                raise KeyboardInterrupt  # the driver is lost; the checkpoint of epoch 1 is kept
+
+    with pytest.raises(KeyboardInterrupt):
+        train_trial(config, LostAfterTheFirstStage(str(tmp_path)))
+    resumed = train_trial(config, LocalReporter(str(tmp_path)))  # momentum cleared at epoch 1 alike
+    for key in ("train_loss", "val_acc", "test_acc", "loss/ft"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-6, abs=1e-9), key
+
+
+def test_an_initialisation_stage_needs_two_epochs():
+    with pytest.raises(UserError, match="ab trains an initialisation stage before distilling"):
+        build_config({"method": "ab"}, {"train.epochs": 1})
+    with pytest.raises(UserError, match="init_share"):
+        build_config({"method": "ab"}, {"method.init_share": 0})

@@ -28,7 +28,7 @@ def _fcfd(config: FCFDConfig):
     student, teacher = create_model("cnn_small", 10, 1), create_model("cnn_large", 10, 1)
     teacher.eval().requires_grad_(False)
     method = get_method("fcfd")(config, model_info(student, (1, 8, 8)), model_info(teacher, (1, 8, 8)),
-                                DataInfo(10, 100))
+                                DataInfo(10, 100, epochs=20))
     taps = set(student.stage_taps)
     return student, teacher, method, Tapped(student, taps), Tapped(teacher, taps)
 

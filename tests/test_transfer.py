@@ -44,6 +44,11 @@ def test_logit_terms_are_refused_across_tasks(method, overrides):
         build_config({"method": method, **TRANSFER}, overrides)
 
 
+def test_a_layer_of_logits_is_refused_across_tasks():
+    with pytest.raises(UserError, match="fitnet reads the logits"):
+        build_config({"method": "fitnet", **TRANSFER}, {"fitnet.tap": "logits"})
+
+
 def test_transfer_settings_are_checked_and_the_same_task_keeps_its_hash():
     with pytest.raises(UserError, match="pick data sets of one image shape"):
         build_config({"method": "pc", "data": {"name": "digits"}, "teacher_dataset": "cifar10"}, {})

@@ -163,7 +163,7 @@ def test_fcfd_runs_every_mixed_path_between_zoo_models(teacher_name, student_nam
     student, teacher = create_model(student_name), create_model(teacher_name).eval().requires_grad_(False)
     shape = (3, 32, 32)
     method = get_method("fcfd")(FCFDConfig(paths=6), model_info(student, shape), model_info(teacher, shape),
-                                DataInfo(100, 100))
+                                DataInfo(100, 100, epochs=20))
     assert len(method.mixed_paths) == 2 * (len(stage_taps(student_name)) - 1)
     taps = set(student.stage_taps)
     x = torch.randn(4, *shape)

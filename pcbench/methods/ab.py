@@ -59,8 +59,8 @@ class ActivationBoundaries(InitStageMethod):
         for info in (student, teacher):
             if missing := [t for t in taps if t not in info.preact]:
                 raise ValueError(f"ab reads pre-activations, which {info.name} cannot give at "
-                                 f"{', '.join(missing)} (an in-place ReLU closes them); choose "
-                                 f"another pair or method")
+                                 f"{', '.join(missing)} (no ReLU, or an in-place one, closes them); "
+                                 f"choose another pair or method")
 
     def initialise(self, step: Step) -> dict[str, torch.Tensor]:
         batch = step.x.shape[0]

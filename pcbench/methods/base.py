@@ -43,7 +43,7 @@ class DataInfo:
 
     num_classes: int
     train_size: int
-    epochs: int = 1  # the trial's epochs, an initialisation stage's included
+    epochs: int  # the trial's epochs, an initialisation stage's included
 
 
 @dataclass
@@ -91,6 +91,7 @@ class Method(nn.Module):
     # Epochs of an initialisation stage before distillation (InitStageMethod): the engine
     # starts the optimizer afresh when it ends.
     init_epochs: int = 0
+    min_epochs: ClassVar[int] = 1  # the fewest epochs a trial of this method may have
 
     def __init__(self, config: MethodConfig, student: ModelInfo, teacher: ModelInfo | None,
                  data: DataInfo):
@@ -156,7 +157,7 @@ class InitStageConfig(DistillConfig):
     the trial's epochs it takes. RepDistiller runs 30 such epochs before its 240, so 30/270 of
     a budget that counts both."""
 
-    init_share: float = Field(1 / 9, ge=0.0, lt=1.0)
+    init_share: float = Field(1 / 9, gt=0.0, lt=1.0)
 
 
 class InitStageMethod(Method):
@@ -170,11 +171,11 @@ class InitStageMethod(Method):
 
     Config = InitStageConfig
     sometimes_unused = True  # the classifier sits out the first stage; some modules the second
+    min_epochs = 2  # one of each stage
 
     def __init__(self, config, student, teacher, data):
         super().__init__(config, student, teacher, data)
-        share = self.config.init_share
-        self.init_epochs = min(data.epochs - 1, max(1, round(share * data.epochs))) if share > 0 else 0
+        self.init_epochs = min(data.epochs - 1, max(1, round(self.config.init_share * data.epochs)))
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         return self.initialise(step) if step.epoch < self.init_epochs else super().forward(step)

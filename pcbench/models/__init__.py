@@ -144,9 +144,13 @@ PREACT = "/preact"  # suffix of a tap name: that tap before its closing ReLU
 
 def preact_nodes(model: TapModel) -> dict[str, str]:
     """For each stage, the graph node (torchvision's node name) holding it before its closing
-    ReLU, what RepDistiller's models return with `preact=True`; the stage's own node where it
-    closes with no ReLU (the pre-activation stages of WRN and MobileNetV2). A stage closed by an
-    in-place ReLU is left out: that ReLU overwrites the pre-activation before anyone reads it."""
+    ReLU, what RepDistiller's models return with `preact=True`; a model whose stages are
+    pre-activations (STAGES_POST_RELU False: WRN, MobileNetV2) gives the stage itself. Left out:
+    a post-activation stage that does not close with a ReLU (ShuffleNetV2's ends in a channel
+    shuffle of ReLU outputs), and one closed by an in-place ReLU, which overwrites the
+    pre-activation before anyone reads it."""
+    if not model.STAGES_POST_RELU:
+        return {tap: model.TAP_NODES[tap] for tap in model.stage_taps}
     tracer = NodePathTracer()  # the tracer behind create_feature_extractor: the same node names
     graph = tracer.trace(model)
     found = {}
@@ -159,9 +163,10 @@ def preact_nodes(model: TapModel) -> dict[str, str]:
             is_relu, in_place = isinstance(relu, nn.ReLU), getattr(relu, "inplace", False)
         else:
             is_relu = node.target in (F.relu, torch.relu, torch.relu_, "relu", "relu_")
-            in_place = node.target in (torch.relu_, "relu_") or node.kwargs.get("inplace", False)
-        if not in_place:
-            found[tap] = tracer.node_to_qualname[node.args[0]] if is_relu else query
+            in_place = (node.target in (torch.relu_, "relu_") or node.kwargs.get("inplace", False)
+                        or (node.target is F.relu and len(node.args) > 1 and node.args[1]))
+        if is_relu and not in_place:
+            found[tap] = tracer.node_to_qualname[node.args[0]]
     return found
 
 
@@ -181,7 +186,7 @@ class Tapped(nn.Module):
             preacts = preact_nodes(model)
             if missing := wanted - set(preacts):
                 raise ValueError(f"{type(model).__name__} cannot give the pre-activation of "
-                                 f"{', '.join(sorted(missing))} (an in-place ReLU closes it)")
+                                 f"{', '.join(sorted(missing))} (no ReLU, or an in-place one, closes it)")
             node_of.update({t + PREACT: preacts[t] for t in wanted})
         nodes = {}  # one output per node: a tap and its pre-activation may be one node (WRN)
         for tap, node in node_of.items():

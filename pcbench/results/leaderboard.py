@@ -97,10 +97,7 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     for diagnostic in ("cka", "rank_agreement"):  # rows from before the diagnostics
         if diagnostic not in trials:
             trials[diagnostic] = math.nan
-    if "teacher_dataset" not in trials:  # rows from before transfer
-        trials = trials.assign(teacher_dataset=None, student_init=None)
-    trials = trials.assign(teacher_dataset=trials["teacher_dataset"].fillna(trials["dataset"]),
-                           student_init=trials["student_init"].fillna("scratch"))
+    trials = with_pair_columns(trials)
     rows = []
     # one row per (search, pair, method); a method searched again keeps only its latest
     keys = ["search_id", *PAIR, "scoring_rule", "method"]
@@ -119,6 +116,15 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     board = pd.concat([_mark_ties(group) for _, group in board.groupby(GROUP, sort=False, dropna=False)])
     board = board.sort_values(GROUP + ["test_acc_mean"], ascending=[True] * len(GROUP) + [False])
     return board[COLUMNS].reset_index(drop=True)
+
+
+def with_pair_columns(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials with every PAIR column filled: rows from before transfer (or a table without the
+    columns) had the student's own data set's teacher and a student from scratch."""
+    empty = pd.Series(None, index=trials.index, dtype=object)
+    return trials.assign(
+        teacher_dataset=trials.get("teacher_dataset", empty).fillna(trials["dataset"]),
+        student_init=trials.get("student_init", empty).fillna("scratch"))
 
 
 def pair_label(row) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from pcbench.atomic import write_atomic
-from pcbench.results.leaderboard import GROUP, pair_label
+from pcbench.results.leaderboard import GROUP, PAIR, pair_label, with_pair_columns
 from pcbench.results.significance import TEST_NOTE
 
 
@@ -177,10 +177,8 @@ def _searched(rows: pd.DataFrame, trials: pd.DataFrame | None) -> pd.DataFrame |
         return None
     if "phase" in trials:
         trials = trials[trials["phase"].fillna("search") != "final"]
-    # one search's pairs differ in these (a student from scratch or from the teacher's weights)
-    keys = ["search_id", "teacher", "student", "student_init", "method"]
-    trials = trials.assign(student_init=trials.get("student_init", pd.Series(index=trials.index))
-                           .fillna("scratch"))
+    keys = ["search_id", *PAIR, "method"]
+    trials = with_pair_columns(trials)
     mine = trials[pd.MultiIndex.from_frame(trials[keys]).isin(pd.MultiIndex.from_frame(rows[keys]))]
     return mine[mine["val_acc"].notna()]
 

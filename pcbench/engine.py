@@ -284,14 +284,16 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
         if teacher_taps is not None:
             teacher_taps.train(teacher_mode)
         steps = 0
+        # the teacher's forward runs only while some member reads it (AB and FSP stop after their first stage)
+        reading = {id(m) for m in live if m.needs_teacher and m.distiller.method.reads_teacher(epoch)}
         # the same order on every rank, and on a resumed trial
         for x, y, index in data.batches("train", per_rank_batch, rank, world,
                                         shuffle_seed=cfg.seed * 100_003 + epoch, augment=cfg.data.augment):
             x = x.contiguous(memory_format=memory_format)
-            teacher_feats = teacher_features(teacher_taps, x, precision) if teacher_taps else None
+            teacher_feats = teacher_features(teacher_taps, x, precision) if teacher_taps and reading else None
             for member in live:
                 if member.bad_step is None:
-                    member.step(x, y, index, epoch, teacher_feats if member.needs_teacher else None, teacher)
+                    member.step(x, y, index, epoch, teacher_feats if id(member) in reading else None, teacher)
             steps += 1
             if steps % DIVERGENCE_CHECK_STEPS == 0 and _check_divergence(live):
                 break

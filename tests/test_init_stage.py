@@ -51,6 +51,10 @@ def test_ab_weights_stages_by_depth_and_trains_only_in_its_first_stage():
                 + boundary_loss(connected, t["stage2" + PREACT], 1.0)) / 2 * 3 / 1000  # / B * 3 / 1000
     assert list(terms) == ["ab"] and terms["ab"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert list(ab(_step(s, t, epoch=2))) == ["ce"]  # then the label term alone, as RepDistiller
+    assert ab.reads_teacher(1) and not ab.reads_teacher(2)  # so no teacher forward from then on
+    with_kd = get_method("ab")(get_method("ab").Config(init_share=0.5, w_kd=0.5), student, teacher,
+                               DataInfo(4, 10, epochs=4))
+    assert with_kd.reads_teacher(3)
 
 
 @pytest.mark.parametrize("name", ["resnet8", "vgg8", "cnn_small", "ShuffleV1"])
@@ -114,7 +118,7 @@ def test_ft_trains_the_paraphraser_first_then_the_translator_against_its_frozen_
     student = ModelInfo("s", {**shapes, "stage2": (2, 2, 2)}, ("stage1", "stage2"))
     teacher = ModelInfo("t", shapes, ("stage1", "stage2"))
     ft = get_method("ft")(get_method("ft").Config(), student, teacher, DataInfo(3, 10, epochs=18))
-    assert ft.init_epochs == 2  # 1/9 of the budget
+    assert ft.init_epochs == 2 and ft.reads_teacher(17)  # 1/9 of the budget; then the factor term
     f_s = torch.rand(2, 2, 2, 2, requires_grad=True)
     f_t = torch.rand(2, 6, 2, 2)
     feats_t = {"stage2": f_t, "logits": torch.randn(2, 3)}

@@ -37,6 +37,7 @@ def boundary_loss(s: torch.Tensor, t: torch.Tensor, margin: float) -> torch.Tens
 @register
 class ActivationBoundaries(InitStageMethod):
     name = "ab"
+    distils_after_init = False  # then the label term alone: no teacher forward
     Config = ABConfig
 
     def __init__(self, config, student: ModelInfo, teacher: ModelInfo, data):

@@ -134,6 +134,11 @@ class Method(nn.Module):
         tap, taps = getattr(config, "tap", None), getattr(config, "taps", None)
         return ([tap] if tap else []) + list(taps or ())
 
+    def reads_teacher(self, epoch: int) -> bool:
+        """Whether this epoch's steps need the teacher's taps (the engine skips its forward
+        when no member of a cohort does)."""
+        return self.needs_teacher
+
     @property
     def teacher_train_mode(self) -> bool:
         """Whether the teacher runs with BatchNorm on batch statistics (default: eval mode)."""
@@ -172,10 +177,14 @@ class InitStageMethod(Method):
     Config = InitStageConfig
     sometimes_unused = True  # the classifier sits out the first stage; some modules the second
     min_epochs = 2  # one of each stage
+    distils_after_init: ClassVar[bool] = True  # False: `transfer` reads no teacher (AB, FSP)
 
     def __init__(self, config, student, teacher, data):
         super().__init__(config, student, teacher, data)
         self.init_epochs = min(data.epochs - 1, max(1, round(self.config.init_share * data.epochs)))
+
+    def reads_teacher(self, epoch: int) -> bool:
+        return epoch < self.init_epochs or self.distils_after_init or self.config.w_kd > 0
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         return self.initialise(step) if step.epoch < self.init_epochs else super().forward(step)

@@ -32,6 +32,7 @@ def fsp_matrices(maps: list[torch.Tensor]) -> list[torch.Tensor]:
 @register
 class FlowOfSolutionProcedure(InitStageMethod):
     name = "fsp"
+    distils_after_init = False  # then the label term alone: no teacher forward
     Config = FSPConfig
     same_stages = True
 

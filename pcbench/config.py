@@ -109,6 +109,11 @@ class TrialConfig(_Section):
         return self.teacher_dataset or self.data.name
 
     @property
+    def student_init(self) -> str:
+        """How the student starts: "scratch", or "teacher" (its weights but the classifier)."""
+        return "teacher" if self.train.init_from_teacher else "scratch"
+
+    @property
     def transfer(self) -> bool:
         """Whether the teacher comes from another task (its classes are not the student's)."""
         return self.teacher_data != self.data.name

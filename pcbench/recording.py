@@ -134,7 +134,7 @@ class SearchRecorder:
             "suite": self.suite, "phase": trial.stage.phase, "selected_trial": trial.stage.selected_trial,
             "method": cfg.method.name, "dataset": cfg.data.name, "teacher": cfg.teacher,
             "teacher_dataset": cfg.teacher_data, "student": cfg.student,
-            "student_init": "teacher" if cfg.train.init_from_teacher else "scratch", "seed": cfg.seed,
+            "student_init": cfg.student_init, "seed": cfg.seed,
             "knobs": json.dumps(trial.knobs, sort_keys=True),
             "config": json.dumps(cfg.to_dict(), sort_keys=True),
             "val_acc": last.get("val_acc"),

@@ -232,7 +232,7 @@ def plan(request: Request, prepared: list[Prepared]) -> list[dict[str, Any]]:
         t = item.template
         entry = {"teacher": t.teacher, "student": t.student, "method": item.method,
                  "dataset": t.data.name, "teacher_dataset": t.teacher_data,
-                 "student_init": "teacher" if t.train.init_from_teacher else "scratch",
+                 "student_init": t.student_init,
                  "budget": {"trials": request.samples if request.search else 1, "epochs": t.train.epochs},
                  "first_point": item.space.first_point(t) if item.space else {},
                  "knobs": item.space.describe() if item.space else {}}

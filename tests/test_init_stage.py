@@ -14,7 +14,16 @@ from pcbench.methods import DataInfo, get_method
 from pcbench.methods.ab import boundary_loss
 from pcbench.methods.base import Step
 from pcbench.methods.fsp import fsp_matrices
-from pcbench.models import PREACT, ModelInfo, Tapped, create_model, model_info, preact_nodes, shapes_of
+from pcbench.models import (
+    PREACT,
+    ModelInfo,
+    Tapped,
+    create_model,
+    model_info,
+    preact_nodes,
+    preact_stages,
+    shapes_of,
+)
 from pcbench.teachers import attach
 
 
@@ -35,8 +44,8 @@ def test_ab_pushes_each_pre_activation_past_the_margin_to_the_teachers_side():
 def test_ab_weights_stages_by_depth_and_trains_only_in_its_first_stage():
     shapes = {"stage1": (2, 2, 2), "stage2": (3, 1, 1), "logits": (4,)}
     stages = ("stage1", "stage2")
-    student = ModelInfo("s", {**shapes, "stage2": (5, 1, 1)}, stages, True, stages)
-    teacher = ModelInfo("t", shapes, stages, True, stages)
+    student = ModelInfo("s", {**shapes, "stage2": (5, 1, 1)}, stages)
+    teacher = ModelInfo("t", shapes, stages)
     ab = get_method("ab")(get_method("ab").Config(init_share=0.5), student, teacher,
                           DataInfo(4, 10, epochs=4))
     assert ab.init_epochs == 2
@@ -67,7 +76,7 @@ def test_a_pre_activation_tap_is_the_stage_before_its_closing_relu(name):
     for stage in stages:
         assert torch.equal(out[stage + PREACT].relu(), out[stage])
         assert (out[stage + PREACT] < 0).any()  # really before the ReLU
-    assert model_info(model, shape).preact == tuple(stages)
+    assert preact_stages(name) == tuple(stages)
 
 
 def test_pre_activation_stages_are_their_own_pre_activation_and_no_relu_or_an_in_place_one_is_refused():

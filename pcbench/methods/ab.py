@@ -16,7 +16,7 @@ from torch import nn
 from pcbench.methods import register
 from pcbench.methods.base import InitStageConfig, InitStageMethod, Step, TapList
 from pcbench.methods.fitnet import conv_regressor
-from pcbench.models import PREACT, ModelInfo
+from pcbench.models import PREACT, ModelInfo, preact_stages
 from pcbench.models.roles import common_stages
 
 
@@ -58,7 +58,7 @@ class ActivationBoundaries(InitStageMethod):
     def check_pair(cls, config, student, teacher):
         taps = cls.resolved(config, common_stages(student.stages, teacher.stages)).taps
         for info in (student, teacher):
-            if missing := [t for t in taps if t not in info.preact]:
+            if missing := [t for t in taps if t not in preact_stages(info.name)]:
                 raise ValueError(f"ab reads pre-activations, which {info.name} cannot give at "
                                  f"{', '.join(missing)} (no ReLU, or an in-place one, closes them); "
                                  f"choose another pair or method")

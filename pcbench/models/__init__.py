@@ -128,7 +128,6 @@ class ModelInfo:
     tap_shapes: dict[str, tuple[int, ...]]
     stages: tuple[str, ...]
     stages_post_relu: bool = True
-    preact: tuple[str, ...] = ()  # the taps whose pre-activation `Tapped` can read
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,6 +167,14 @@ def preact_nodes(model: TapModel) -> dict[str, str]:
         if is_relu and not in_place:
             found[tap] = tracer.node_to_qualname[node.args[0]]
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def preact_stages(name: str) -> tuple[str, ...]:
+    """The stages of zoo model `name` whose pre-activation `Tapped` can read: traced once, on
+    the meta device (for checks before anything runs)."""
+    with torch.device("meta"):
+        return tuple(preact_nodes(create_model(name)))
 
 
 class Tapped(nn.Module):
@@ -216,4 +223,4 @@ def model_info(model: TapModel, input_shape: tuple[int, ...], name: str = "") ->
         out = Tapped(model, taps).eval()(torch.zeros(2, *input_shape))
     model.train(was_training)
     return ModelInfo(name, {k: tuple(v.shape[1:]) for k, v in out.items()}, tuple(model.stage_taps),
-                     model.STAGES_POST_RELU, tuple(preact_nodes(model)))
+                     model.STAGES_POST_RELU)

@@ -70,6 +70,9 @@ class TrainConfig(_Section):
     # Every epoch, CKA and rank agreement between teacher and student (diagnostics.py); a
     # measurement only: it changes nothing the trial trains, so it is not part of its hash.
     diagnostics: bool = True
+    # Evaluate the test split at the last epoch. Search trials never do (the driver turns it
+    # off): only a benchmark's final runs and single runs report test accuracy.
+    report_test: bool = True
     # Start the student from the teacher's weights (same architecture), its classifier
     # re-initialised: the transfer-learning baseline, and a start for any method.
     init_from_teacher: bool = False
@@ -88,6 +91,7 @@ class TrialConfig(_Section):
     # Resolved by the driver from the teacher store; not part of what the trial *is*.
     teacher_weights: str | None = None
     teacher_sha256: str | None = None
+    teacher_test_acc: float | None = None  # as its store record says (0..1)
 
     @field_validator("teacher", "student")
     @classmethod
@@ -207,9 +211,9 @@ class TrialConfig(_Section):
         """Identifies the configuration: the same for every seed and teacher copy."""
         # Where the files are and how they are read do not change what the trial is.
         body = self.model_dump(mode="json", exclude={"seed": True, "teacher_weights": True,
-                                                     "teacher_sha256": True,
+                                                     "teacher_sha256": True, "teacher_test_acc": True,
                                                      "data": {"root", "loader_workers"},
-                                                     "train": {"diagnostics"}})
+                                                     "train": {"diagnostics", "report_test"}})
         # settings added later count only when used, so earlier configurations keep their hash
         if body["teacher_dataset"] is None:
             del body["teacher_dataset"]

@@ -436,8 +436,9 @@ class _Member:
         if val := evaluate(student, data, "val", rank, world, precision, memory_format):
             metrics.update(val_acc=val["acc"], val_loss=val["loss"])
         if epoch + 1 == self.cfg.train.epochs:  # test data is for reporting only, at the end
-            test = evaluate(student, data, "test", rank, world, precision, memory_format)
-            metrics.update(test_acc=test["acc"], test_loss=test["loss"])
+            if self.cfg.train.report_test:
+                test = evaluate(student, data, "test", rank, world, precision, memory_format)
+                metrics.update(test_acc=test["acc"], test_loss=test["loss"])
             self.running = False
         metrics["eval_seconds"] = time.perf_counter() - evaluating
         if self.reference is not None:

@@ -134,7 +134,8 @@ def needs_teacher(config: TrialConfig) -> bool:
 
 
 def attach(config: TrialConfig, record: TeacherRecord) -> TrialConfig:
-    return config.model_copy(update={"teacher_weights": record.path, "teacher_sha256": record.sha256})
+    return config.model_copy(update={"teacher_weights": record.path, "teacher_sha256": record.sha256,
+                                     "teacher_test_acc": record.test_acc})
 
 
 def _read_record(path: Path) -> TeacherRecord:

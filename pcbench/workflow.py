@@ -185,6 +185,8 @@ class _Stages:
         done = len(self._rows(item.template, phase)) if self.session.resume else 0
         if done < request.samples:
             t, pair = item.template, f"{item.template.teacher}-{item.template.student}"
+            if phase == SEARCH:  # selection sees the validation split only: no test metric exists
+                t = t.model_copy(update={"train": t.train.model_copy(update={"report_test": False})})
             # a benchmark's study is its own (every method gets the same fresh budget, never one
             # warm-started by an earlier run of the suite), per pair and method
             study = f"{self.experiment}-{self.search_id}-{pair}" if self.recorder.suite else self.experiment
@@ -253,6 +255,7 @@ def final_config(selected: TrialConfig, epochs: int | None) -> TrialConfig:
     `epochs` long, with the recipe's milestones for that length."""
     tree = selected.to_dict()
     tree["data"]["val_fraction"] = 0.0
+    tree["train"]["report_test"] = True
     if epochs is not None and epochs != selected.train.epochs:
         train, recipe_name = tree["train"], selected.train.recipe
         # from the recipe's own milestones where there is one: scaling the search's scaled

@@ -22,7 +22,8 @@ from pydantic import (
 
 from pcbench.data import dataset_names, get_dataset
 from pcbench.errors import UserError
-from pcbench.methods import MethodConfig, get_method, method_names
+from pcbench.methods import KD_SUFFIX, MethodConfig, base_method, get_method, is_method
+from pcbench.methods.base import KD_TERM_KNOBS
 from pcbench.models import PREACT, model_names, stage_taps, tap_names
 from pcbench.models.roles import common_stages
 
@@ -138,11 +139,10 @@ class TrialConfig(_Section):
             raise ValueError(f"the teacher's data set {self.teacher_data} has images of "
                              f"{'x'.join(map(str, teacher_shape))} and the student's {self.data.name} of "
                              f"{'x'.join(map(str, student_shape))}; pick data sets of one image shape")
-        if method.reads_teacher_logits or getattr(self.method, "w_kd", 0.0) > 0:
-            what = "w_kd > 0" if not method.reads_teacher_logits else self.method.name
-            raise ValueError(f"{what} compares the teacher's logits with the student's, but a teacher "
-                             f"of {self.teacher_data} has other classes than {self.data.name}; use a "
-                             f"feature method (or w_kd=0), or the student's own data set for the teacher")
+        if method.reads_teacher_logits:
+            raise ValueError(f"{self.method.name} compares the teacher's logits with the student's, but a "
+                             f"teacher of {self.teacher_data} has other classes than {self.data.name}; use "
+                             f"a feature method (without +kd), or the student's own data set for the teacher")
         return self
 
     @model_validator(mode="after")
@@ -228,8 +228,10 @@ def describe(error: ValidationError, prefix: str = "", config_class: type | None
     loc = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "")
     if first["type"] == "extra_forbidden" and config_class is not None:
         knobs = ", ".join(k for k in config_class.model_fields if k != "name")
-        return (f"{loc}: not a knob of method '{config_class.model_fields['name'].default}'; "
-                f"its knobs are: {knobs}")
+        name = config_class.model_fields["name"].default
+        hint = (f" (the KD term is the variant's: --method {name}{KD_SUFFIX})"
+                if first["loc"][-1] in KD_TERM_KNOBS and is_method(name + KD_SUFFIX) else "")
+        return f"{loc}: not a knob of method '{name}'{hint}; its knobs are: {knobs}"
     if first["type"] == "extra_forbidden":
         return f"{loc}: unknown setting; check the spelling of the key"
     message = first["msg"].removeprefix("Value error, ")
@@ -267,14 +269,19 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 def build_config(base: dict[str, Any], overrides: dict[str, Any]) -> TrialConfig:
     """Apply dotted overrides to a base dict and validate. A key may be scoped to one method
-    (`pc.tau=0.05`): it applies only when the trial's method is that one."""
+    (`pc.tau=0.05`): it applies only when the trial's method is that one or its `+kd` variant
+    (`pc+kd.w_kd=0.5`: the variant only), and is ignored otherwise. No override renames the
+    method: that is what --method (or a suite's `methods:`) says."""
     tree = json.loads(json.dumps(base))
     method = tree.get("method", "ce")
     method_name = method if isinstance(method, str) else method.get("name")
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
-        if rest and head in method_names() and head != "method":
-            if head != method_name:
+        if key == "method" or (rest == "name" and (head == "method" or is_method(head))):
+            raise UserError(f"--set {key}: the method is chosen by --method (or a suite's methods:), "
+                            f"not by --set; drop it and name the method there")
+        if rest and head != "method" and is_method(head):
+            if head not in (method_name, base_method(str(method_name))):
                 continue
             key = f"method.{rest}"
         set_dotted(tree, key, value)

@@ -370,7 +370,7 @@ class _Member:
                                                    find_unused_parameters=method.sometimes_unused)
         self.optimizer = torch.optim.SGD(
             self.distiller.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
-            weight_decay=cfg.train.weight_decay,
+            weight_decay=cfg.train.weight_decay, nesterov=method.nesterov and cfg.train.momentum > 0,
             # one kernel for all parameters; PyTorch's fused SGD fails on a parameter whose first
             # gradient comes after the first step
             fused=device.type == "cuda" and not method.sometimes_unused)

@@ -235,9 +235,18 @@ def plan(request: Request, prepared: list[Prepared]) -> list[dict[str, Any]]:
                  "student_init": t.student_init,
                  "budget": {"trials": request.samples if request.search else 1, "epochs": t.train.epochs},
                  "first_point": item.space.first_point(t) if item.space else {},
-                 "knobs": item.space.describe() if item.space else {}}
+                 "knobs": item.space.describe() if item.space else {},
+                 "fixed": fixed_knobs(t, item.space)}
         if request.final_seeds:
             entry["final"] = {"seeds": list(request.final_seeds),
                               "epochs": request.final_epochs or t.train.epochs}
         entries.append(entry)
     return entries
+
+
+def fixed_knobs(template: TrialConfig, space: SearchSpace | None) -> dict[str, Any]:
+    """The method's knobs that its search leaves at their setting (all of them for one run):
+    with the searched ones, everything the method's loss is made of."""
+    searched = space.distributions if space else {}
+    return {key: value for key, value in template.flat().items()
+            if key.startswith("method.") and key != "method.name" and key not in searched}

@@ -20,19 +20,20 @@ import optuna.distributions as od
 from pcbench import REPO_ROOT
 from pcbench.config import TrialConfig, build_config, load_yaml
 from pcbench.errors import UserError
-from pcbench.methods import get_method
+from pcbench.methods import base_method, get_method
+from pcbench.methods.base import KD_TERM_KNOBS
 from pcbench.models import stage_taps
 from pcbench.models.roles import common_stages, resolve_taps
 
 SPACES_DIR = REPO_ROOT / "search_spaces"
 TRAINING_SPACE = SPACES_DIR / "training.yaml"
+KD_TERM_SPACE = SPACES_DIR / "kd_term.yaml"  # what every `<method>+kd` variant adds, alike
 TAP_KNOBS = ("method.tap", "method.taps")
-# The logit-KD knobs: off in transfer, where the teacher's classes are another task's.
-LOGIT_KNOBS = ("method.w_kd", "method.temperature")
 
 
 def default_space_path(method: str) -> Path:
-    return SPACES_DIR / f"{method}.yaml"
+    """A method's own file; a `+kd` variant's is its method's (the KD term comes on top)."""
+    return SPACES_DIR / f"{base_method(method)}.yaml"
 
 
 def _distribution(path: str, key: str, spec: dict[str, Any]) -> od.BaseDistribution:
@@ -80,6 +81,7 @@ def read_knobs(path: str | Path, allowed_prefix: str | None = None) -> dict[str,
             raise UserError(f"{path}: '{key}' is not a method knob; a method's space holds only "
                             f"{allowed_prefix}* knobs (training knobs are searched for every "
                             f"method alike, from {TRAINING_SPACE.relative_to(REPO_ROOT)})")
+
     return knobs
 
 
@@ -149,16 +151,21 @@ def load_space(path: str | Path, template: TrialConfig) -> SearchSpace:
     """The method's knobs in `path` and the shared training block, resolved against `template`
     (the trial as configured, without the search's choices)."""
     path = str(path)
-    knobs = {**read_knobs(path, allowed_prefix="method."), **read_knobs(TRAINING_SPACE)}
-    if template.transfer:
-        knobs = {k: v for k, v in knobs.items() if k not in LOGIT_KNOBS}
+    method = get_method(template.method.name)
+    own = read_knobs(path, allowed_prefix="method.")
+    alone = get_method(base_method(method.name)).Config.model_fields
+    for key in own:
+        if key.removeprefix("method.") in KD_TERM_KNOBS and key.removeprefix("method.") not in alone:
+            raise UserError(f"{path}: '{key}' belongs to the KD term, which every <method>+kd variant "
+                            f"searches alike from {KD_TERM_SPACE.relative_to(REPO_ROOT)}; drop it here")
+    # the shared blocks last: a method's file cannot narrow or widen them
+    knobs = {**own, **(read_knobs(KD_TERM_SPACE) if method.adds_kd else {}), **read_knobs(TRAINING_SPACE)}
     flat = template.flat()
     for key in knobs:
         if key not in flat:
             raise UserError(f"{path}: knob '{key}' is not a setting of method "
                             f"'{template.method.name}'; valid keys: "
                             + ", ".join(k for k in flat if k.startswith("method.")))
-    method = get_method(template.method.name)
     models = (template.teacher, template.student) if method.needs_teacher else (template.student,)
     stages = common_stages(*(stage_taps(m) for m in models))
     return SearchSpace(path, {key: _distribution(path, key, _resolve(path, key, spec, template, stages))

@@ -35,7 +35,9 @@ def test_config_hash_ignores_the_seed_but_not_the_knobs():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"method.temperature": -1}, "method.temperature: Input should be greater than 0"),
+    ({"method.weight": -1}, "method.weight: Input should be greater than or equal to 0"),
+    ({"method.w_kd": 0.5}, "method.w_kd: not a knob of method 'pc' (the KD term is the variant's: "
+                           "--method pc+kd)"),
     ({"method.tau": 0}, "method.tau: Input should be greater than 0"),
     ({"method.tap": "stage9"}, "tap 'stage9' does not exist in student cnn_small; valid taps: stem, stage1"),
     ({"method.nope": 1}, "method.nope: not a knob of method 'pc'; its knobs are: w_ce"),

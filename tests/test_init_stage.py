@@ -61,8 +61,8 @@ def test_ab_weights_stages_by_depth_and_trains_only_in_its_first_stage():
     assert list(terms) == ["ab"] and terms["ab"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert list(ab(_step(s, t, epoch=2))) == ["ce"]  # then the label term alone, as RepDistiller
     assert ab.reads_teacher(1) and not ab.reads_teacher(2)  # so no teacher forward from then on
-    with_kd = get_method("ab")(get_method("ab").Config(init_share=0.5, w_kd=0.5), student, teacher,
-                               DataInfo(4, 10, epochs=4))
+    with_kd = get_method("ab+kd")(get_method("ab+kd").Config(init_share=0.5), student, teacher,
+                                  DataInfo(4, 10, epochs=4))
     assert with_kd.reads_teacher(3)
 
 

@@ -57,7 +57,7 @@ def test_every_mixed_path_produces_logits_of_the_right_shape():
 
 
 def test_s2t_gradient_reaches_bridge_and_student_but_no_teacher_parameter():
-    student, teacher, method, s_taps, t_taps = _fcfd(FCFDConfig(directions="s2t", paths=2, w_kd=0.0))
+    student, teacher, method, s_taps, t_taps = _fcfd(FCFDConfig(directions="s2t", paths=2))
     terms = method(_step(student, teacher, s_taps, t_taps))
     terms["mix"].backward()  # only through the s->t paths: teacher stages after the switch
     assert all(p.grad is None for p in teacher.parameters())
@@ -83,6 +83,7 @@ def test_mixed_paths_leave_running_statistics_untouched():
     assert all(torch.equal(before[k], student.state_dict()[k]) for k in running)
 
 
-def test_feature_terms_ramp_up_over_warmup():
-    _, _, method, _, _ = _fcfd(FCFDConfig(warmup=4))
+def test_feature_terms_ramp_up_over_a_share_of_the_epochs():
+    _, _, method, _, _ = _fcfd(FCFDConfig(warmup_share=0.2))  # 4 of the trial's 20 epochs
     assert [method.ramp(e) for e in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert FCFDConfig().warmup_share * 240 == pytest.approx(20)  # the authors' 20 of 240

@@ -38,7 +38,7 @@ def test_the_halves_of_digits_are_two_five_class_tasks():
 
 
 @pytest.mark.parametrize("method, overrides",
-                         [("kd", {}), ("dkd", {}), ("fcfd", {}), ("pc", {"pc.w_kd": 0.5})])
+                         [("kd", {}), ("dkd", {}), ("fcfd", {}), ("pc+kd", {})])
 def test_logit_terms_are_refused_across_tasks(method, overrides):
     with pytest.raises(UserError, match="compares the teacher's logits with the student's"):
         build_config({"method": method, **TRANSFER}, overrides)
@@ -60,11 +60,10 @@ def test_transfer_settings_are_checked_and_the_same_task_keeps_its_hash():
     assert build_config({"method": "pc", **TRANSFER}, {}).hash != build_config({"method": "pc"}, {}).hash
 
 
-def test_a_search_across_tasks_leaves_the_logit_knobs_out():
+def test_a_search_across_tasks_searches_the_feature_knobs_alone():
     _, space = prepare_search({"method": "pc", **TRANSFER}, {})
-    assert "method.w_kd" not in space.distributions and "method.tau" in space.distributions
-    _, same = prepare_search({"method": "pc"}, {})
-    assert "method.w_kd" in same.distributions
+    assert "method.tau" in space.distributions
+    assert not any("kd" in key or "temperature" in key for key in space.distributions)
 
 
 def test_a_feature_method_distils_a_teacher_of_other_classes(half_teachers):

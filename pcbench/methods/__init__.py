@@ -1,16 +1,19 @@
 """Method registry. A method is one module in this package decorated with `@register`;
-every module here is imported on first use, so adding a method touches one file."""
+every module here is imported on first use, so adding a method touches one file. Every
+method with a teacher also exists as `<name>+kd` (base.with_kd): the method plus the KD term,
+with the same KD knobs for all."""
 
 import importlib
 import pkgutil
 
 from pcbench.errors import UserError
-from pcbench.methods.base import DataInfo, DistillConfig, Method, MethodConfig, Step
+from pcbench.methods.base import KD_SUFFIX, DataInfo, Method, MethodConfig, Step, with_kd
 
-__all__ = ["DataInfo", "DistillConfig", "Method", "MethodConfig", "Step", "get_method", "method_names",
-           "register"]
+__all__ = ["KD_SUFFIX", "DataInfo", "Method", "MethodConfig", "Step", "base_method", "get_method",
+           "is_method", "method_names", "register"]
 
 _REGISTRY: dict[str, type[Method]] = {}
+_VARIANTS: dict[str, type[Method]] = {}
 _discovered = False
 
 
@@ -29,12 +32,39 @@ def _discover() -> None:
 
 
 def method_names() -> list[str]:
+    """The registered methods (their `+kd` variants not listed)."""
     _discover()
     return sorted(_REGISTRY)
 
 
+def base_method(name: str) -> str:
+    """`pc` for `pc+kd`; a method's own name otherwise."""
+    return name.removesuffix(KD_SUFFIX)
+
+
+def is_method(name: str) -> bool:
+    _discover()
+    base = base_method(name)
+    return base in _REGISTRY and (base == name or _takes_kd(_REGISTRY[base]))
+
+
+def _takes_kd(method: type[Method]) -> bool:
+    return method.needs_teacher and method.takes_kd
+
+
 def get_method(name: str) -> type[Method]:
     _discover()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown method '{name}': choose one of {', '.join(method_names())}")
-    return _REGISTRY[name]
+    base = base_method(name)
+    if base not in _REGISTRY:
+        raise UserError(f"unknown method '{name}': choose one of {', '.join(method_names())} "
+                        f"(or <method>{KD_SUFFIX} for one with the KD term)")
+    if base == name:
+        return _REGISTRY[name]
+    method = _REGISTRY[base]
+    if not _takes_kd(method):
+        why = "has no teacher" if not method.needs_teacher else "is itself KD on the logits"
+        raise UserError(f"{name}: {base} {why}, so it takes no added KD term; use --method kd "
+                        f"(its own w_kd and temperature) or another method{KD_SUFFIX}")
+    if name not in _VARIANTS:
+        _VARIANTS[name] = with_kd(method)
+    return _VARIANTS[name]

@@ -4,7 +4,7 @@ through a connector (none where the shapes agree; else RepDistiller's ConvReg wi
 ReLU), is pushed past a margin m to the side of zero the teacher's pre-activation is on:
 sum over all elements of (s + m)^2 [s > -m, t <= 0] + (s - m)^2 [s <= m, t > 0], stage i of
 n weighted 2^(i - n + 1) (the last stage 1), divided by the batch size and scaled by 3/1000.
-Distillation afterwards is the label term (plus KD where w_kd > 0), as RepDistiller's
+Distillation afterwards is the label term (plus KD in the `+kd` variant), as RepDistiller's
 `loss_kd = 0` for ab."""
 
 from typing import Literal

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step, TapList, pool_to_smaller
+from pcbench.methods.base import Method, MethodConfig, Step, TapList, pool_to_smaller
 
 
-class ATConfig(DistillConfig):
+class ATConfig(MethodConfig):
     name: Literal["at"] = "at"
     weight: NonNegativeFloat = 1000.0
     p: PositiveFloat = 2.0

@@ -2,11 +2,20 @@
 named, already-weighted loss terms. Plain PyTorch: no Ray, no MLflow."""
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Sequence
+from typing import Annotated, Any, ClassVar, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, PositiveFloat
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    create_model,
+    model_validator,
+)
 from torch import nn
 
 from pcbench.models import ModelInfo, TapModel
@@ -30,11 +39,28 @@ class MethodConfig(BaseModel):
     w_ce: NonNegativeFloat = 1.0
 
 
-class DistillConfig(MethodConfig):
-    """Knobs of every method that has a teacher: the logit KD term (off unless w_kd > 0)."""
+KD_SUFFIX = "+kd"
 
-    w_kd: NonNegativeFloat = 0.0
-    temperature: PositiveFloat = 4.0
+
+class KDTermConfig(BaseModel):
+    """What a `<method>+kd` variant adds to its method, the same for every method: Hinton's KD
+    term on the logits. Defaults: the CRD paper's `+KD` rows (RepDistiller's -a 1, T 4); a
+    method with its own temperature (FCFD's mixed-path KL) starts the KD term at it."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    w_kd: PositiveFloat = 1.0
+    kd_temperature: PositiveFloat = 4.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _temperature_from_the_method(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "kd_temperature" not in data and "temperature" in cls.model_fields:
+            return {**data, "kd_temperature": data.get("temperature", cls.model_fields["temperature"].default)}
+        return data
+
+
+KD_TERM_KNOBS = tuple(KDTermConfig.model_fields)
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,17 @@ class Step:
     teacher_feats: dict[str, torch.Tensor] | None
     student: TapModel
     teacher: TapModel | None
+
+
+# A warm-up as the papers run it, in epochs of their recipe (mdistiller's and FCFD's 20 of 240
+# on CIFAR), is here a share of the trial's epochs, so a 60-epoch search ramps over 5.
+WarmupShare = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+def ramp(epoch: int, share: float, epochs: int) -> float:
+    """min(1, epoch / warm-up), the epoch counted from 1 (mdistiller's, FCFD's), over a warm-up
+    of `share` of the trial's `epochs`."""
+    return min(1.0, (epoch + 1) / max(1.0, share * epochs))
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
@@ -86,6 +123,12 @@ class Method(nn.Module):
     # True when the loss compares teacher and student logits (refused when the teacher's
     # classes are another task's).
     reads_teacher_logits: ClassVar[bool] = False
+    # Whether `<name>+kd` exists: not for a method that is itself KD on the logits (kd, dkd)
+    # or has no teacher (ce).
+    takes_kd: ClassVar[bool] = True
+    adds_kd: ClassVar[bool] = False  # True for the `+kd` variants (with_kd)
+    # SGD with Nesterov momentum, where the method's reference code trains so (FCFD's).
+    nesterov: ClassVar[bool] = False
     # The smallest per-rank training batch the loss is defined on (batch-relational losses).
     min_batch: ClassVar[int] = 1
     # Epochs of an initialisation stage before distillation (InitStageMethod): the engine
@@ -148,8 +191,8 @@ class Method(nn.Module):
         cfg = self.config
         logits = step.student_feats["logits"]
         terms = {"ce": cfg.w_ce * F.cross_entropy(logits, step.y)}
-        if step.teacher_feats is not None and getattr(cfg, "w_kd", 0.0) > 0:
-            terms["kd"] = cfg.w_kd * kd_loss(logits, step.teacher_feats["logits"], cfg.temperature)
+        if self.adds_kd:
+            terms["kd"] = cfg.w_kd * kd_loss(logits, step.teacher_feats["logits"], cfg.kd_temperature)
         terms.update(self.transfer(step))
         return terms
 
@@ -157,7 +200,18 @@ class Method(nn.Module):
         return {}
 
 
-class InitStageConfig(DistillConfig):
+def with_kd(method: type[Method]) -> type[Method]:
+    """`<method>+kd`: the method plus the KD term, with the method's knobs and the KD term's
+    (KDTermConfig), identical for every method that takes it."""
+    name = method.name + KD_SUFFIX
+    config = create_model(f"{method.Config.__name__}PlusKD", __base__=(method.Config, KDTermConfig),
+                          name=(Literal[name], name))
+    return type(f"{method.__name__}PlusKD", (method,),
+                {"name": name, "Config": config, "reads_teacher_logits": True, "adds_kd": True,
+                 "takes_kd": False, "__module__": method.__module__})
+
+
+class InitStageConfig(MethodConfig):
     """Knobs of a method that trains an initialisation stage before distilling: the share of
     the trial's epochs it takes. RepDistiller runs 30 such epochs before its 240, so 30/270 of
     a budget that counts both."""
@@ -184,7 +238,7 @@ class InitStageMethod(Method):
         self.init_epochs = min(data.epochs - 1, max(1, round(self.config.init_share * data.epochs)))
 
     def reads_teacher(self, epoch: int) -> bool:
-        return epoch < self.init_epochs or self.distils_after_init or self.config.w_kd > 0
+        return epoch < self.init_epochs or self.distils_after_init or self.adds_kd
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         return self.initialise(step) if step.epoch < self.init_epochs else super().forward(step)

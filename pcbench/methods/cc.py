@@ -11,10 +11,10 @@ from pydantic import NonNegativeFloat, PositiveInt
 from torch import nn
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step
+from pcbench.methods.base import Method, MethodConfig, Step
 
 
-class CCConfig(DistillConfig):
+class CCConfig(MethodConfig):
     name: Literal["cc"] = "cc"
     weight: NonNegativeFloat = 0.02
     dim: PositiveInt = 128  # RepDistiller's feat_dim

@@ -22,13 +22,13 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from pcbench.methods import register
-from pcbench.methods.base import DataInfo, DistillConfig, Method, Step
+from pcbench.methods.base import DataInfo, Method, MethodConfig, Step
 from pcbench.models import ModelInfo
 
 _EPS = 1e-7
 
 
-class CRDConfig(DistillConfig):
+class CRDConfig(MethodConfig):
     name: Literal["crd"] = "crd"
     weight: NonNegativeFloat = 0.8
     tap: str = "embedding"

@@ -1,22 +1,24 @@
 """dkd: decoupled KD (Zhao et al., 2022). KD split into the target-class term (TCKD, binary:
 target vs rest) and the non-target term (NCKD, the distribution over the other classes),
-weighted alpha and beta, ramped in over `warmup` epochs. CIFAR: alpha 1, beta 8, T 4, 20."""
+weighted alpha and beta, ramped in over the first `warmup_share` of the epochs. CIFAR: alpha 1,
+beta 8, T 4, warm-up 20 of 240 epochs."""
 
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step
+from pcbench.methods.base import DataInfo, Method, MethodConfig, Step, WarmupShare, ramp
 
 
-class DKDConfig(DistillConfig):
+class DKDConfig(MethodConfig):
     name: Literal["dkd"] = "dkd"
     alpha: NonNegativeFloat = 1.0  # TCKD
     beta: NonNegativeFloat = 8.0  # NCKD
-    warmup: PositiveInt = 20
+    temperature: PositiveFloat = 4.0
+    warmup_share: WarmupShare = 20 / 240
 
 
 def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor,
@@ -38,11 +40,16 @@ def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor,
 class DKD(Method):
     name = "dkd"
     reads_teacher_logits = True
+    takes_kd = False  # a decomposition of the KD term: dkd+kd would count it twice
     Config = DKDConfig
+
+    def __init__(self, config, student, teacher, data: DataInfo):
+        super().__init__(config, student, teacher, data)
+        self.epochs = data.epochs
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config
         tckd, nckd = dkd_terms(step.student_feats["logits"], step.teacher_feats["logits"], step.y,
                                cfg.temperature)
-        ramp = min(1.0, (step.epoch + 1) / cfg.warmup)  # mdistiller: epoch counts from 1
-        return {"tckd": ramp * cfg.alpha * tckd, "nckd": ramp * cfg.beta * nckd}
+        scale = ramp(step.epoch, cfg.warmup_share, self.epochs)
+        return {"tckd": scale * cfg.alpha * tckd, "nckd": scale * cfg.beta * nckd}

@@ -10,21 +10,21 @@ from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from pcbench.methods import register
-from pcbench.methods.base import DataInfo, DistillConfig, Method, Step, kd_loss
+from pcbench.methods.base import DataInfo, Method, MethodConfig, Step, WarmupShare, kd_loss, ramp
 from pcbench.models import ModelInfo
 
 
-class FCFDConfig(DistillConfig):
+class FCFDConfig(MethodConfig):
     name: Literal["fcfd"] = "fcfd"
-    w_kd: NonNegativeFloat = 1.0
+    temperature: PositiveFloat = 4.0  # of the mixed paths' KL (and fcfd+kd's KD term, by default)
     weight: NonNegativeFloat = 5.0  # w_l2: the feature terms (L_app + L_func)
     w_mix: NonNegativeFloat = 1.0
     paths: PositiveInt = 2  # mixed paths sampled per step, without replacement (at most all)
-    warmup: PositiveInt = 20  # epochs over which the feature terms ramp up
+    warmup_share: WarmupShare = 20 / 240  # of the epochs, over which the feature terms ramp up
     directions: Literal["both", "s2t", "t2s"] = "both"
     teacher_train_mode: bool = False  # the reference code's teacher BatchNorm on batch stats
 
@@ -73,6 +73,7 @@ class FCFD(Method):
     reads_teacher_logits = True  # s->t paths end in the teacher's classifier, matched to its logits
     same_stages = True
     sometimes_unused = True  # only the sampled paths' bridges take part in a step
+    nesterov = True  # the authors' trainer: SGD(..., nesterov=True)
 
     def __init__(self, config: FCFDConfig, student: ModelInfo, teacher: ModelInfo, data: DataInfo):
         super().__init__(config, student, teacher, data)
@@ -80,6 +81,7 @@ class FCFD(Method):
             raise ValueError(f"FCFD needs as many stages in the student ({len(student.stages)}) "
                              f"as in the teacher ({len(teacher.stages)})")
         self.stages = list(student.stages)
+        self.epochs = data.epochs
         s_shapes = [student.tap_shapes[t] for t in student.stages]
         t_shapes = [teacher.tap_shapes[t] for t in teacher.stages]
         self.s2t = nn.ModuleList(bridge(s, t, teacher.stages_post_relu)
@@ -102,7 +104,7 @@ class FCFD(Method):
         return self.config.teacher_train_mode
 
     def ramp(self, epoch: int) -> float:
-        return min(1.0, (epoch + 1) / self.config.warmup)
+        return ramp(epoch, self.config.warmup_share, self.epochs)
 
     def get_extra_state(self) -> torch.Tensor:
         return self.path_sampler.get_state()

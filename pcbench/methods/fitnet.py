@@ -9,11 +9,11 @@ from pydantic import NonNegativeFloat
 from torch import nn
 
 from pcbench.methods import register
-from pcbench.methods.base import DataInfo, DistillConfig, Method, Step
+from pcbench.methods.base import DataInfo, Method, MethodConfig, Step
 from pcbench.models import ModelInfo
 
 
-class FitNetConfig(DistillConfig):
+class FitNetConfig(MethodConfig):
     name: Literal["fitnet"] = "fitnet"
     weight: NonNegativeFloat = 100.0
     tap: str = "middle_stage"  # FitNets' hint: the middle stage (stage2 of 3 or 4, as RepDistiller)

@@ -3,7 +3,7 @@ stage alone transfers. For each pair of consecutive layers (stem, stage1, ..., t
 stage) the FSP matrix G[b, j, i] = mean over positions of top_j * bottom_i (the larger map
 average-pooled to the smaller) is matched in MSE between student and teacher, summed over the
 pairs. Needs a teacher and a student with as many channels at each of those layers.
-Distillation afterwards is the label term (plus KD where w_kd > 0), as RepDistiller's
+Distillation afterwards is the label term (plus KD in the `+kd` variant), as RepDistiller's
 `loss_kd = 0` for fsp."""
 
 from typing import Literal

@@ -2,20 +2,28 @@
 
 from typing import Literal
 
-from pydantic import NonNegativeFloat
+import torch
+from pydantic import NonNegativeFloat, PositiveFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method
+from pcbench.methods.base import Method, MethodConfig, Step, kd_loss
 
 
-class KDConfig(DistillConfig):
+class KDConfig(MethodConfig):
     name: Literal["kd"] = "kd"
     w_ce: NonNegativeFloat = 0.1
     w_kd: NonNegativeFloat = 0.9
+    temperature: PositiveFloat = 4.0
 
 
 @register
 class KD(Method):
     name = "kd"
     reads_teacher_logits = True
+    takes_kd = False  # it is the KD term
     Config = KDConfig
+
+    def transfer(self, step: Step) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        return {"kd": cfg.w_kd * kd_loss(step.student_feats["logits"], step.teacher_feats["logits"],
+                                         cfg.temperature)}

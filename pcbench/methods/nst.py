@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step, TapList, pool_to_smaller
+from pcbench.methods.base import Method, MethodConfig, Step, TapList, pool_to_smaller
 
 
-class NSTConfig(DistillConfig):
+class NSTConfig(MethodConfig):
     name: Literal["nst"] = "nst"
     weight: NonNegativeFloat = 50.0
     taps: TapList = ["all_stages"]  # RepDistiller: feat[1:-1], every stage

@@ -12,10 +12,10 @@ import torch
 from pydantic import NonNegativeFloat, PositiveFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step, TapList
+from pcbench.methods.base import Method, MethodConfig, Step, TapList
 
 
-class OTConfig(DistillConfig):
+class OTConfig(MethodConfig):
     name: Literal["ot"] = "ot"
     weight: NonNegativeFloat = 1.0
     taps: TapList = ["last_stage"]  # layer roles or tap names (see pcbench.models.roles)

@@ -16,7 +16,7 @@ from pydantic import NonNegativeFloat, PositiveFloat
 from torch.utils.checkpoint import checkpoint
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step
+from pcbench.methods.base import Method, MethodConfig, Step
 
 Dissimilarity = Literal["cosine", "euclidean", "sqeuclidean"]
 
@@ -29,7 +29,7 @@ SPREAD_FLOOR_ABS = 1e-4  # in the dissimilarity's own units, for rows of zeros
 NORM_FLOOR_REL = 1e-3  # cosine: of the batch's mean feature norm
 
 
-class PCConfig(DistillConfig):
+class PCConfig(MethodConfig):
     name: Literal["pc"] = "pc"
     weight: NonNegativeFloat = 1.0
     tau: PositiveFloat = 0.5  # ranking sharpness, relative to each reference row's spread

@@ -7,12 +7,12 @@ import torch
 from pydantic import NonNegativeFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step
+from pcbench.methods.base import Method, MethodConfig, Step
 
 _EPS = 1e-7
 
 
-class PKTConfig(DistillConfig):
+class PKTConfig(MethodConfig):
     name: Literal["pkt"] = "pkt"
     weight: NonNegativeFloat = 30000.0
     tap: str = "embedding"

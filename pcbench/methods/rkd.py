@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step
+from pcbench.methods.base import Method, MethodConfig, Step
 
 
-class RKDConfig(DistillConfig):
+class RKDConfig(MethodConfig):
     name: Literal["rkd"] = "rkd"
     weight: NonNegativeFloat = 1.0
     w_distance: NonNegativeFloat = 25.0

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step
+from pcbench.methods.base import Method, MethodConfig, Step
 
 
-class SPConfig(DistillConfig):
+class SPConfig(MethodConfig):
     name: Literal["sp"] = "sp"
     weight: NonNegativeFloat = 3000.0
     tap: str = "last_stage"  # a layer role or a tap name (see pcbench.models.roles)

@@ -15,12 +15,12 @@ from pydantic import NonNegativeFloat, PositiveFloat
 from torch import nn
 
 from pcbench.methods import register
-from pcbench.methods.base import DistillConfig, Method, Step, TapList, pool_to_smaller
+from pcbench.methods.base import Method, MethodConfig, Step, TapList, pool_to_smaller
 
 EPS = 1e-5
 
 
-class VIDConfig(DistillConfig):
+class VIDConfig(MethodConfig):
     name: Literal["vid"] = "vid"
     weight: NonNegativeFloat = 1.0
     init_var: PositiveFloat = 5.0

@@ -179,6 +179,8 @@ def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool)
             if "final" in e:
                 line += f", then {len(e['final']['seeds'])} seeds x {e['final']['epochs']} epochs"
             typer.echo(line)
+            if "cohort_note" in e:
+                typer.echo(f"    searched {e['cohort_note']}")
             for key, spec in e["knobs"].items():
                 if spec["type"] == "categorical":
                     domain = "{" + ", ".join(map(str, spec["choices"])) + "}"
@@ -275,7 +277,7 @@ def run(
 def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
             workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus,
             optuna_storage=None, data_dir=None, recipe=None, dry_run=False, as_json=False,
-            resume=None, cohort=1, teacher_dataset=None, init_from_teacher=False) -> None:
+            resume=None, cohort=None, teacher_dataset=None, init_from_teacher=False) -> None:
     from pcbench.session import Request
     if space is not None and len(set(methods_)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
@@ -296,7 +298,9 @@ Samples = Annotated[int, typer.Option("--samples", help="Trials per method.")]
 Concurrent = Annotated[int, typer.Option("--concurrent", help="Trials (or cohorts) at once.")]
 COHORT_HELP = ("Search trials trained together in one process, sharing the data stream and the "
                "teacher's forward; asked of Optuna a generation at a time and halved at fixed "
-               "rungs, so the search is deterministic. 1: one trial per process (ASHA).")
+               "rungs, so the search is deterministic, and a benchmark's final runs are paired. "
+               "Default 4 (1 for a space that searches a knob members share). 1: one trial per "
+               "process (ASHA).")
 
 
 @app.command()
@@ -310,7 +314,7 @@ def search(
     cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
     optuna_storage: OptunaStorage = None, data_dir: DataDir = None, recipe: Recipe = None,
     dry_run: DryRun = False, as_json: Json = False, resume: Resume = False, resume_id: ResumeId = None,
-    cohort: Annotated[int, typer.Option("--cohort", help=COHORT_HELP)] = 1,
+    cohort: Annotated[Optional[int], typer.Option("--cohort", help=COHORT_HELP)] = None,
     teacher_dataset: TeacherDataset = None, init_from_teacher: InitFromTeacher = False,
 ) -> None:
     """Search each method's knobs with Ray Tune + Optuna (TPE) and ASHA (or cohorts)."""
@@ -432,6 +436,8 @@ def demo(
 
 
 def _report(results: str, out: Optional[Path]) -> None:
+    import pandas as pd
+
     from pcbench.checks import check_writable
     from pcbench.results import ResultsStore, leaderboard, write_report
     from pcbench.results.leaderboard import pair_label
@@ -453,12 +459,14 @@ def _report(results: str, out: Optional[Path]) -> None:
         console.print(f"[yellow]warning:[/yellow] skipped {part} ({reason})", highlight=False, soft_wrap=True)
     board = leaderboard(trials)
     paths = write_report(board, out, trials=trials)
-    table = Table("data set", "pair", "method", "test acc", "seeds", "val acc", "trials")
+    table = Table("data set", "pair", "method", "test acc (final runs)", "seeds", "val acc", "trials")
     for row in board.itertuples():
         spread = f" ± {100 * row.test_acc_std:.2f}" if row.seeds > 1 else ""
-        table.add_row(row.dataset, pair_label(row._asdict()), row.method,
-                      f"{100 * row.test_acc_mean:.2f}{spread}", str(row.seeds),
-                      f"{100 * row.val_acc:.2f}", str(row.trials))
+        # a plain search's row has no test accuracy: searches never evaluate the test split
+        test = "" if pd.isna(row.test_acc_mean) else f"{100 * row.test_acc_mean:.2f}{spread}"
+        seeds = f"{row.seeds_ok}/{row.seeds_planned}" if row.protocol == "final" else ""
+        table.add_row(row.dataset, pair_label(row._asdict()), row.method, test, seeds,
+                      "" if pd.isna(row.val_acc) else f"{100 * row.val_acc:.2f}", str(row.trials))
     Console().print(table)
     console.print("wrote " + ", ".join(str(p) for p in paths))
 

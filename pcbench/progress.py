@@ -13,6 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 SUMMARY_EVERY_S = 180.0
 
 
+def _percent(value) -> str:
+    return "" if value is None or value != value else f"{100 * value:.2f}%"
+
+
 def _key(config) -> str:
     return f"{config.method.name:>6} {config.teacher}->{config.student}"
 
@@ -52,8 +56,9 @@ class ProgressBars:
 
 
 class PlainLog:
-    """A line per finished trial (method, pair, trial, stage, epochs, validation accuracy,
-    status, elapsed) and every few minutes a line summing up the search so far."""
+    """A line per finished trial (method, pair, trial, stage, epochs, validation accuracy, test
+    accuracy where the trial reports it, status, elapsed) and every few minutes a line summing
+    up the search so far."""
 
     def __init__(self, console: Console, clock=time.monotonic):
         self.console, self.clock = console, clock
@@ -81,10 +86,12 @@ class PlainLog:
         status = ("diverged" if "diverged" in last else "error" if error
                   else "completed" if last.get("epoch") == trial["planned"] else "stopped")
         val = last.get("val_acc")
-        shown = "" if val is None or val != val else f"{100 * val:.2f}%"
+        shown, test = _percent(val), _percent(last.get("test_acc"))
+        # a search trial has validation accuracy only; a final run (no validation split) test only
         self.say(f"{trial['key']} trial {trial_id} {trial['stage']}: {status}, epochs "
-                 f"{int(last.get('epoch', 0))}/{trial['planned']}, val acc {shown or '-'}, "
-                 f"{self.clock() - trial['since']:.0f} s" + (f" ({error})" if error else ""))
+                 f"{int(last.get('epoch', 0))}/{trial['planned']}, val acc {shown or '-'}"
+                 + (f", test acc {test}" if test else "")
+                 + f", {self.clock() - trial['since']:.0f} s" + (f" ({error})" if error else ""))
         self.finished[status] = self.finished.get(status, 0) + 1
         if shown:
             self.best[trial["key"]] = max(self.best.get(trial["key"], 0.0), val)

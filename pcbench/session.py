@@ -28,6 +28,11 @@ from pcbench.spaces import TAP_KNOBS, SearchSpace, prepare_search
 from pcbench.storage import Location
 from pcbench.teachers import TeacherStore, needs_teacher
 
+# Search trials trained together by default: the searches are then deterministic (the same
+# seed gives the same trials at any concurrency) and a benchmark's final runs are paired. 4:
+# the demo's and a KD search's fastest on a 2-core machine (README, Cohorts).
+DEFAULT_COHORT = 4
+
 
 @dataclass
 class Session:
@@ -41,7 +46,9 @@ class Session:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     concurrent: int = 1
-    cohort: int = 1  # a search's trials train in cohorts of this many (launch/cohort.py)
+    # A search's trials train in cohorts of this many (launch/cohort.py); None: DEFAULT_COHORT
+    # wherever a method's space allows it, else one trial per process (said in the plan).
+    cohort: int | None = None
     # Continue the latest unfinished command with the same settings ("latest"), or the one
     # with this search id; None: a new one.
     resume: str | None = None
@@ -55,7 +62,7 @@ class Session:
                       tracking_uri or default_tracking_uri(), "", **settings)
         if session.concurrent < 1:
             raise UserError(f"--concurrent {session.concurrent} runs nothing; give 1 or more")
-        if session.cohort < 1:
+        if session.cohort is not None and session.cohort < 1:
             raise UserError(f"--cohort {session.cohort}: give 1 (one trial per process) or more")
         if session.cpus_per_trial <= 0 or session.gpus_per_trial < 0:
             raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
@@ -66,6 +73,10 @@ class Session:
                 session.tracking_uri, session.results)
             check_optuna_storage(session.optuna_storage)
         return session
+
+    @property
+    def cohort_size(self) -> int:
+        return DEFAULT_COHORT if self.cohort is None else self.cohort
 
     @property
     def ray_storage(self) -> str:
@@ -112,6 +123,8 @@ class Prepared:
     method: str
     template: TrialConfig
     space: SearchSpace | None
+    cohort: int = 1  # the search's trials at a time in one process
+    cohort_note: str | None = None  # why it searches one trial per process by default
 
 
 def validate(session: Session, request: Request, missing: list[str] | None = None) -> list[Prepared]:
@@ -137,8 +150,8 @@ def validate(session: Session, request: Request, missing: list[str] | None = Non
                         "(0 is for final runs, which `pcbench benchmark` makes itself)")
     for item in prepared:
         _check_pair(item)
-        if request.search and session.cohort > 1:
-            _check_cohort_space(session.cohort, item.space)
+        if request.search:
+            _choose_cohort(session, item)
     dry = missing is not None
 
     def needed(check: Callable[[], None]) -> None:
@@ -183,15 +196,22 @@ def _check_pair(item: Prepared) -> None:
             raise UserError(f"{t.teacher} -> {t.student}: {error}") from None
 
 
-def _check_cohort_space(cohort: int, space: SearchSpace) -> None:
-    """A cohort's members share one data stream and one teacher forward: a knob that would
-    differ there cannot be searched in cohorts."""
+def _choose_cohort(session: Session, item: Prepared) -> None:
+    """A cohort's members share one data stream and one teacher forward: a space that searches
+    a knob they share is searched one trial per process. Refused where --cohort asked for more;
+    by default, said in the plan."""
     from pcbench.engine import COHORT_SHARED
-    shared = [key for key in space.distributions if key == "method.teacher_train_mode"
+    shared = [key for key in item.space.distributions if key == "method.teacher_train_mode"
               or any(key == s or key.startswith(s + ".") for s in COHORT_SHARED)]
-    if shared:
-        raise UserError(f"--cohort {cohort}: the members of a cohort share {', '.join(shared)}; "
+    item.cohort = session.cohort_size
+    if not shared or item.cohort == 1:
+        return
+    if session.cohort is not None:
+        raise UserError(f"--cohort {session.cohort}: the members of a cohort share {', '.join(shared)}; "
                         f"search it with --cohort 1, or drop it from the space")
+    item.cohort = 1
+    item.cohort_note = (f"one trial per process (ASHA), not cohorts of {DEFAULT_COHORT}: its space "
+                        f"searches {', '.join(shared)}, which a cohort's members share")
 
 
 def _check_teachers(store: TeacherStore, prepared: list[Prepared]) -> None:
@@ -237,6 +257,10 @@ def plan(request: Request, prepared: list[Prepared]) -> list[dict[str, Any]]:
                  "first_point": item.space.first_point(t) if item.space else {},
                  "knobs": item.space.describe() if item.space else {},
                  "fixed": fixed_knobs(t, item.space)}
+        if item.space:
+            entry["cohort"] = item.cohort
+            if item.cohort_note:
+                entry["cohort_note"] = item.cohort_note
         if request.final_seeds:
             entry["final"] = {"seeds": list(request.final_seeds),
                               "epochs": request.final_epochs or t.train.epochs}

@@ -42,7 +42,7 @@ class Suite(_Strict):
     seeds: PositiveInt = 3  # final runs of each method's selected configuration
     final_epochs: PositiveInt | None = None  # None: as the search trials
     concurrent: PositiveInt = 2
-    cohort: PositiveInt = 1  # search trials trained together in one process (--cohort)
+    cohort: PositiveInt | None = None  # search trials trained together (--cohort); None: the default
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     seed: int = 0  # of the search (Optuna's sampler) and the first final run

@@ -4,6 +4,7 @@ method's stages on a backend (Ray, or this process): its search (or single run) 
 benchmark, its selected configuration re-run once per seed. The recorder writes every trial
 to MLflow and the Parquet store as it ends."""
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -56,9 +57,10 @@ def new_search_id() -> str:
 
 def fingerprint(session: Session, work: Work, suite: str | None) -> str:
     """What makes two commands the same: a resumed one must match it exactly."""
-    body = [suite, session.ray, session.cohort, [[r.samples, r.seed, r.final_seeds, r.final_epochs, r.search,
-                                  [[p.method, p.template.hash, p.space.describe() if p.space else None]
-                                   for p in ps]] for r, ps in work]]
+    body = [suite, session.ray, session.cohort_size,
+            [[r.samples, r.seed, r.final_seeds, r.final_epochs, r.search,
+              [[p.method, p.template.hash, p.space.describe() if p.space else None, p.cohort] for p in ps]]
+             for r, ps in work]]
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -141,7 +143,7 @@ def _parent_params(session: Session, work: Work) -> dict[str, Any]:
     return {"methods": ",".join(dict.fromkeys(p.method for _, ps in work for p in ps)),
             "pairs": ",".join(dict.fromkeys(f"{p.template.teacher}->{p.template.student}"
                                             for _, ps in work for p in ps)),
-            "samples": request.samples, "concurrent": session.concurrent, "cohort": session.cohort,
+            "samples": request.samples, "concurrent": session.concurrent, "cohort": session.cohort_size,
             "seed": request.seed,
             "epochs": first.train.epochs, "workers": first.train.workers, "dataset": first.data.name,
             "final_seeds": ",".join(map(str, request.final_seeds)), "ray": session.ray,
@@ -165,7 +167,7 @@ def _with_teacher(session: Session, prepared: list[Prepared], on_teacher) -> lis
         template, key = item.template, (item.template.teacher, item.template.teacher_data)
         if record := records.get(key) or session.teachers.get(*key):
             template = attach(template, record)
-        out.append(Prepared(item.method, template, item.space))
+        out.append(dataclasses.replace(item, template=template))
     return out
 
 
@@ -194,7 +196,7 @@ class _Stages:
                 f"{self.search_id}-{pair}-{item.method}", Stage(phase, None, self._gpus(t)), t,
                 item.space, samples=request.samples - done,  # resumed with no Tune state: the rest
                 seed=request.seed, study_name=study_name(study, item.method),
-                cohort=self.session.cohort), self.listeners)
+                cohort=item.cohort), self.listeners)
         return self._rows(item.template, phase)
 
     def finals(self, request: Request, items: list[Prepared], searched: list[list[dict[str, Any]]]) -> None:
@@ -223,7 +225,7 @@ class _Stages:
         share a data stream (always, as the space check refuses shared knobs); else one each."""
         from pcbench.engine import cohort_mismatch  # torch: only once something trains
 
-        if (self.session.cohort > 1 and len(selected) > 1
+        if (self.session.cohort_size > 1 and len(selected) > 1
                 and cohort_mismatch([t for t, _ in selected]) is None):
             return [selected]
         return [[member] for member in selected]

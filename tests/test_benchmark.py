@@ -135,4 +135,5 @@ def test_the_cifar100_suite_runs_on_a_directory_in_the_real_format(cifar100_dir,
     config = json.loads(trials.iloc[0].config)
     assert config["train"]["recipe"] == "cifar100-crd" and config["train"]["schedule"] == "step"
     board = pd.read_parquet(tmp_path / "results" / "report" / "leaderboard.parquet")
-    assert len(board) == 2 and board.published_acc.notna().all()  # the CRD table's KD column
+    # the CRD table's KD numbers are 240-epoch ones: a footnote of this short run, never its column
+    assert len(board) == 2 and board.published_acc.isna().all() and board.published_elsewhere.notna().all()

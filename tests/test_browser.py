@@ -167,7 +167,7 @@ def test_leaderboard_page_shows_the_table_and_its_plots(chromium, finished, arti
     table = re.search(r'<table[^>]*class="[^"]*board[^"]*".*?</table>', dom, flags=re.DOTALL)
     assert table, "no leaderboard table in the page"
     assert all(f"<td>{m}</td>" in table.group(0) for m in methods)
-    for kind in ("test-acc", "search-progress"):
+    for kind in ("val-acc", "search-progress"):  # a search's board: validation accuracy
         figure = re.search(rf'<figure class="plot" data-plot="{kind}".*?</figure>', dom, flags=re.DOTALL)
         assert figure, f"no {kind} figure"
         assert figure.group(0).count("<svg") == 1 and "<figcaption>" in figure.group(0)

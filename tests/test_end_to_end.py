@@ -105,7 +105,9 @@ def test_report_ranks_every_method_on_its_validation_choice(searched, tmp_path):
     assert result.exit_code == 0, result.output
     board = pd.read_parquet(tmp_path / "leaderboard.parquet")
     assert sorted(board.method) == sorted(METHODS)
-    assert board.test_acc_mean.notna().all() and (board.trials == 1).all() and (board.seeds == 1).all()
+    # a search's board ranks on validation: searches never evaluate the test split
+    assert board.val_acc.notna().all() and board.test_acc_mean.isna().all() and (board.trials == 1).all()
+    assert (board.protocol == "search").all()
     markdown = (tmp_path / "leaderboard.md").read_text()
     assert all(f"| {m} |" in markdown for m in METHODS)
 
@@ -184,5 +186,5 @@ def test_a_diverged_trial_fails_everywhere_and_is_never_ranked(workspace, tmp_pa
     # (a trial stopped early by ASHA is told COMPLETE with its last value, as Ray does)
     from pcbench.results import leaderboard
     board = leaderboard(mine).set_index("method")
-    assert board.loc["kd", "test_acc_mean"] > 0 and board.loc["ce", "diverged"] == 2
+    assert board.loc["kd", "val_acc"] > 0 and board.loc["ce", "diverged"] == 2
     assert pd.isna(board.loc["ce", "test_acc_mean"]) and board.index[0] == "kd"  # shown, never ranked

@@ -64,12 +64,13 @@ def test_cifar100_plan_resolves_layers_and_starts_from_the_published_settings(em
 def test_imagenet_plan_starts_fcfd_and_dkd_from_their_imagenet_settings(empty_dir):
     entries, _ = _plan("benchmark", str(SUITES / "imagenet.yaml"))
     by = {e["method"]: e["first_point"] for e in entries}
-    assert (by["fcfd"]["method.temperature"], by["fcfd"]["method.weight"], by["fcfd"]["method.warmup_share"]) \
+    fcfd, dkd = by["fcfd"], by["dkd"]
+    assert (fcfd["method.temperature"], fcfd["method.weight"], fcfd["method.warmup_share"]) \
         == (1.0, 0.02, 0.05)  # FCFD's L2 warm-up of 5 of 100 epochs
-    assert (by["dkd"]["method.temperature"], by["dkd"]["method.beta"], by["dkd"]["method.warmup_share"]) \
-        == (1.0, 0.5, 0.01)
+    assert (dkd["method.temperature"], dkd["method.beta"], dkd["method.warmup_share"]) == (1.0, 0.5, 0.01)
     # the setting of the KD number shown beside it (mdistiller's r34_r18 kd.yaml)
-    assert (by["kd"]["method.temperature"], by["kd"]["method.w_ce"], by["kd"]["method.w_kd"]) == (1.0, 0.5, 0.5)
+    kd = by["kd"]
+    assert (kd["method.temperature"], kd["method.w_ce"], kd["method.w_kd"]) == (1.0, 0.5, 0.5)
 
 
 def test_search_plan_as_text(empty_dir):

@@ -33,18 +33,28 @@ def _trials() -> pd.DataFrame:
 
 
 def _board(**extra) -> pd.DataFrame:
-    """A board as the renderer reads it, by hand (one group, two methods)."""
+    """A board as the renderer reads it, by hand (one search table, two methods)."""
+    nan = float("nan")
     rows = pd.DataFrame({"dataset": "digits", "teacher": "cnn_large", "student": "cnn_small",
-                         "teacher_dataset": "digits", "student_init": "scratch", "epochs_planned": 3, "scoring_rule": "last_epoch", "protocol": "search",
-                         "method": ["pc", "kd"],
-                         "test_acc_mean": [0.92, 0.90], "test_acc_std": float("nan"), "seeds": 1,
+                         "teacher_dataset": "digits", "student_init": "scratch", "teacher_sha256": "f" * 64,
+                         "teacher_test_acc": 0.975, "recipe": None, "precision": "fp32", "epochs_planned": 3,
+                         "scoring_rule": "last_epoch", "protocol": "search", "benchmark_id": None,
+                         "method": ["pc", "kd"], "test_acc_mean": nan, "test_acc_std": nan, "seeds": 1,
+                         "seeds_ok": 1, "seeds_planned": 1, "failed_seeds": None,
                          "val_acc": [0.93, 0.91], "knobs": "{}", "trials": [3, 2], "completed": [2, 2],
-                         "compute_hours": 0.01, "gpu_hours": 0.0, "published_acc": float("nan"),
-                         "published_rule": None, "published_source": None, "diverged": 0,
-                         "ci95_low": float("nan"), "ci95_high": float("nan"),
-                         "p_vs_best": float("nan"), "tied_with_best": None,
+                         "compute_hours": 0.01, "gpu_hours": 0.0, "published_acc": nan,
+                         "published_epochs": None, "published_test_selected": None, "published_rule": None,
+                         "published_source": None, "published_teacher_acc": nan, "published_elsewhere": None,
+                         "diverged": 0, "ci95_low": nan, "ci95_high": nan, "comparison": None, "p_raw": nan,
+                         "p_vs_best": nan, "tied_with_best": None, "detectable_diff": nan,
                          "selection_split": "val", "search_id": "s1"})
     return rows.assign(**extra)
+
+
+def _final_board(**extra) -> pd.DataFrame:
+    """The same two methods as a benchmark's final runs over three seeds."""
+    return _board(**{"protocol": "final", "benchmark_id": "s1", "seeds": 3, "seeds_ok": 3, "seeds_planned": 3,
+                     "comparison": ["best", None], **extra})
 
 
 def _figures(page: str, kind: str) -> list[str]:
@@ -62,7 +72,7 @@ def test_each_group_has_both_figures_naming_its_methods(tmp_path):
     sections = re.findall(r'<section class="group".*?</section>', page, re.DOTALL)
     assert len(sections) == 2 and page.count("<svg") == 4
     for section, methods in zip(sections, ({"kd", "pc"}, {"ce", "ot"})):  # groups sorted by data set
-        [bars] = _figures(section, "test-acc")
+        [bars] = _figures(section, "val-acc")  # searches: the chosen trial's validation accuracy
         [progress] = _figures(section, "search-progress")
         assert section.index("</table>") < section.index("<figure")  # below the group's table
         assert "<figcaption>" in bars and "<figcaption>" in progress
@@ -86,15 +96,30 @@ def test_svg_is_self_contained_small_and_the_same_every_time():
 
 
 def test_bars_use_the_mean_over_seeds_with_its_std_when_the_board_has_it():
-    board = _board(test_acc_mean=[0.95, 0.85], test_acc_std=[0.01, 0.02], seeds=3)
+    board = _final_board(test_acc_mean=[0.95, 0.85], test_acc_std=[0.01, 0.02])
     page = to_html(board)
     [bars] = _figures(page, "test-acc")
     assert "mean ± std over 3 seeds" in bars and "std over seeds" in bars.split("<figcaption>")[1]
     assert {"95.00", "85.00"} <= _labels(bars)  # the mean, printed beside each bar
     assert "95.00 ± 1.00" in page  # the table says the same
     assert not _figures(page, "search-progress")  # no trials given: no progress figure
-    plain = to_html(_board())
-    assert {"92.00", "90.00"} <= _labels(_figures(plain, "test-acc")[0])
+
+
+def test_a_search_table_plots_validation_accuracy_and_says_so():
+    page = to_html(_board())  # no test accuracy at all
+    [bars] = _figures(page, "val-acc")
+    assert {"93.00", "91.00", "validation accuracy (%) of the chosen trial"} <= _labels(bars)
+    assert "search trials have no test accuracy" in bars.split("<figcaption>")[1]
+    assert not _figures(page, "test-acc")
+
+
+def test_a_method_without_accuracy_gets_no_bar_and_breaks_nothing():
+    board = _final_board(test_acc_mean=[0.95, float("nan")], test_acc_std=[0.01, float("nan")],
+                         seeds_ok=[3, 0], diverged=[0, 3], cka=[0.8, float("nan")], rank_agreement=0.5)
+    page = to_html(board)
+    [bars] = _figures(page, "test-acc")
+    assert "95.00" in _labels(bars) and "nan" not in bars.lower().split("<figcaption>")[0]
+    assert "diverged (3 runs)" in page and _figures(page, "accuracy-cka")
 
 
 def test_progress_follows_the_searches_that_chose_the_rows_and_leaves_final_runs_out():

@@ -55,8 +55,9 @@ class KDTermConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _temperature_from_the_method(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "kd_temperature" not in data and "temperature" in cls.model_fields:
-            return {**data, "kd_temperature": data.get("temperature", cls.model_fields["temperature"].default)}
+        own = cls.model_fields.get("temperature")
+        if isinstance(data, dict) and "kd_temperature" not in data and own is not None:
+            return {**data, "kd_temperature": data.get("temperature", own.default)}
         return data
 
 

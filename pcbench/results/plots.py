@@ -1,6 +1,7 @@
-"""Figures of the leaderboard, as inline SVG: per group, each method's test accuracy, its
-accuracy against its CKA with the teacher, and the search's progress (every trial's validation
-accuracy in finish order, with the running best).
+"""Figures of the leaderboard, as inline SVG: per group, each method's accuracy (a benchmark's
+test accuracy, a search's validation accuracy), that accuracy against its CKA with the
+teacher, and the search's progress (every trial's validation accuracy in finish order, with
+the running best).
 
 Drawn with matplotlib's object API (no pyplot, no display). The SVG keeps its text as <text>
 (searchable, small; the browser's sans-serif font), carries no date and uses hash salts fixed
@@ -49,9 +50,13 @@ def _svg(figure: Figure, salt: str) -> str:
     return _AUTO_ID.sub("", text).strip()
 
 
-def _accuracy(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Test accuracy in % per row, the std over seeds where there is one, and the axis label."""
-    mean = rows["test_acc_mean"].astype(float).to_numpy() * 100
+def _accuracy(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Accuracy in % per row (NaN where a method has none), the std over seeds where there is
+    one, and the axis label: a benchmark's test accuracy, or a search's validation accuracy of
+    the chosen trial (search trials have no test accuracy)."""
+    mean = rows[column].astype(float).to_numpy() * 100
+    if column == "val_acc":
+        return mean, None, "validation accuracy (%) of the chosen trial"
     std = rows["test_acc_std"].astype(float)
     seeds = sorted(set(rows["seeds"].astype(int)))
     over = f"over {seeds[0]} seeds" if len(seeds) == 1 else "over seeds"
@@ -60,10 +65,12 @@ def _accuracy(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, str]:
     return mean, None, "test accuracy (%)"
 
 
-def accuracy_bars_svg(rows: pd.DataFrame, salt: str, palette: dict[str, str] | None = None) -> str:
-    """Horizontal bars, best method on top; error bars are the std over seeds when present."""
+def accuracy_bars_svg(rows: pd.DataFrame, salt: str, palette: dict[str, str] | None = None,
+                      column: str = "test_acc_mean") -> str:
+    """Horizontal bars of `column`, best method on top; error bars are the std over seeds when
+    present; a method without a number (diverged) gets no bar."""
     rows = rows.reset_index(drop=True)
-    acc, std, label = _accuracy(rows)
+    acc, std, label = _accuracy(rows, column)
     order = np.argsort(-np.nan_to_num(acc, nan=-np.inf), kind="stable")
     methods = rows["method"].astype(str).to_numpy()[order]
     acc = acc[order]
@@ -91,11 +98,13 @@ def accuracy_bars_svg(rows: pd.DataFrame, salt: str, palette: dict[str, str] | N
         return _svg(figure, salt)
 
 
-def accuracy_cka_svg(rows: pd.DataFrame, salt: str, palette: dict[str, str] | None = None) -> str:
-    """One point per method: CKA with the teacher's embedding across, test accuracy up (with its
-    std over seeds); does the method that copies the representation best also classify best?"""
+def accuracy_cka_svg(rows: pd.DataFrame, salt: str, palette: dict[str, str] | None = None,
+                     column: str = "test_acc_mean") -> str:
+    """One point per method: CKA with the teacher's embedding across, accuracy (`column`) up
+    (with its std over seeds); does the method that copies the representation best also
+    classify best?"""
     rows = rows[rows["cka"].notna()].reset_index(drop=True)
-    acc, std, label = _accuracy(rows)
+    acc, std, label = _accuracy(rows, column)
     methods = rows["method"].astype(str).to_numpy()
     palette = palette or colours(methods)
     with mpl.rc_context(STYLE):

@@ -45,6 +45,9 @@ TRIALS_SCHEMA = pa.schema([
     ("rank_agreement", pa.float64()),
     ("config_hash", pa.string()),
     ("teacher_sha256", pa.string()),
+    ("teacher_test_acc", pa.float64()),  # the teacher's own test accuracy, as its store record says
+    ("recipe", pa.string()),  # the named training profile (recipes.py), if the trial used one
+    ("precision", pa.string()),  # fp32 | bf16 (autocast)
     ("status", pa.string()),  # completed | stopped (early: ASHA, or a cohort's rung) | diverged | error
     ("error", pa.string()),
     ("scoring_rule", pa.string()),
@@ -73,7 +76,8 @@ EPOCHS_SCHEMA = pa.schema([
 SCHEMAS = {"trials": TRIALS_SCHEMA, "epochs": EPOCHS_SCHEMA}
 # Columns added after parts were first written, and what an older part means by them.
 ADDED = {"trials": {"cohort_size": 1, "cka": None, "rank_agreement": None,
-                    "teacher_dataset": None, "student_init": "scratch"},  # None: the student's
+                    "teacher_dataset": None, "student_init": "scratch",  # None: the student's
+                    "teacher_test_acc": None, "recipe": None, "precision": "fp32"},
          "epochs": {"cka": None, "cka_taps": None, "rank_agreement": None}}
 
 

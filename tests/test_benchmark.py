@@ -53,6 +53,20 @@ def test_each_method_is_searched_then_its_winner_rerun_with_seeds_on_all_trainin
         assert finals.val_acc.isna().all() and finals.test_acc.notna().all()
 
 
+def test_search_trials_never_touch_test_and_the_footnote_says_what_the_seeds_can_tell(demo_benchmark):
+    trials = pd.read_parquet(demo_benchmark["results"] / "trials")
+    epochs = pd.read_parquet(demo_benchmark["results"] / "epochs")
+    search = trials[trials.phase == "search"]
+    assert len(search) == 4 and search.test_acc.isna().all() and search.val_acc.notna().all()
+    assert epochs[epochs.trial_id.isin(search.trial_id)].test_acc.isna().all()
+    client = MlflowClient(demo_benchmark["uri"])
+    for row in trials.itertuples():
+        metrics = client.get_run(row.mlflow_run_id).data.metrics
+        assert ("test_acc" in metrics) == (row.phase == "final"), (row.phase, sorted(metrics))
+    markdown = (demo_benchmark["results"] / "report" / "leaderboard.md").read_text()
+    assert "Holm" in markdown and "detect" in markdown and "| 2/2 |" in markdown
+
+
 def test_each_seed_of_every_method_trains_as_one_paired_cohort(demo_benchmark):
     trials = pd.read_parquet(demo_benchmark["results"] / "trials")
     finals = trials[trials.phase == "final"]

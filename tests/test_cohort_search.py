@@ -1,5 +1,5 @@
 """Cohort searches on the real local Ray instance: the same command and seed give the same
-trials, whatever --concurrent is."""
+trials, whatever --concurrent is. Cohorts are the default, so the default search is so."""
 
 import json
 
@@ -14,8 +14,8 @@ pytestmark = pytest.mark.ray
 
 
 def _search(root, teacher_store, concurrent: int) -> pd.DataFrame:
-    result = CliRunner().invoke(app, [
-        "search", "--method", "kd", "--samples", "4", "--cohort", "2", "--concurrent", str(concurrent),
+    result = CliRunner().invoke(app, [  # the default cohort: 4
+        "search", "--method", "kd", "--samples", "8", "--concurrent", str(concurrent),
         "--epochs", "3", "--seed", "0", "--results", str(root / "results"),
         "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--teachers", str(teacher_store.root)])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -23,18 +23,18 @@ def _search(root, teacher_store, concurrent: int) -> pd.DataFrame:
     return trials.sort_values("knobs").reset_index(drop=True)
 
 
-def test_a_cohort_search_gives_the_same_trials_whatever_its_concurrency(tmp_path, teacher_store, local_ray):
+def test_a_default_search_gives_the_same_trials_whatever_its_concurrency(tmp_path, teacher_store, local_ray):
     one = _search(tmp_path / "one", teacher_store, concurrent=1)
     two = _search(tmp_path / "two", teacher_store, concurrent=2)
-    assert len(one) == 4 and (one.cohort_size == 2).all()
-    # synchronous halving at the rung (epoch 1 of 3): one member of each cohort goes on
-    assert sorted(one.status) == ["completed", "completed", "stopped", "stopped"]
+    assert len(one) == 8 and (one.cohort_size == 4).all()
+    # synchronous halving at the rungs (epochs 1 and 2 of 3): 4 -> 2 -> 1 member of each cohort
+    assert sorted(one.status) == ["completed"] * 2 + ["stopped"] * 6
     assert [json.loads(k) for k in one.knobs] == [json.loads(k) for k in two.knobs]
     assert one.status.tolist() == two.status.tolist()
     assert one.val_acc.tolist() == two.val_acc.tolist()  # bit-identical on a CPU
     study = optuna.load_study(study_name="pcbench-digits-cnn_large-to-cnn_small-kd",
                               storage=f"sqlite:///{tmp_path / 'one' / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # every member told
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8  # every member told
 
 
 def test_a_cohort_runs_as_one_ddp_job_over_two_workers(tmp_path, teacher_store, local_ray):

@@ -15,6 +15,7 @@ from rich.table import Table
 from typer._click.exceptions import ClickException  # Typer's own (vendored) Click
 from typer.core import TyperGroup
 
+from pcbench.api import DEFAULT_RESULTS
 from pcbench.errors import Interrupted, Terminated, UserError
 from pcbench.overrides import parse_overrides
 from pcbench.progress import showing_progress
@@ -105,9 +106,6 @@ Sets = Annotated[Optional[list[str]], typer.Option(
 Results = Annotated[str, typer.Option("--results", help=(
     "Results folder or URI (Parquet, Ray's trial folders and checkpoints): a path, or file://, "
     "s3://, gs://, ... (any pyarrow filesystem); every node must reach it."))]
-DEFAULT_RESULTS = "pcbench-results"
-# `pcbench report` with a remote --results and no --out writes the report here, locally.
-REMOTE_REPORT = Path("pcbench-report")
 Teachers = Annotated[Path, typer.Option("--teachers", help="Teacher store folder.")]
 TrackingUri = Annotated[Optional[str], typer.Option(
     "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")]
@@ -127,26 +125,9 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of the trials and of the
 CpusPerTrial = Annotated[float, typer.Option("--cpus-per-trial", help="CPUs a trial holds.")]
 GpusPerTrial = Annotated[float, typer.Option(
     "--gpus-per-trial", help="GPUs a trial holds (fractions share one).")]
-
-
-def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None, teacher_dataset=None,
-          init_from_teacher=False) -> dict[str, Any]:
-    base: dict[str, Any] = {"seed": seed}
-    if teacher_dataset is not None:
-        base["teacher_dataset"] = teacher_dataset
-    data = {k: v for k, v in (("name", dataset), ("root", data_dir)) if v is not None}
-    if data:
-        base["data"] = data
-    if teacher is not None:
-        base["teacher"] = teacher
-    if student is not None:
-        base["student"] = student
-    train = {k: v for k, v in (("epochs", epochs), ("workers", workers)) if v is not None}
-    if init_from_teacher:
-        train["init_from_teacher"] = True
-    if train:
-        base["train"] = train
-    return base
+Plugins = Annotated[Optional[list[str]], typer.Option(
+    "--plugin", help="A file, package folder or module registering your own methods, models, data "
+    "sets or recipes (docs/tutorial.md); repeatable.")]
 
 
 DryRun = Annotated[bool, typer.Option(
@@ -193,51 +174,48 @@ def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool)
     console.print("dry run: nothing started, nothing written", highlight=False)
 
 
-def _open_session(results, teachers, tracking_uri, optuna_storage=None, *, search=True, **settings):
-    from pcbench.session import Session
-    return Session.open(results=results, teachers=teachers, tracking_uri=tracking_uri,
-                        optuna_storage=optuna_storage, search=search, **settings)
+def _call(call, dry_run: bool = False):
+    """An API call with the progress display (none for a dry run, which prints the plan)."""
+    if dry_run:
+        return call(None)
+    with showing_progress(console) as display:
+        return call(display)
 
 
-def _run_work(session, work, trials_per_method: int, suite: str | None = None):
-    """The progress display around workflow.execute, and the lines every command ends with."""
-    from pcbench import workflow
-    with showing_progress(console, trials_per_method) as display:
-        outcome = workflow.execute(
-            session, work, [display], on_teacher=lambda model, dataset: display.say(
-                f"training the {model} teacher on {dataset} (first use)"),
-            on_search=display.on_search, suite=suite)
-    if outcome.diverged:
-        console.print(f"[yellow]{outcome.diverged} of {outcome.trials} trials diverged[/yellow] "
+def _show(result, as_json: bool = False) -> None:
+    """A dry run's plan, or the lines every command ends with; exit code 1 if trials failed."""
+    from pcbench.api import Plan
+    if isinstance(result, Plan):
+        _show_plan(result.entries, result.missing, as_json)
+        return
+    if result.diverged:
+        console.print(f"[yellow]{result.diverged} of {result.trials} trials diverged[/yellow] "
                       f"(non-finite loss; status 'diverged', never ranked)")
-    what = f"benchmark {suite} ({outcome.search_id})" if suite else f"search {outcome.search_id}"
-    console.print(f"{what}: {outcome.trials} trials; MLflow at {session.tracking_uri}, Parquet in "
-                  f"{session.results}/trials and /epochs", highlight=False, soft_wrap=True)
-    return outcome
-
-
-def _exit_if_failed(outcome) -> None:
-    if outcome.failed:
-        console.print(f"[red]{outcome.failed} of {outcome.trials} trials failed[/red] "
+    what = f"benchmark {result.suite} ({result.search_id})" if result.suite else f"search {result.search_id}"
+    console.print(f"{what}: {result.trials} trials; MLflow at {result.tracking_uri}, Parquet in "
+                  f"{result.results}/trials and /epochs", highlight=False, soft_wrap=True)
+    if result.report is not None:
+        _show_report(result.report)
+    if result.failed:
+        console.print(f"[red]{result.failed} of {result.trials} trials failed[/red] "
                       f"(errors above and in MLflow)")
         raise typer.Exit(1)
 
 
-def _execute(session, request, dry_run: bool = False, as_json: bool = False) -> None:
-    from pcbench.session import plan, validate
-    if dry_run:
-        missing: list[str] = []
-        _show_plan(plan(request, validate(session, request, missing)), missing, as_json)
-        return
-    _exit_if_failed(_run_work(session, [(request, validate(session, request))], request.samples))
-
-
 @app.command()
 @user_errors
-def methods() -> None:
-    """List the registered methods, one per line."""
-    from pcbench.methods import method_names
-    typer.echo("\n".join(method_names()))
+def methods(
+    plugin: Plugins = None,
+    names: Annotated[bool, typer.Option("--names", help="Names only, one per line (for scripts).")] = False,
+) -> None:
+    """List the registered methods and where each comes from (pcbench, or a plug-in); each with a
+    teacher but kd and dkd is also <method>+kd."""
+    from pcbench.methods import method_names, method_origin
+    from pcbench.plugins import load, resolve
+    load([resolve(p) for p in plugin or []])
+    width = max(map(len, method_names()))
+    typer.echo("\n".join(name if names else f"{name:<{width}}  {method_origin(name)}"
+                         for name in method_names()))
 
 
 @app.command()
@@ -261,39 +239,21 @@ def run(
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process, without Ray.")] = False,
     results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
-    cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
+    cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0, plugin: Plugins = None,
 ) -> None:
     """Run one trial of one method with the given settings."""
-    from pcbench.session import Request
-    session = _open_session(results, teachers, tracking_uri, search=False, experiment=experiment,
-                            ray=not no_ray, address=address, cpus_per_trial=cpus_per_trial,
-                            gpus_per_trial=gpus_per_trial)
-    request = Request([method], _base(dataset, teacher, student, epochs, workers, seed, data_dir,
-                                      teacher_dataset, init_from_teacher),
-                      parse_overrides(set_ or []), recipe=recipe, search=False, seed=seed)
-    _execute(session, request)
-
-
-def _search(methods_, dataset, teacher, student, set_, space, samples, concurrent, epochs,
-            workers, seed, results, teachers, tracking_uri, experiment, address, cpus, gpus,
-            optuna_storage=None, data_dir=None, recipe=None, dry_run=False, as_json=False,
-            resume=None, cohort=None, teacher_dataset=None, init_from_teacher=False) -> None:
-    from pcbench.session import Request
-    if space is not None and len(set(methods_)) > 1:
-        raise UserError("--space applies to one method; search one method per --space file")
-    session = _open_session(results, teachers, tracking_uri, optuna_storage, experiment=experiment,
-                            address=address, cpus_per_trial=cpus, gpus_per_trial=gpus,
-                            concurrent=concurrent, cohort=cohort, resume=resume)
-    request = Request(list(methods_), _base(dataset, teacher, student, epochs, workers, seed, data_dir,
-                                            teacher_dataset, init_from_teacher),
-                      parse_overrides(set_ or []), recipe=recipe, space_file=space, samples=samples,
-                      seed=seed)
-    _execute(session, request, dry_run, as_json)
+    from pcbench import api
+    _show(_call(lambda progress: api.run(
+        method, plugins=plugin or (), dataset=dataset, teacher=teacher, student=student, set=set_ or [],
+        epochs=epochs, workers=workers, seed=seed, data_dir=data_dir, recipe=recipe,
+        teacher_dataset=teacher_dataset, init_from_teacher=init_from_teacher, ray=not no_ray,
+        results=results, teachers=teachers, tracking_uri=tracking_uri, experiment=experiment,
+        address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, progress=progress)))
 
 
 Methods = Annotated[Optional[list[str]], typer.Option("--method", help="Method to search, repeatable.")]
 Space = Annotated[Optional[str], typer.Option(
-    "--space", help="Search space YAML (default: search_spaces/<method>.yaml).")]
+    "--space", help="Search space YAML (default: the bundled search_spaces/<method>.yaml).")]
 Samples = Annotated[int, typer.Option("--samples", help="Trials per method.")]
 Concurrent = Annotated[int, typer.Option("--concurrent", help="Trials (or cohorts) at once.")]
 COHORT_HELP = ("Search trials trained together in one process, sharing the data stream and the "
@@ -316,79 +276,33 @@ def search(
     dry_run: DryRun = False, as_json: Json = False, resume: Resume = False, resume_id: ResumeId = None,
     cohort: Annotated[Optional[int], typer.Option("--cohort", help=COHORT_HELP)] = None,
     teacher_dataset: TeacherDataset = None, init_from_teacher: InitFromTeacher = False,
+    plugin: Plugins = None,
 ) -> None:
-    """Search each method's knobs with Ray Tune + Optuna (TPE) and ASHA (or cohorts)."""
-    _search(method or [], dataset, teacher, student, set_, space, samples, concurrent, epochs,
-            workers, seed, results, teachers, tracking_uri, experiment, address,
-            cpus_per_trial, gpus_per_trial, optuna_storage, data_dir, recipe, dry_run, as_json,
-            _resume(resume, resume_id), cohort, teacher_dataset, init_from_teacher)
+    """Search each method's knobs with Ray Tune + Optuna (TPE), in cohorts (or with ASHA)."""
+    from pcbench import api
+    _show(_call(lambda progress: api.search(
+        method or [], plugins=plugin or (), dataset=dataset, teacher=teacher, student=student,
+        set=set_ or [], space=space, samples=samples, concurrent=concurrent, epochs=epochs,
+        workers=workers, seed=seed, results=results, teachers=teachers, tracking_uri=tracking_uri,
+        experiment=experiment, address=address, cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial, optuna_storage=optuna_storage, data_dir=data_dir, recipe=recipe,
+        resume=_resume(resume, resume_id), cohort=cohort, teacher_dataset=teacher_dataset,
+        init_from_teacher=init_from_teacher, dry_run=dry_run, progress=progress), dry_run), as_json)
 
 
-def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, data_dir=None,
-               samples=None, epochs=None, seeds=None, final_epochs=None, methods=None, set_=None,
-               concurrent=None, cpus_per_trial=None, gpus_per_trial=None, optuna_storage=None,
-               dry_run=False, as_json=False, resume=None, pairs=None, cohort=None) -> None:
-    from pcbench.session import Request, plan, validate
-    from pcbench.suite import load_suite
-
-    suite = load_suite(suite_path)
-    for flag, value in (("--samples", samples), ("--epochs", epochs), ("--seeds", seeds),
-                        ("--final-epochs", final_epochs), ("--concurrent", concurrent),
-                        ("--cohort", cohort)):
-        if value is not None and value < 1:  # given, so never "use the suite's"
-            raise UserError(f"{flag} {value} runs nothing; give 1 or more (or leave it out for "
-                            f"the suite's value)")
-    if cpus_per_trial is not None and cpus_per_trial <= 0:
-        raise UserError(f"--cpus-per-trial {cpus_per_trial}: give more than 0")
-    if methods:
-        unknown = sorted(set(methods) - set(suite.methods))
-        if unknown:
-            raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
-                            f"choose among {', '.join(suite.methods)}")
-    chosen = suite.pairs
-    if pairs:
-        named = {f"{p.teacher}->{p.student}": p for p in suite.pairs}
-        if unknown := sorted(set(pairs) - set(named)):
-            raise UserError(f"--pair {', '.join(unknown)} is not in {suite_path}; choose among "
-                            f"{', '.join(named)}")
-        chosen = [named[p] for p in named if p in pairs]
-    session = _open_session(
-        results, teachers, tracking_uri, optuna_storage, address=address, resume=resume,
-        concurrent=suite.concurrent if concurrent is None else concurrent,
-        cohort=suite.cohort if cohort is None else cohort,
-        cpus_per_trial=suite.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
-        gpus_per_trial=suite.gpus_per_trial if gpus_per_trial is None else gpus_per_trial)
-    budget_epochs = epochs if epochs is not None else suite.budget.epochs
-    work, missing = [], []
-    for pair in chosen:
-        base = {"seed": suite.seed, "data": {"name": suite.dataset}, "teacher": pair.teacher,
-                "student": pair.student, "teacher_dataset": suite.teacher_dataset}
-        if data_dir is not None:
-            base["data"]["root"] = data_dir
-        if budget_epochs is not None:
-            base["train"] = {"epochs": budget_epochs}
-        # the suite's settings, then the pair's published ones, then the command line's
-        overrides = {**suite.set, **pair.set, **parse_overrides(set_ or [])}
-        request = Request(
-            methods or suite.methods, base, overrides, recipe=suite.recipe,
-            samples=suite.budget.trials if samples is None else samples, seed=suite.seed,
-            final_seeds=suite.final_seeds(seeds),
-            final_epochs=suite.final_epochs if final_epochs is None else final_epochs)
-        # every pair before Ray starts
-        work.append((request, validate(session, request, missing if dry_run else None)))
-    if dry_run:
-        _show_plan([e for request, prepared in work for e in plan(request, prepared)], missing, as_json)
-        return
-    first = work[0][0]
-    outcome = _run_work(session, work, first.samples + len(first.final_seeds), suite.name)
-    _report(results, None)
-    _exit_if_failed(outcome)
+def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, dry_run=False,
+               as_json=False, set_=None, **options) -> None:
+    from pcbench import api
+    _show(_call(lambda progress: api.benchmark(
+        suite_path, results=results, teachers=teachers, tracking_uri=tracking_uri, address=address,
+        set=set_ or [], dry_run=dry_run, progress=progress, **options), dry_run), as_json)
 
 
 @app.command()
 @user_errors
 def benchmark(
-    suite: Annotated[Path, typer.Argument(help="Suite YAML (suites/demo.yaml, suites/cifar100.yaml, ...).")],
+    suite: Annotated[str, typer.Argument(
+        help="Suite YAML, or the name of a bundled one (demo, cifar100, ...: `pcbench suites`).")],
     data_dir: DataDir = None,
     samples: Annotated[Optional[int], typer.Option("--samples", help="Search trials per method "
                                                    "(default: the suite's budget).")] = None,
@@ -408,16 +322,15 @@ def benchmark(
     results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, address: Address = None, optuna_storage: OptunaStorage = None,
     dry_run: DryRun = False, as_json: Json = False, resume: Resume = False, resume_id: ResumeId = None,
+    plugin: Plugins = None,
 ) -> None:
     """Every method x pair of a suite: the same search budget each, selection on the validation
     split, the winner re-run with several seeds on the full training set, then the report."""
-    if not suite.is_file():
-        raise UserError(f"no suite file {suite}; pass one of suites/*.yaml")
     _benchmark(suite, results, teachers, tracking_uri, address, data_dir=data_dir, samples=samples,
                epochs=epochs, seeds=seeds, final_epochs=final_epochs, methods=method, set_=set_,
                concurrent=concurrent, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                optuna_storage=optuna_storage, dry_run=dry_run, as_json=as_json,
-               resume=_resume(resume, resume_id), pairs=pair, cohort=cohort)
+               resume=_resume(resume, resume_id), pairs=pair, cohort=cohort, plugins=plugin or ())
 
 
 @app.command()
@@ -428,39 +341,36 @@ def demo(
     results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
     tracking_uri: TrackingUri = None, address: Address = None,
 ) -> None:
-    """The whole loop on the embedded default: `pcbench benchmark suites/demo.yaml` (ce, kd,
-    pc, ot and fcfd on digits, equal budgets, 3 final seeds each, then the leaderboard)."""
-    from pcbench import REPO_ROOT
-    _benchmark(REPO_ROOT / "suites" / "demo.yaml", results, teachers, tracking_uri, address,
+    """The whole loop on the bundled suite demo.yaml (see `pcbench suites`): ce, kd, pc, ot and
+    fcfd on digits, equal budgets, 3 final seeds each, then the leaderboard."""
+    from pcbench.suite import SUITES_DIR
+    _benchmark(SUITES_DIR / "demo.yaml", results, teachers, tracking_uri, address,
                samples=samples, epochs=epochs)
 
 
-def _report(results: str, out: Optional[Path]) -> None:
+@app.command()
+@user_errors
+def suites() -> None:
+    """List the suites shipped with pcbench. `pcbench benchmark FILE` runs one; copy the file to
+    make a suite of your own."""
+    from pcbench.suite import SUITES_DIR, bundled_suites, load_suite
+    table = Table("suite", "data set", "methods", "pairs")
+    for name, path in bundled_suites().items():
+        suite = load_suite(path)
+        table.add_row(name, suite.dataset, str(len(suite.methods)), str(len(suite.pairs)))
+    Console().print(table)
+    typer.echo(f"files: {SUITES_DIR}/<suite>.yaml")
+
+
+def _show_report(report) -> None:
+    """The leaderboard as a table, and the files written."""
     import pandas as pd
 
-    from pcbench.checks import check_writable
-    from pcbench.results import ResultsStore, leaderboard, write_report
     from pcbench.results.leaderboard import pair_label
-    from pcbench.storage import resolve
-    store = ResultsStore(resolve(results, "--results"))
-    if not store.parts("trials"):
-        raise UserError(f"no trials under {results}; run `pcbench search` first or pass --results")
-    if out is None:
-        out = store.location.local_path / "report" if store.location.is_local else REMOTE_REPORT
-    check_writable(out, "--out")
-    skipped: list[tuple[str, str]] = []
-    trials = store.read("trials", skipped)
-    if len(skipped) == len(store.parts("trials")):
-        part, reason = skipped[0]
-        others = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-        raise UserError(f"no readable trials part under {results}: {part} ({reason}){others}; "
-                        f"pass the --results of a pcbench run")
-    for part, reason in skipped:
+    for part, reason in report.skipped:
         console.print(f"[yellow]warning:[/yellow] skipped {part} ({reason})", highlight=False, soft_wrap=True)
-    board = leaderboard(trials)
-    paths = write_report(board, out, trials=trials)
     table = Table("data set", "pair", "method", "test acc (final runs)", "seeds", "val acc", "trials")
-    for row in board.itertuples():
+    for row in report.board.itertuples():
         spread = f" ± {100 * row.test_acc_std:.2f}" if row.seeds > 1 else ""
         # a plain search's row has no test accuracy: searches never evaluate the test split
         test = "" if pd.isna(row.test_acc_mean) else f"{100 * row.test_acc_mean:.2f}{spread}"
@@ -468,7 +378,7 @@ def _report(results: str, out: Optional[Path]) -> None:
         table.add_row(row.dataset, pair_label(row._asdict()), row.method, test, seeds,
                       "" if pd.isna(row.val_acc) else f"{100 * row.val_acc:.2f}", str(row.trials))
     Console().print(table)
-    console.print("wrote " + ", ".join(str(p) for p in paths))
+    console.print("wrote " + ", ".join(str(p) for p in report.paths))
 
 
 @app.command()
@@ -479,8 +389,9 @@ def report(
         "Local report folder (default: <results>/report; ./pcbench-report when --results is a "
         "remote URI such as s3://...)."))] = None,
 ) -> None:
-    """Write leaderboard.parquet, .md and .html from the results store."""
-    _report(results, out)
+    """Write leaderboard.parquet, .md, .html and .tex from the results store."""
+    from pcbench import api
+    _show_report(api.report(results, out))
 
 
 @teacher_app.command("train")

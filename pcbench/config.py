@@ -26,6 +26,7 @@ from pcbench.methods import KD_SUFFIX, MethodConfig, base_method, get_method, is
 from pcbench.methods.base import KD_TERM_KNOBS
 from pcbench.models import PREACT, model_names, stage_taps, tap_names
 from pcbench.models.roles import common_stages
+from pcbench.plugins import load as load_plugins
 
 
 class _Section(BaseModel):
@@ -89,6 +90,9 @@ class TrialConfig(_Section):
     method: SerializeAsAny[MethodConfig]
     train: TrainConfig = TrainConfig()
     seed: NonNegativeInt = 0
+    # The plug-ins that define this trial's method, model, data set or recipe (files as
+    # absolute paths, or module names): imported before the rest is read, in every process.
+    plugins: list[str] = []
     # Resolved by the driver from the teacher store; not part of what the trial *is*.
     teacher_weights: str | None = None
     teacher_sha256: str | None = None
@@ -183,6 +187,7 @@ class TrialConfig(_Section):
     def parse(cls, data: dict[str, Any]) -> "TrialConfig":
         """Validate a plain dict (as read from YAML or received by a Ray worker)."""
         data = dict(data)
+        load_plugins(data.get("plugins") or [])
         method = data.get("method", "ce")
         if isinstance(method, MethodConfig):
             method = method.model_dump()
@@ -210,7 +215,7 @@ class TrialConfig(_Section):
     def hash(self) -> str:
         """Identifies the configuration: the same for every seed and teacher copy."""
         # Where the files are and how they are read do not change what the trial is.
-        body = self.model_dump(mode="json", exclude={"seed": True, "teacher_weights": True,
+        body = self.model_dump(mode="json", exclude={"seed": True, "teacher_weights": True, "plugins": True,
                                                      "teacher_sha256": True, "teacher_test_acc": True,
                                                      "data": {"root", "loader_workers"},
                                                      "train": {"diagnostics", "report_test"}})
@@ -273,6 +278,7 @@ def build_config(base: dict[str, Any], overrides: dict[str, Any]) -> TrialConfig
     (`pc+kd.w_kd=0.5`: the variant only), and is ignored otherwise. No override renames the
     method: that is what --method (or a suite's `methods:`) says."""
     tree = json.loads(json.dumps(base))
+    load_plugins(tree.get("plugins") or [])  # before a scoped key can name a plug-in's method
     method = tree.get("method", "ce")
     method_name = method if isinstance(method, str) else method.get("name")
     for key, value in overrides.items():

@@ -24,8 +24,8 @@ def _key(config) -> str:
 class ProgressBars:
     """One bar per method search (the trials of its search and final runs)."""
 
-    def __init__(self, progress: Progress, trials_per_method: int):
-        self.progress, self.trials_per_method = progress, trials_per_method
+    def __init__(self, progress: Progress):
+        self.progress = progress
         self.tasks: dict[str, Any] = {}
         self.best: dict[str, float] = {}
         self.trial_key: dict[str, str] = {}
@@ -33,9 +33,9 @@ class ProgressBars:
     def say(self, line: str) -> None:
         self.progress.console.print(line, highlight=False)
 
-    def on_search(self, item) -> None:
+    def on_search(self, item, trials: int) -> None:
         key = _key(item.template)
-        self.tasks[key] = self.progress.add_task(key, total=self.trials_per_method)
+        self.tasks[key] = self.progress.add_task(key, total=trials)
 
     def trial_started(self, trial_id, config, knobs, stage):
         self.trial_key[trial_id] = _key(config)
@@ -70,7 +70,7 @@ class PlainLog:
     def say(self, line: str) -> None:
         self.console.print(line, highlight=False, soft_wrap=True)
 
-    def on_search(self, item) -> None:
+    def on_search(self, item, trials: int) -> None:
         self.say(f"{_key(item.template).strip()}: starting")
 
     def trial_started(self, trial_id, config, knobs, stage):
@@ -107,7 +107,7 @@ class PlainLog:
 
 
 @contextlib.contextmanager
-def showing_progress(console: Console, trials_per_method: int):
+def showing_progress(console: Console):
     """Bars in a terminal, plain lines elsewhere; yields the listener (with `say` and
     `on_search`)."""
     if not console.is_terminal:
@@ -115,4 +115,4 @@ def showing_progress(console: Console, trials_per_method: int):
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        yield ProgressBars(progress, trials_per_method)
+        yield ProgressBars(progress)

@@ -1,8 +1,9 @@
 """Training recipes as named profiles: the published schedules, applied as the defaults of a
 trial's `data` and `train` sections (a --set or a suite still overrides any of them)."""
 
-from typing import Any
+from typing import Any, Callable
 
+from pcbench import plugins
 from pcbench.errors import UserError
 
 # RepDistiller / CRD / FCFD / DKD on CIFAR-100: 240 epochs, batch 64, x0.1 at 150/180/210.
@@ -23,6 +24,28 @@ _DIGITS = {"data": {"batch_size": 64},
                      "schedule": "cosine"}}
 
 RECIPES = {"cifar100-crd": _CIFAR, "imagenet": _IMAGENET, "digits": _DIGITS}
+
+
+def _built_in() -> dict[str, Any]:
+    """Stands for pcbench's own recipes where a plug-in's would clash with one."""
+    raise NotImplementedError
+
+
+_MAKERS: dict[str, Callable] = {name: _built_in for name in RECIPES}  # who registered each
+
+
+def register_recipe(name: str):
+    """Decorator for a plug-in's recipe: a function returning its `data` and `train` settings
+    ({"data": {"batch_size": 128}, "train": {"epochs": 90, "lr": 0.1, ...}})."""
+    def decorate(make: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        fragment = make()
+        if not isinstance(fragment, dict) or not set(fragment) <= {"data", "train"}:
+            raise UserError(f"recipe '{name}': {make.__qualname__} must return a dict with 'data' "
+                            f"and/or 'train' settings")
+        plugins.check_unique("recipe", name, make, _MAKERS.get(name))
+        RECIPES[name], _MAKERS[name] = fragment, make
+        return make
+    return decorate
 
 
 def recipe_names() -> list[str]:

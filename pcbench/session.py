@@ -23,6 +23,7 @@ from pcbench.launch.resources import COORDINATOR_CPUS
 from pcbench.methods import get_method
 from pcbench.methods.base import Method
 from pcbench.models import shapes_of
+from pcbench.plugins import load as load_plugins
 from pcbench.recipes import with_recipe
 from pcbench.spaces import TAP_KNOBS, SearchSpace, prepare_search
 from pcbench.storage import Location
@@ -131,6 +132,7 @@ def validate(session: Session, request: Request, missing: list[str] | None = Non
     """Every check a request can fail. With a `missing` list (a dry run), what only a real run
     needs (data files, teachers, GPUs, the Ray cluster) is appended to it instead of raised,
     and nothing is downloaded."""
+    load_plugins(request.base.get("plugins") or [])  # their methods, models, data and recipes
     if not request.methods:
         raise UserError("no method given; name one with --method (see `pcbench methods`)")
     if request.samples < 1:

@@ -11,13 +11,14 @@ suite's per-pair published setting, --set) are the first point tried.
       train.lr: {type: float, low: 0.25, high: 4.0, log: true, relative: true}   # training.yaml
 """
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna.distributions as od
 
-from pcbench import REPO_ROOT
+from pcbench import bundled
 from pcbench.config import TrialConfig, build_config, load_yaml
 from pcbench.errors import UserError
 from pcbench.methods import base_method, get_method
@@ -25,15 +26,36 @@ from pcbench.methods.base import KD_TERM_KNOBS
 from pcbench.models import stage_taps
 from pcbench.models.roles import common_stages, resolve_taps
 
-SPACES_DIR = REPO_ROOT / "search_spaces"
+SPACES_DIR = bundled("search_spaces")
 TRAINING_SPACE = SPACES_DIR / "training.yaml"
 KD_TERM_SPACE = SPACES_DIR / "kd_term.yaml"  # what every `<method>+kd` variant adds, alike
 TAP_KNOBS = ("method.tap", "method.taps")
 
 
-def default_space_path(method: str) -> Path:
-    """A method's own file; a `+kd` variant's is its method's (the KD term comes on top)."""
-    return SPACES_DIR / f"{base_method(method)}.yaml"
+@dataclass(frozen=True)
+class DeclaredSpace:
+    """A plug-in method's knobs given in Python (its class's `space`), read as a file's."""
+
+    label: str
+    knobs: dict[str, Any]
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def default_space_path(method: str) -> "Path | DeclaredSpace":
+    """A method's own space; a `+kd` variant's is its method's (the KD term comes on top). A
+    plug-in's: the `space` its class declares, else `<name>.yaml` beside its module."""
+    cls = get_method(base_method(method))
+    if cls.__module__.startswith("pcbench."):
+        return SPACES_DIR / f"{cls.name}.yaml"
+    if cls.space is not None:
+        return DeclaredSpace(f"{cls.__module__}.{cls.__qualname__}.space", dict(cls.space))
+    beside = Path(sys.modules[cls.__module__].__file__).with_name(f"{cls.name}.yaml")
+    if not beside.exists():
+        raise UserError(f"method '{cls.name}' ({cls.__module__}) has no search space: give its class a "
+                        f"`space` mapping of knobs, or put {beside.name} beside {beside.parent / ''}")
+    return beside
 
 
 def _distribution(path: str, key: str, spec: dict[str, Any]) -> od.BaseDistribution:
@@ -65,9 +87,10 @@ def describe_distribution(dist: od.BaseDistribution) -> dict[str, Any]:
     return {"type": kind, "low": dist.low, "high": dist.high, "log": dist.log}
 
 
-def read_knobs(path: str | Path, allowed_prefix: str | None = None) -> dict[str, dict[str, Any]]:
-    """The `knobs:` mapping of a space file, each a mapping with a type."""
-    data = load_yaml(str(path))
+def read_knobs(path: "str | Path | DeclaredSpace",
+               allowed_prefix: str | None = None) -> dict[str, dict[str, Any]]:
+    """The `knobs:` mapping of a space file (or a declared space), each a mapping with a type."""
+    data = {"knobs": path.knobs} if isinstance(path, DeclaredSpace) else load_yaml(str(path))
     knobs = data.get("knobs")
     if knobs is None:
         knobs = {}
@@ -80,7 +103,7 @@ def read_knobs(path: str | Path, allowed_prefix: str | None = None) -> dict[str,
         if allowed_prefix and not str(key).startswith(allowed_prefix):
             raise UserError(f"{path}: '{key}' is not a method knob; a method's space holds only "
                             f"{allowed_prefix}* knobs (training knobs are searched for every "
-                            f"method alike, from {TRAINING_SPACE.relative_to(REPO_ROOT)})")
+                            f"method alike, from {TRAINING_SPACE.relative_to(SPACES_DIR.parent)})")
 
     return knobs
 
@@ -147,17 +170,18 @@ def _resolve(path: str, key: str, spec: dict[str, Any], template: TrialConfig,
     return spec
 
 
-def load_space(path: str | Path, template: TrialConfig) -> SearchSpace:
-    """The method's knobs in `path` and the shared training block, resolved against `template`
+def load_space(source: "str | Path | DeclaredSpace", template: TrialConfig) -> SearchSpace:
+    """The method's knobs in `source` and the shared training block, resolved against `template`
     (the trial as configured, without the search's choices)."""
-    path = str(path)
+    path = str(source)
     method = get_method(template.method.name)
-    own = read_knobs(path, allowed_prefix="method.")
+    own = read_knobs(source, allowed_prefix="method.")
     alone = get_method(base_method(method.name)).Config.model_fields
     for key in own:
         if key.removeprefix("method.") in KD_TERM_KNOBS and key.removeprefix("method.") not in alone:
             raise UserError(f"{path}: '{key}' belongs to the KD term, which every <method>+kd variant "
-                            f"searches alike from {KD_TERM_SPACE.relative_to(REPO_ROOT)}; drop it here")
+                            f"searches alike from {KD_TERM_SPACE.relative_to(SPACES_DIR.parent)}; "
+                            f"drop it here")
     # the shared blocks last: a method's file cannot narrow or widen them
     knobs = {**own, **(read_knobs(KD_TERM_SPACE) if method.adds_kd else {}), **read_knobs(TRAINING_SPACE)}
     flat = template.flat()

@@ -1,14 +1,18 @@
-"""Benchmark suites (suites/*.yaml): which methods on which teacher -> student pairs of one
-data set, the search budget every method gets, and how many seeds re-run each winner."""
+"""Benchmark suites (suites/*.yaml, shipped inside the package): which methods on which
+teacher -> student pairs of one data set, the search budget every method gets, and how many
+seeds re-run each winner."""
 
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
+from pcbench import bundled
 from pcbench.config import describe, load_yaml
 from pcbench.errors import UserError
 from pcbench.recipes import recipe_names
+
+SUITES_DIR = bundled("suites")
 
 
 class _Strict(BaseModel):
@@ -47,6 +51,9 @@ class Suite(_Strict):
     gpus_per_trial: float = Field(0.0, ge=0)
     seed: int = 0  # of the search (Optuna's sampler) and the first final run
     set: dict[str, Any] = {}  # dotted overrides for every pair, as --set
+    # files (relative to the suite's folder), package folders or modules of your own methods,
+    # models, data sets or recipes, as --plugin
+    plugins: list[str] = []
 
     @field_validator("recipe")
     @classmethod
@@ -54,6 +61,11 @@ class Suite(_Strict):
         if name is not None and name not in recipe_names():
             raise ValueError(f"unknown recipe '{name}'; choose one of {', '.join(recipe_names())}")
         return name
+
+    def plugin_specs(self, path: str | Path) -> list[str]:
+        """The suite's plug-ins as trials record them (files resolved from the suite's folder)."""
+        from pcbench.plugins import resolve
+        return [resolve(spec, Path(path).resolve().parent) for spec in self.plugins]
 
     def final_seeds(self, count: int | None = None) -> list[int]:
         """Seeds of the final runs: never the search's own, so no final run repeats the very
@@ -66,3 +78,8 @@ def load_suite(path: str | Path) -> Suite:
         return Suite.model_validate(load_yaml(str(path)))
     except ValidationError as error:
         raise UserError(f"{path}: {describe(error)}; fix the suite file") from None
+
+
+def bundled_suites() -> dict[str, Path]:
+    """The suites shipped with pcbench, by file name (demo, cifar100, ...), in name order."""
+    return dict(sorted((path.stem, path) for path in SUITES_DIR.glob("*.yaml")))

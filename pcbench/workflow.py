@@ -66,7 +66,7 @@ def fingerprint(session: Session, work: Work, suite: str | None) -> str:
 
 def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (),
             on_teacher: Callable[[str, str], None] = lambda model, dataset: None,
-            on_search: Callable[[Prepared], None] = lambda item: None,
+            on_search: Callable[[Prepared, int], None] = lambda item, trials: None,
             suite: str | None = None) -> Outcome:
     """Run validated requests (one per pair in a benchmark) under one MLflow parent run.
     Ctrl-C or SIGTERM (KeyboardInterrupt) ends the trials in flight as KILLED and raises
@@ -101,7 +101,8 @@ def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (
     if session.ray:
         from pcbench.launch.cluster import start_ray
         start_ray(session.address,
-                  dashboard=any(p.template.train.workers > 1 for _, ps in work for p in ps))
+                  dashboard=any(p.template.train.workers > 1 for _, ps in work for p in ps),
+                  plugins=sorted({spec for _, ps in work for p in ps for spec in p.template.plugins}))
     work = [(r, _with_teacher(session, p, on_teacher)) for r, p in work]
     if resumed:
         search_id, parent = resumed
@@ -122,7 +123,7 @@ def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (
         for item_request, items in work:
             searched = []
             for item in items:
-                on_search(item)
+                on_search(item, item_request.samples + len(item_request.final_seeds))
                 searched.append(stages.search(item_request, item))
             if item_request.final_seeds:
                 stages.finals(item_request, items, searched)

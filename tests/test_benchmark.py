@@ -11,10 +11,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from pcbench import REPO_ROOT
 from pcbench.cli import app
 from pcbench.data import cifar
 from pcbench.models import create_model
+from pcbench.suite import SUITES_DIR
 
 pytestmark = pytest.mark.ray
 
@@ -30,7 +30,7 @@ def demo_benchmark(tmp_path_factory, teacher_store, local_ray):
     root = tmp_path_factory.mktemp("bench")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     # in cohorts (the CIFAR suite below runs one trial per process)
-    _invoke("benchmark", REPO_ROOT / "suites" / "demo.yaml", "--method", "kd", "--method", "pc",
+    _invoke("benchmark", SUITES_DIR / "demo.yaml", "--method", "kd", "--method", "pc",
             "--samples", 2, "--epochs", 2, "--seeds", 2, "--cohort", 2, "--results", root / "results",
             "--tracking-uri", uri, "--teachers", teacher_store.root)
     return {"results": root / "results", "uri": uri}
@@ -135,7 +135,7 @@ def test_the_cifar100_suite_runs_on_a_directory_in_the_real_format(cifar100_dir,
         torch.save({"model": create_model(model).state_dict(), "epoch": 240}, tmp_path / f"{model}.pth")
         _invoke("teacher", "import", tmp_path / f"{model}.pth", "--model", model,
                 "--dataset", "cifar100", "--data-dir", cifar100_dir, "--teachers", teachers)
-    _invoke("benchmark", REPO_ROOT / "suites" / "cifar100.yaml", "--data-dir", cifar100_dir,
+    _invoke("benchmark", SUITES_DIR / "cifar100.yaml", "--data-dir", cifar100_dir,
             *[a for t, s in pairs for a in ("--pair", f"{t}->{s}")],
             "--method", "kd", "--samples", 1, "--epochs", 1, "--seeds", 1, "--final-epochs", 1,
             "--gpus-per-trial", 0, "--cpus-per-trial", 1, "--concurrent", 2,

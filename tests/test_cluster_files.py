@@ -4,6 +4,7 @@ autoscaler schema the installed Ray ships; the KubeRay manifests match the insta
 import json
 import os
 import re
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -12,9 +13,7 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from pcbench import REPO_ROOT
-
-CLUSTER = REPO_ROOT / "cluster"
+CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])

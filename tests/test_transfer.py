@@ -10,13 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pcbench import REPO_ROOT
 from pcbench.cli import app
 from pcbench.config import build_config
 from pcbench.engine import LocalReporter, init_from_teacher, train_trial
 from pcbench.errors import UserError
 from pcbench.models import create_model
 from pcbench.spaces import prepare_search
+from pcbench.suite import SUITES_DIR
 from pcbench.teachers import attach, needs_teacher
 
 TRANSFER = {"data": {"name": "digits-5to9"}, "teacher_dataset": "digits-0to4"}
@@ -96,7 +96,7 @@ def test_a_student_started_from_the_teacher_has_all_its_weights_but_the_classifi
 def test_the_transfer_demo_suite_runs_and_its_leaderboard_names_the_teachers_task(
         tmp_path, teacher_store, local_ray):
     result = CliRunner().invoke(app, [str(a) for a in (
-        "benchmark", REPO_ROOT / "suites" / "transfer-demo.yaml", "--method", "pc",
+        "benchmark", SUITES_DIR / "transfer-demo.yaml", "--method", "pc",
         "--samples", 1, "--epochs", 2, "--seeds", 1, "--results", tmp_path / "results",
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--teachers", teacher_store.root)])
     assert result.exit_code == 0, result.output + repr(result.exception)

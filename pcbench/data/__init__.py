@@ -4,11 +4,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pcbench import plugins
 from pcbench.data.splits import BatchTransform, DataSource, Splits
 from pcbench.errors import UserError
 
 __all__ = ["BatchTransform", "DataSource", "Splits", "DataSet", "check_dataset", "dataset_names",
-           "get_dataset", "load_dataset"]
+           "get_dataset", "load_dataset", "register_dataset"]
 
 DEFAULT_ROOT = "~/.cache/pcbench/data"
 
@@ -55,6 +56,22 @@ def _imagenet() -> DataSet:
 _DATASETS = {d.name: d for d in (_digits("digits", range(10)), _digits("digits-0to4", range(5)),
                                  _digits("digits-5to9", range(5, 10)), _cifar("cifar10"),
                                  _cifar("cifar100"), _imagenet())}
+
+
+def register_dataset(name: str, *, input_shape: tuple[int, int, int], num_classes: int,
+                     val_fraction: float = 0.1, embedded: bool = False,
+                     check: Callable[[str, bool], None] | None = None):
+    """Decorator for a plug-in's data set: `load(root, val_fraction, split_seed, loader_workers)`
+    returning a DataSource (pcbench.data.splits: `Splits` over tensors is the simple way).
+    `check(root, download)` raises UserError when its files are missing; `embedded`: it needs
+    no --data-dir (generated, or shipped with a package)."""
+    def decorate(load: Callable[..., DataSource]) -> Callable[..., DataSource]:
+        existing = _DATASETS.get(name)
+        plugins.check_unique("data set", name, load, existing.load if existing else None)
+        _DATASETS[name] = DataSet(name, val_fraction, load, tuple(input_shape), num_classes,
+                                  check or (lambda root, download: None), embedded)
+        return load
+    return decorate
 
 
 def dataset_names() -> list[str]:

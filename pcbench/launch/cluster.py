@@ -23,23 +23,28 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 import ray  # noqa: E402
 
 from pcbench.errors import UserError  # noqa: E402
+from pcbench.plugins import shipped_paths  # noqa: E402
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+def start_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False,
+              plugins: list[str] = ()) -> None:
     """Attach to `address` (or RAY_ADDRESS) when given, else start a local instance. A local
     instance runs without the dashboard unless `dashboard`: its processes compete with the
     trials for a laptop's few cores, and the MLflow UI is where pcbench's runs are watched.
     DDP trials need it: a Train trial that Tune stops (ASHA, or its last epoch) kills its Train
     controller, and only Train's placement-group cleaner, which asks the dashboard's state API,
-    then frees its workers' CPUs."""
+    then frees its workers' CPUs. On a cluster the plug-ins' files and folders travel to every
+    node in the job's runtime environment (a local instance's workers read them where they are)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address is None:
         _start_local(num_cpus, dashboard)
         return
+    shipped = shipped_paths(list(plugins))
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env={"py_modules": shipped} if shipped else None)
     except ConnectionError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "
                         f"or RAY_ADDRESS") from None

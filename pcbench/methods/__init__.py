@@ -6,11 +6,12 @@ with the same KD knobs for all."""
 import importlib
 import pkgutil
 
+from pcbench import plugins
 from pcbench.errors import UserError
 from pcbench.methods.base import KD_SUFFIX, DataInfo, Method, MethodConfig, Step, with_kd
 
 __all__ = ["KD_SUFFIX", "DataInfo", "Method", "MethodConfig", "Step", "base_method", "get_method",
-           "is_method", "method_names", "register"]
+           "is_method", "method_names", "method_origin", "register"]
 
 _REGISTRY: dict[str, type[Method]] = {}
 _VARIANTS: dict[str, type[Method]] = {}
@@ -18,17 +19,44 @@ _discovered = False
 
 
 def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: the method is known by its `name` (a plug-in's as well as pcbench's)."""
+    _check_contract(cls)
+    if not cls.__module__.startswith(f"{__name__}."):
+        _discover()  # a plug-in's name is checked against every built-in one
+    plugins.check_unique("method", cls.name, cls, _REGISTRY.get(cls.name))
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def _check_contract(cls) -> None:
+    """What the engine and the searches rely on, checked when the method registers."""
+    what = f"method class {getattr(cls, '__qualname__', cls)}"
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise UserError(f"{what} is not a subclass of pcbench.methods.Method; derive it from Method")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        raise UserError(f"{what} has no valid `name` (letters, digits, _ and -): set name = \"...\"")
+    config = getattr(cls, "Config", None)
+    if not (isinstance(config, type) and issubclass(config, MethodConfig)):
+        raise UserError(f"{what}: its Config must be a subclass of pcbench.methods.MethodConfig")
+    if config.model_fields["name"].default != name:
+        raise UserError(f"{what}: its Config's `name` must default to '{name}' "
+                        f"(name: Literal[\"{name}\"] = \"{name}\")")
 
 
 def _discover() -> None:
     global _discovered
     if not _discovered:
+        _discovered = True  # first: an installed plug-in's import registers through here
         for module in pkgutil.iter_modules(__path__):
             if module.name != "base":
                 importlib.import_module(f"{__name__}.{module.name}")
-        _discovered = True
+        plugins.load_installed()
+
+
+def method_origin(name: str) -> str:
+    """"pcbench", or "plugin <module>"."""
+    return plugins.origin(get_method(base_method(name)).__module__)
 
 
 def method_names() -> list[str]:

@@ -130,6 +130,10 @@ class Method(nn.Module):
     adds_kd: ClassVar[bool] = False  # True for the `+kd` variants (with_kd)
     # SGD with Nesterov momentum, where the method's reference code trains so (FCFD's).
     nesterov: ClassVar[bool] = False
+    # A plug-in's search space, the `knobs:` mapping of a space file ({"method.weight": {type:
+    # float, low: .., high: .., log: true}}); None: search_spaces/<name>.yaml, or for a plug-in
+    # <name>.yaml beside its module.
+    space: ClassVar[dict[str, Any] | None] = None
     # The smallest per-rank training batch the loss is defined on (batch-relational losses).
     min_batch: ClassVar[int] = 1
     # Epochs of an initialisation stage before distillation (InitStageMethod): the engine

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor
 
+from pcbench import plugins
 from pcbench.errors import UserError
 from pcbench.models import imagenet
 from pcbench.models.base import TapModel
@@ -66,6 +67,23 @@ _ZOO: dict[str, ZooEntry] = {
     "cnn_large": _digits((32, 64, 128)),
     "cnn_small": _digits((8, 16, 32)),
 }
+
+
+def register_model(name: str, *, num_classes: int = 10, in_channels: int = 3, dataset: str = "",
+                   family: str | None = None):
+    """Class decorator for a plug-in's model: a TapModel subclass built as
+    `cls(num_classes=..., in_channels=...)` (the defaults: what it is built for)."""
+    def decorate(cls: type[TapModel]) -> type[TapModel]:
+        if not (isinstance(cls, type) and issubclass(cls, TapModel)):
+            raise UserError(f"model '{name}': {getattr(cls, '__qualname__', cls)} is not a subclass of "
+                            f"pcbench.models.base.TapModel; derive it from TapModel and name its taps")
+        existing = _ZOO.get(name)
+        plugins.check_unique("model", name, cls, existing.model_class if existing else None)
+        _ZOO[name] = ZooEntry(family or name, plugins.origin(cls.__module__), dataset, cls, cls,
+                              num_classes, in_channels)
+        shapes_of.cache_clear()
+        return cls
+    return decorate
 
 
 def model_names() -> list[str]:

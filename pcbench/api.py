@@ -1,0 +1,292 @@
+"""The Python API: one function per command, with the command's options; the command line
+parses its flags and calls these. Everything a command checks, defaults and merges happens
+here or below, so a notebook and the shell cannot disagree.
+
+    import pcbench
+    result = pcbench.search("kd", samples=8, epochs=20)               # a Ray Tune search
+    trials = pcbench.read_trials()                                    # pandas, one row a trial
+    pcbench.search("mine", plugins=["./mymethod.py"], samples=2, epochs=2)
+    pcbench.benchmark("suites/demo.yaml")                             # searches, then seed runs
+    board = pcbench.report().board                                    # the leaderboard
+
+Bad input raises `pcbench.errors.UserError` (one line naming the fix) before Ray starts.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
+
+from pcbench.errors import UserError
+from pcbench.overrides import parse_overrides
+
+if TYPE_CHECKING:  # pandas loads with the first table, not with the command line
+    import pandas as pd
+
+DEFAULT_RESULTS = "pcbench-results"
+DEFAULT_TEACHERS = "pcbench-teachers"
+# `report` with a remote results URI and no `out` writes the report here, locally.
+REMOTE_REPORT = Path("pcbench-report")
+
+
+class Progress(Protocol):
+    """What a caller may watch a command with (the CLI's bars); every trial event too
+    (launch.plan.TrialListener)."""
+
+    def say(self, line: str) -> None: ...
+
+    def on_search(self, item, trials: int) -> None: ...
+
+
+@dataclass
+class Plan:
+    """What a dry run would do: each method's entry per pair, and what only a real run needs
+    but is missing (data, teachers, GPUs, the cluster)."""
+
+    entries: list[dict[str, Any]]
+    missing: list[str]
+
+
+@dataclass
+class Result:
+    """What a search, run or benchmark produced."""
+
+    search_id: str
+    trials: int
+    failed: int  # errors (the command exits non-zero)
+    diverged: int
+    results: str  # the Parquet store
+    tracking_uri: str
+    suite: str | None = None
+    report: "Report | None" = None  # a benchmark's leaderboard, written when it ends
+
+    def read_trials(self) -> "pd.DataFrame":
+        """This command's trial rows."""
+        trials = read_trials(self.results)
+        return trials[trials["search_id"] == self.search_id].reset_index(drop=True)
+
+
+@dataclass
+class Report:
+    board: "pd.DataFrame"
+    paths: list[Path]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (part, why) left out
+
+
+def search(method: str | Iterable[str], *, plugins: Iterable[str] = (), dataset: str | None = None,
+           teacher: str | None = None, student: str | None = None, set: dict | list[str] | None = None,
+           space: str | None = None, samples: int = 8, concurrent: int = 2, epochs: int | None = None,
+           workers: int | None = None, seed: int = 0, results: str = DEFAULT_RESULTS,
+           teachers: str | Path = DEFAULT_TEACHERS, tracking_uri: str | None = None,
+           experiment: str | None = None, address: str | None = None, cpus_per_trial: float = 1.0,
+           gpus_per_trial: float = 0.0, optuna_storage: str | None = None, data_dir: str | None = None,
+           recipe: str | None = None, resume: str | None = None, cohort: int | None = None,
+           teacher_dataset: str | None = None, init_from_teacher: bool = False, dry_run: bool = False,
+           progress: Progress | None = None) -> "Result | Plan":
+    """Search each method's knobs (`pcbench search`): Ray Tune with Optuna, the same budget and
+    training knobs for every method, in cohorts of 4 by default. `resume`: "latest" or a
+    search id. `set`: dotted overrides, as a dict or as "key=value" strings."""
+    from pcbench.session import Request
+
+    methods = [method] if isinstance(method, str) else list(method)
+    if space is not None and len(set_of(methods)) > 1:
+        raise UserError("--space applies to one method; search one method per --space file")
+    session = _open_session(results, teachers, tracking_uri, optuna_storage, experiment=experiment,
+                            address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                            concurrent=concurrent, cohort=cohort, resume=resume)
+    request = Request(methods, _base(dataset, teacher, student, epochs, workers, seed, data_dir,
+                                     teacher_dataset, init_from_teacher, plugins),
+                      _overrides(set), recipe=recipe, space_file=space, samples=samples, seed=seed)
+    return _execute(session, [request], dry_run, progress)
+
+
+def run(method: str, *, plugins: Iterable[str] = (), dataset: str | None = None, teacher: str | None = None,
+        student: str | None = None, set: dict | list[str] | None = None, epochs: int | None = None,
+        workers: int | None = None, seed: int = 0, data_dir: str | None = None, recipe: str | None = None,
+        teacher_dataset: str | None = None, init_from_teacher: bool = False, ray: bool = True,
+        results: str = DEFAULT_RESULTS, teachers: str | Path = DEFAULT_TEACHERS,
+        tracking_uri: str | None = None, experiment: str | None = None, address: str | None = None,
+        cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+        progress: Progress | None = None) -> Result:
+    """One trial of the configuration as given (`pcbench run`); `ray=False`: in this process."""
+    from pcbench.session import Request
+
+    session = _open_session(results, teachers, tracking_uri, search=False, experiment=experiment,
+                            ray=ray, address=address, cpus_per_trial=cpus_per_trial,
+                            gpus_per_trial=gpus_per_trial)
+    request = Request([method], _base(dataset, teacher, student, epochs, workers, seed, data_dir,
+                                      teacher_dataset, init_from_teacher, plugins),
+                      _overrides(set), recipe=recipe, search=False, seed=seed)
+    return _execute(session, [request], False, progress)
+
+
+def benchmark(suite: str | Path, *, plugins: Iterable[str] = (), data_dir: str | None = None,
+              samples: int | None = None, epochs: int | None = None, seeds: int | None = None,
+              final_epochs: int | None = None, methods: Iterable[str] | None = None,
+              pairs: Iterable[str] | None = None, set: dict | list[str] | None = None,
+              concurrent: int | None = None, cohort: int | None = None, cpus_per_trial: float | None = None,
+              gpus_per_trial: float | None = None, results: str = DEFAULT_RESULTS,
+              teachers: str | Path = DEFAULT_TEACHERS, tracking_uri: str | None = None,
+              address: str | None = None, optuna_storage: str | None = None, resume: str | None = None,
+              dry_run: bool = False, progress: Progress | None = None) -> "Result | Plan":
+    """Every method x pair of a suite (`pcbench benchmark`): the same search budget each,
+    selection on validation, each winner re-run with seeds on all the training data, then the
+    report. Arguments other than the suite override its values for a smaller run."""
+    from pcbench.plugins import resolve as resolve_plugin
+    from pcbench.session import Request
+    from pcbench.suite import bundled_suites, load_suite
+
+    suite_path = Path(suite)
+    if not suite_path.is_file() and str(suite) in bundled_suites():  # a bare name: the bundled one
+        suite_path = bundled_suites()[str(suite)]
+    if not suite_path.is_file():
+        raise UserError(f"no suite file {suite}; pass a suite file, or the name of a bundled one "
+                        f"(`pcbench suites` lists them)")
+    spec = load_suite(suite_path)
+    for flag, value in (("--samples", samples), ("--epochs", epochs), ("--seeds", seeds),
+                        ("--final-epochs", final_epochs), ("--concurrent", concurrent),
+                        ("--cohort", cohort)):
+        if value is not None and value < 1:  # given, so never "use the suite's"
+            raise UserError(f"{flag} {value} runs nothing; give 1 or more (or leave it out for "
+                            f"the suite's value)")
+    if cpus_per_trial is not None and cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial {cpus_per_trial}: give more than 0")
+    methods = list(methods or [])
+    if unknown := sorted(set_of(methods) - set_of(spec.methods)):
+        raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
+                        f"choose among {', '.join(spec.methods)}")
+    session = _open_session(
+        results, teachers, tracking_uri, optuna_storage, address=address, resume=resume,
+        concurrent=spec.concurrent if concurrent is None else concurrent,
+        cohort=spec.cohort if cohort is None else cohort,
+        cpus_per_trial=spec.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
+        gpus_per_trial=spec.gpus_per_trial if gpus_per_trial is None else gpus_per_trial)
+    plugin_specs = spec.plugin_specs(suite_path) + [resolve_plugin(p) for p in plugins]
+    budget_epochs = epochs if epochs is not None else spec.budget.epochs
+    requests = []
+    for pair in _chosen_pairs(spec, suite_path, pairs):
+        base = {"seed": spec.seed, "data": {"name": spec.dataset}, "teacher": pair.teacher,
+                "student": pair.student, "teacher_dataset": spec.teacher_dataset, "plugins": plugin_specs}
+        if data_dir is not None:
+            base["data"]["root"] = data_dir
+        if budget_epochs is not None:
+            base["train"] = {"epochs": budget_epochs}
+        requests.append(Request(
+            methods or spec.methods, base,
+            {**spec.set, **pair.set, **_overrides(set)},  # the suite's, the pair's, then the caller's
+            recipe=spec.recipe, samples=spec.budget.trials if samples is None else samples, seed=spec.seed,
+            final_seeds=spec.final_seeds(seeds),
+            final_epochs=spec.final_epochs if final_epochs is None else final_epochs))
+    outcome = _execute(session, requests, dry_run, progress, spec.name)
+    if isinstance(outcome, Result):
+        outcome.report = report(results)
+    return outcome
+
+
+def report(results: str = DEFAULT_RESULTS, out: str | Path | None = None) -> Report:
+    """leaderboard.parquet, .md, .html and .tex from the results store (`pcbench report`);
+    default `out`: <results>/report. Unreadable part files are left out and listed."""
+    from pcbench.checks import check_writable
+    from pcbench.results import ResultsStore, leaderboard, write_report
+    from pcbench.storage import resolve
+
+    store = ResultsStore(resolve(results, "--results"))
+    if not store.parts("trials"):
+        raise UserError(f"no trials under {results}; run `pcbench search` first or pass --results")
+    if out is None:
+        out = store.location.local_path / "report" if store.location.is_local else REMOTE_REPORT
+    check_writable(Path(out), "--out")
+    skipped: list[tuple[str, str]] = []
+    trials = store.read("trials", skipped)
+    if len(skipped) == len(store.parts("trials")):
+        part, reason = skipped[0]
+        others = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        raise UserError(f"no readable trials part under {results}: {part} ({reason}){others}; "
+                        f"pass the --results of a pcbench run")
+    board = leaderboard(trials)
+    return Report(board, write_report(board, out, trials=trials), skipped)
+
+
+def read_trials(results: str = DEFAULT_RESULTS) -> "pd.DataFrame":
+    """Every trial of the results store, one row each (the `trials` table; README, Results)."""
+    from pcbench.results import ResultsStore
+    from pcbench.storage import resolve
+
+    return ResultsStore(resolve(results, "--results")).read("trials")
+
+
+def read_leaderboard(results: str = DEFAULT_RESULTS) -> "pd.DataFrame":
+    """The leaderboard of the results store, as `report` would write it (nothing written)."""
+    from pcbench.results import leaderboard
+
+    return leaderboard(read_trials(results))
+
+
+def set_of(names: Iterable[str]) -> set[str]:
+    return {str(name) for name in names}
+
+
+def _overrides(values: dict | list[str] | None) -> dict[str, Any]:
+    return dict(values) if isinstance(values, dict) else parse_overrides(list(values or []))
+
+
+def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None, teacher_dataset=None,
+          init_from_teacher=False, plugins=()) -> dict[str, Any]:
+    """A trial's settings from a command's options (None: the default)."""
+    from pcbench.plugins import resolve
+
+    base: dict[str, Any] = {"seed": seed}
+    if plugins:
+        base["plugins"] = [resolve(str(p)) for p in plugins]
+    if teacher_dataset is not None:
+        base["teacher_dataset"] = teacher_dataset
+    data = {k: v for k, v in (("name", dataset), ("root", data_dir)) if v is not None}
+    if data:
+        base["data"] = data
+    if teacher is not None:
+        base["teacher"] = teacher
+    if student is not None:
+        base["student"] = student
+    train = {k: v for k, v in (("epochs", epochs), ("workers", workers)) if v is not None}
+    if init_from_teacher:
+        train["init_from_teacher"] = True
+    if train:
+        base["train"] = train
+    return base
+
+
+def _chosen_pairs(spec, suite_path: Path, pairs: Iterable[str] | None):
+    """The suite's pairs, or those named TEACHER->STUDENT."""
+    if not pairs:
+        return spec.pairs
+    named = {f"{p.teacher}->{p.student}": p for p in spec.pairs}
+    if unknown := sorted(set_of(pairs) - set(named)):
+        raise UserError(f"--pair {', '.join(unknown)} is not in {suite_path}; choose among "
+                        f"{', '.join(named)}")
+    return [named[p] for p in named if p in set_of(pairs)]
+
+
+def _open_session(results, teachers, tracking_uri, optuna_storage=None, *, search=True, **settings):
+    from pcbench.session import Session
+
+    return Session.open(results=results, teachers=Path(teachers), tracking_uri=tracking_uri,
+                        optuna_storage=optuna_storage, search=search, **settings)
+
+
+def _execute(session, requests: list, dry_run: bool, progress: Progress | None,
+             suite: str | None = None) -> "Result | Plan":
+    """Validate every request (every pair before Ray starts); then the plan, or the run."""
+    from pcbench import workflow
+    from pcbench.session import plan, validate
+
+    missing: list[str] = []
+    work = [(request, validate(session, request, missing if dry_run else None)) for request in requests]
+    if dry_run:
+        return Plan([e for request, prepared in work for e in plan(request, prepared)], missing)
+    listeners = [progress] if progress is not None else []
+    outcome = workflow.execute(
+        session, work, listeners,
+        on_teacher=lambda model, dataset: progress and progress.say(
+            f"training the {model} teacher on {dataset} (first use)"),
+        on_search=lambda item, trials: progress and progress.on_search(item, trials), suite=suite)
+    return Result(outcome.search_id, outcome.trials, outcome.failed, outcome.diverged,
+                  session.results.uri, session.tracking_uri, suite)

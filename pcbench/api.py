@@ -290,3 +290,123 @@ def _execute(session, requests: list, dry_run: bool, progress: Progress | None,
         on_search=lambda item, trials: progress and progress.on_search(item, trials), suite=suite)
     return Result(outcome.search_id, outcome.trials, outcome.failed, outcome.diverged,
                   session.results.uri, session.tracking_uri, suite)
+
+
+def methods(plugins: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """(name, origin) of every registered method, the plug-ins' included: origin is "pcbench"
+    or "plugin <module>". Every method with a teacher but kd and dkd is also <name>+kd."""
+    from pcbench.methods import method_names, method_origin
+    from pcbench.plugins import load, resolve
+
+    load([resolve(str(p)) for p in plugins])
+    return [(name, method_origin(name)) for name in method_names()]
+
+
+def models() -> list:
+    """The model zoo (pcbench.models.ZooInfo): family, parameters, stages, taps."""
+    from pcbench.models import zoo_info
+
+    return zoo_info()
+
+
+def suites() -> list[tuple[str, Any, Path]]:
+    """(name, suite, file) of each bundled suite."""
+    from pcbench.suite import bundled_suites, load_suite
+
+    return [(name, load_suite(path), path) for name, path in bundled_suites().items()]
+
+
+def train_teacher(model: str = "cnn_large", dataset: str = "digits", *, data_dir: str | None = None,
+                  set: dict | list[str] | None = None, teachers: str | Path = DEFAULT_TEACHERS,
+                  ray: bool = True, results: str = DEFAULT_RESULTS, address: str | None = None,
+                  cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+                  on_start=lambda config: None, on_epoch=lambda metrics: None):
+    """Train a teacher with its data set's recipe (a Ray trial, or in this process) and store
+    it, replacing a stored one (`pcbench teacher train`); its store record."""
+    from pcbench.checks import check_results, check_writable
+    from pcbench.data import check_dataset
+    from pcbench.storage import resolve
+    from pcbench.teachers import TeacherStore, teacher_config
+
+    config = teacher_config(model, dataset, data_dir, _overrides(set))
+    check_dataset(dataset, data_dir)
+    check_writable(Path(teachers), "--teachers")
+    runner = None
+    if ray:
+        from pcbench.launch.cluster import start_ray
+        from pcbench.launch.search import train_one
+        check_results(results, "--results")
+        start_ray(address)
+        storage = resolve(results).join("ray").uri
+        runner = lambda c: train_one(c, storage, f"teacher-{dataset}-{model}",  # noqa: E731
+                                     cpus_per_trial, gpus_per_trial)
+    on_start(config)
+    return TeacherStore(Path(teachers)).train(config, runner, on_epoch=on_epoch)
+
+
+def import_teacher(checkpoint: str | Path, model: str, dataset: str, *, data_dir: str | None = None,
+                   teachers: str | Path = DEFAULT_TEACHERS):
+    """Store a RepDistiller / mdistiller checkpoint as the teacher (`pcbench teacher import`):
+    loaded strictly into `model`, its test accuracy measured; its store record."""
+    from pcbench.checks import check_writable
+    from pcbench.data import check_dataset, get_dataset
+    from pcbench.engine import accuracy_on_test
+    from pcbench.models import model_names
+    from pcbench.teachers import TeacherStore
+
+    if not Path(checkpoint).is_file():
+        raise UserError(f"no checkpoint file {checkpoint}; pass the path of a .pth/.pt file")
+    if model not in model_names():
+        raise UserError(f"unknown model '{model}'; choose one of {', '.join(model_names())}")
+    get_dataset(dataset)
+    check_dataset(dataset, data_dir)
+    check_writable(Path(teachers), "--teachers")
+    return TeacherStore(Path(teachers)).import_checkpoint(
+        checkpoint, model, dataset, lambda name, state: accuracy_on_test(name, state, dataset, data_dir))
+
+
+def stored_teachers(teachers: str | Path = DEFAULT_TEACHERS) -> list:
+    """The teacher store's records (`pcbench teacher list`)."""
+    from pcbench.teachers import TeacherStore
+
+    return TeacherStore(Path(teachers)).records()
+
+
+def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
+       on_start=lambda uri, address: None, on_experiment=lambda name, url: None) -> None:
+    """Replace this process with MLflow's UI on the tracking store (`pcbench ui`), after telling
+    `on_start` where it will be and `on_experiment` each pcbench experiment's runs page."""
+    import os
+    import sys
+
+    from pcbench.checks import check_port, check_tracking_uri, default_tracking_uri
+
+    check_port(port)
+    uri = tracking_uri or default_tracking_uri()
+    check_tracking_uri(uri)
+    from mlflow.tracking import MlflowClient
+
+    from pcbench.tracking import runs_page
+
+    base = f"http://{host}:{port}"
+    on_start(uri, base)
+    experiments = MlflowClient(uri).search_experiments(order_by=["last_update_time DESC"], max_results=20)
+    for experiment in experiments:
+        if experiment.tags.get("mlflow.experimentKind") == "custom_model_development":
+            on_experiment(experiment.name, runs_page(base, experiment.experiment_id))
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                              "--host", host, "--port", str(port)])
+
+
+def stop_ray() -> None:
+    """Shut down the Ray instance this process started or attached to, if any."""
+    from pcbench.launch.cluster import stop_ray as stop
+
+    stop()
+
+
+def pair_label(row) -> str:
+    """`teacher -> student` as tables name a pair (the teacher's task, the student's start)."""
+    from pcbench.results.leaderboard import pair_label as label
+
+    return label(row)

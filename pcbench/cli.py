@@ -2,7 +2,6 @@
 line naming the fix and exits with code 2."""
 
 import functools
-import os
 import signal
 import sys
 import threading
@@ -17,7 +16,6 @@ from typer.core import TyperGroup
 
 from pcbench.api import DEFAULT_RESULTS
 from pcbench.errors import Interrupted, Terminated, UserError
-from pcbench.overrides import parse_overrides
 from pcbench.progress import showing_progress
 
 
@@ -84,10 +82,9 @@ def _terminate(signum, frame):
 
 def _stop_ray() -> None:
     """Shut down a local Ray instance this command started (its trials with it)."""
-    if "ray" in sys.modules:
-        import ray
-        if ray.is_initialized():
-            ray.shutdown()
+    if "ray" in sys.modules:  # else nothing started it
+        from pcbench.api import stop_ray
+        stop_ray()
 
 
 # Options shared by run, search and demo.
@@ -149,7 +146,7 @@ def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool)
     """A dry run's output: the plan on stdout (text or JSON), what is missing on stderr."""
     import json
 
-    from pcbench.results.leaderboard import pair_label
+    from pcbench.api import pair_label
     if as_json:
         typer.echo(json.dumps(entries, indent=1))
     else:
@@ -210,21 +207,19 @@ def methods(
 ) -> None:
     """List the registered methods and where each comes from (pcbench, or a plug-in); each with a
     teacher but kd and dkd is also <method>+kd."""
-    from pcbench.methods import method_names, method_origin
-    from pcbench.plugins import load, resolve
-    load([resolve(p) for p in plugin or []])
-    width = max(map(len, method_names()))
-    typer.echo("\n".join(name if names else f"{name:<{width}}  {method_origin(name)}"
-                         for name in method_names()))
+    from pcbench import api
+    listed = api.methods(plugin or ())
+    width = max(len(name) for name, _ in listed)
+    typer.echo("\n".join(name if names else f"{name:<{width}}  {origin}" for name, origin in listed))
 
 
 @app.command()
 @user_errors
 def models() -> None:
     """List the model zoo: family, parameters, stages (FCFD) and taps."""
-    from pcbench.models import zoo_info
+    from pcbench import api
     table = Table("model", "family", "parameters", "stages", "taps")
-    for info in zoo_info():
+    for info in api.models():
         table.add_row(info.name, info.family, f"{info.params:,}", str(info.stages), ", ".join(info.taps))
     Console().print(table)
 
@@ -343,30 +338,26 @@ def demo(
 ) -> None:
     """The whole loop on the bundled suite demo.yaml (see `pcbench suites`): ce, kd, pc, ot and
     fcfd on digits, equal budgets, 3 final seeds each, then the leaderboard."""
-    from pcbench.suite import SUITES_DIR
-    _benchmark(SUITES_DIR / "demo.yaml", results, teachers, tracking_uri, address,
-               samples=samples, epochs=epochs)
+    _benchmark("demo", results, teachers, tracking_uri, address, samples=samples, epochs=epochs)
 
 
 @app.command()
 @user_errors
 def suites() -> None:
-    """List the suites shipped with pcbench. `pcbench benchmark FILE` runs one; copy the file to
+    """List the suites shipped with pcbench. `pcbench benchmark NAME` runs one; copy its file to
     make a suite of your own."""
-    from pcbench.suite import SUITES_DIR, bundled_suites, load_suite
-    table = Table("suite", "data set", "methods", "pairs")
-    for name, path in bundled_suites().items():
-        suite = load_suite(path)
-        table.add_row(name, suite.dataset, str(len(suite.methods)), str(len(suite.pairs)))
+    from pcbench import api
+    table = Table("suite", "data set", "methods", "pairs", "file")
+    for name, suite, path in api.suites():
+        table.add_row(name, suite.dataset, str(len(suite.methods)), str(len(suite.pairs)), str(path))
     Console().print(table)
-    typer.echo(f"files: {SUITES_DIR}/<suite>.yaml")
 
 
 def _show_report(report) -> None:
     """The leaderboard as a table, and the files written."""
     import pandas as pd
 
-    from pcbench.results.leaderboard import pair_label
+    from pcbench.api import pair_label
     for part, reason in report.skipped:
         console.print(f"[yellow]warning:[/yellow] skipped {part} ({reason})", highlight=False, soft_wrap=True)
     table = Table("data set", "pair", "method", "test acc (final runs)", "seeds", "val acc", "trials")
@@ -406,26 +397,15 @@ def teacher_train(
 ) -> None:
     """Train a teacher with its data set's standard recipe (on Ray) and store it, replacing a
     stored one."""
-    from pcbench.checks import check_results, check_writable
-    from pcbench.data import check_dataset
-    from pcbench.storage import resolve
-    from pcbench.teachers import TeacherStore, teacher_config
-    config = teacher_config(model, dataset, data_dir, parse_overrides(set_ or []))
-    check_dataset(dataset, data_dir)
-    check_writable(teachers, "--teachers")
-    runner = None
-    if not no_ray:
-        from pcbench.launch.cluster import start_ray
-        from pcbench.launch.search import train_one
-        check_results(results, "--results")
-        start_ray(address)
-        runner = lambda c: train_one(c, resolve(results).join("ray").uri,  # noqa: E731
-                                     f"teacher-{dataset}-{model}",
-                                     cpus_per_trial, gpus_per_trial)
-    console.print(f"training {model} on {dataset}: {config.train.epochs} epochs, "
-                  f"recipe {config.train.recipe or 'default'}", highlight=False)
-    record = TeacherStore(teachers).train(config, runner, on_epoch=lambda m: console.print(
-        f"epoch {m['epoch']:>3}  train loss {m['train_loss']:.4f}", highlight=False))
+    from pcbench import api
+    record = api.train_teacher(
+        model, dataset, data_dir=data_dir, set=set_ or [], teachers=teachers, ray=not no_ray,
+        results=results, address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+        on_start=lambda config: console.print(
+            f"training {model} on {dataset}: {config.train.epochs} epochs, "
+            f"recipe {config.train.recipe or 'default'}", highlight=False),
+        on_epoch=lambda m: console.print(f"epoch {m['epoch']:>3}  train loss {m['train_loss']:.4f}",
+                                         highlight=False))
     console.print(f"{record.model} on {record.dataset}: test acc {100 * record.test_acc:.2f}%, "
                   f"sha256 {record.sha256[:12]}, {record.path}")
 
@@ -441,20 +421,8 @@ def teacher_import(
 ) -> None:
     """Import a trained teacher: loaded strictly into the architecture, its test accuracy
     measured, then stored with its sha256."""
-    from pcbench.checks import check_writable
-    from pcbench.data import check_dataset, get_dataset
-    from pcbench.engine import accuracy_on_test
-    from pcbench.models import model_names
-    from pcbench.teachers import TeacherStore
-    if not checkpoint.is_file():
-        raise UserError(f"no checkpoint file {checkpoint}; pass the path of a .pth/.pt file")
-    if model not in model_names():
-        raise UserError(f"unknown model '{model}'; choose one of {', '.join(model_names())}")
-    get_dataset(dataset)
-    check_dataset(dataset, data_dir)
-    check_writable(teachers, "--teachers")
-    record = TeacherStore(teachers).import_checkpoint(
-        checkpoint, model, dataset, lambda name, state: accuracy_on_test(name, state, dataset, data_dir))
+    from pcbench import api
+    record = api.import_teacher(checkpoint, model, dataset, data_dir=data_dir, teachers=teachers)
     console.print(f"imported {record.model} for {record.dataset}: test acc {100 * record.test_acc:.2f}%, "
                   f"sha256 {record.sha256[:12]}, {record.path}")
 
@@ -463,9 +431,9 @@ def teacher_import(
 @user_errors
 def teacher_list(teachers: Teachers = Path("pcbench-teachers")) -> None:
     """List the stored teachers."""
-    from pcbench.teachers import TeacherStore
+    from pcbench import api
     table = Table("model", "data set", "test acc", "recipe", "sha256", "created", "path")
-    for r in TeacherStore(teachers).records():
+    for r in api.stored_teachers(teachers):
         origin = r.recipe.get("imported_from") or r.recipe.get("recipe") or "default"
         table.add_row(r.model, r.dataset, f"{100 * r.test_acc:.2f}", origin, r.sha256[:12], r.created, r.path)
     Console().print(table)
@@ -479,20 +447,7 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the tracking store; print each pcbench experiment's runs page."""
-    from pcbench.checks import check_port, check_tracking_uri
-    check_port(port)
-    from mlflow.tracking import MlflowClient
-
-    from pcbench.checks import default_tracking_uri
-    from pcbench.tracking import runs_page
-    uri = tracking_uri or default_tracking_uri()
-    check_tracking_uri(uri)
-    base = f"http://{host}:{port}"
-    console.print(f"MLflow UI for {uri} at {base}", highlight=False)
-    experiments = MlflowClient(uri).search_experiments(order_by=["last_update_time DESC"], max_results=20)
-    for experiment in experiments:
-        if experiment.tags.get("mlflow.experimentKind") == "custom_model_development":
-            console.print(f"  {experiment.name}: {runs_page(base, experiment.experiment_id)}",
-                          highlight=False, soft_wrap=True)
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                              "--host", host, "--port", str(port)])
+    from pcbench import api
+    api.ui(tracking_uri, host, port,
+           on_start=lambda uri, address: console.print(f"MLflow UI for {uri} at {address}", highlight=False),
+           on_experiment=lambda name, url: console.print(f"  {name}: {url}", highlight=False, soft_wrap=True))

@@ -11,7 +11,7 @@ from pcbench.config import TrialConfig
 from pcbench.engine import DIVERGED
 from pcbench.launch.plan import Stage
 from pcbench.results import ResultsStore
-from pcbench.results.selection import SCORING_RULE, SELECTION_SPLIT
+from pcbench.selection import SCORING_RULE, SELECTION_SPLIT
 
 if TYPE_CHECKING:  # MLflow is imported only where something is tracked
     from pcbench.tracking import Tracker

@@ -50,6 +50,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, dashboard
                         f"or RAY_ADDRESS") from None
 
 
+def stop_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _start_local(num_cpus: int | None, dashboard: bool) -> None:
     """A new instance of our own ("local": never a cluster some `ray start` left running).
     Its GCS port is chosen here and its processes inherit RAY_ADDRESS naming it: Ray's own

@@ -23,7 +23,7 @@ from ray.tune.utils.util import unflatten_dict
 from pcbench.config import build_config
 from pcbench.engine import DIVERGED, SuccessiveHalving, train_cohort
 from pcbench.launch.trial import run_ddp
-from pcbench.results.selection import METRIC
+from pcbench.selection import METRIC
 
 # Trials asked of Optuna at once (at least one cohort): a protocol setting, never --concurrent,
 # which only says how many of a generation's cohorts train at the same time.

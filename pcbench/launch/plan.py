@@ -3,10 +3,12 @@ local backend (local.py) and the Ray backend (search.py) take the same plan and 
 listeners."""
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pcbench.config import TrialConfig
-from pcbench.spaces import SearchSpace
+
+if TYPE_CHECKING:  # the driver resolves a space; a backend only reads it
+    from pcbench.spaces import SearchSpace
 
 SEARCH, FINAL, RUN = "search", "final", "run"
 
@@ -30,7 +32,7 @@ class SearchPlan:
     name: str  # unique within the storage folder
     stage: Stage
     template: TrialConfig  # teacher attached, overrides applied
-    space: SearchSpace | None
+    space: "SearchSpace | None"
     samples: int
     concurrent: int
     seed: int

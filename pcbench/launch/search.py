@@ -21,7 +21,7 @@ from pcbench.launch.cohort import COHORT, MEMBERS, CohortSearch, cohort_count, m
 from pcbench.launch.plan import SearchPlan, Stage, TrialListener
 from pcbench.launch.resources import trial_resources
 from pcbench.launch.trial import tune_trial
-from pcbench.results.selection import METRIC, MODE
+from pcbench.selection import METRIC, MODE
 from pcbench.storage import sqlite_lock
 
 SEARCH_ATTR = "pcbench.search"  # on each Optuna trial: the search that asked for it

@@ -1,12 +1,11 @@
-"""How a trial is chosen, in one place: the searcher and the early stopper (Optuna, ASHA) and
-the final-run selection all rank trials by the last epoch's accuracy on the validation split.
-Test accuracy is reported, never used to choose."""
+"""The final-run selection over a table of trials, by pcbench.selection's rule (the one the
+searches use): the last epoch's validation accuracy. Test accuracy is never used to choose."""
 
 import pandas as pd
 
-METRIC, MODE = "val_acc", "max"  # what Tune's searcher and scheduler optimise
-SCORING_RULE = "last_epoch"  # the epoch whose METRIC counts (recorded on every trial row)
-SELECTION_SPLIT = "val"
+from pcbench.selection import METRIC, SCORING_RULE, SELECTION_SPLIT
+
+__all__ = ["METRIC", "SCORING_RULE", "SELECTION_SPLIT", "best_trial"]
 
 
 def best_trial(trials: pd.DataFrame) -> pd.Series | None:

@@ -87,7 +87,7 @@ def search(method: str | Iterable[str], *, plugins: Iterable[str] = (), dataset:
     search id. `set`: dotted overrides, as a dict or as "key=value" strings."""
     from pcbench.session import Request
 
-    methods = [method] if isinstance(method, str) else list(method)
+    methods = _listed(method)
     if space is not None and len(set_of(methods)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
     session = _open_session(results, teachers, tracking_uri, optuna_storage, experiment=experiment,
@@ -131,7 +131,9 @@ def benchmark(suite: str | Path, *, plugins: Iterable[str] = (), data_dir: str |
     """Every method x pair of a suite (`pcbench benchmark`): the same search budget each,
     selection on validation, each winner re-run with seeds on all the training data, then the
     report. Arguments other than the suite override its values for a smaller run."""
+    from pcbench.plugins import load as load_plugins
     from pcbench.plugins import resolve as resolve_plugin
+    from pcbench.recipes import recipe as recipe_fragment
     from pcbench.session import Request
     from pcbench.suite import bundled_suites, load_suite
 
@@ -150,7 +152,7 @@ def benchmark(suite: str | Path, *, plugins: Iterable[str] = (), data_dir: str |
                             f"the suite's value)")
     if cpus_per_trial is not None and cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial {cpus_per_trial}: give more than 0")
-    methods = list(methods or [])
+    methods = _listed(methods)
     if unknown := sorted(set_of(methods) - set_of(spec.methods)):
         raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
                         f"choose among {', '.join(spec.methods)}")
@@ -160,7 +162,10 @@ def benchmark(suite: str | Path, *, plugins: Iterable[str] = (), data_dir: str |
         cohort=spec.cohort if cohort is None else cohort,
         cpus_per_trial=spec.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
         gpus_per_trial=spec.gpus_per_trial if gpus_per_trial is None else gpus_per_trial)
-    plugin_specs = spec.plugin_specs(suite_path) + [resolve_plugin(p) for p in plugins]
+    plugin_specs = spec.plugin_specs(suite_path) + [resolve_plugin(p) for p in _listed(plugins)]
+    load_plugins(plugin_specs)  # before the suite's names are checked: they may be a plug-in's
+    if spec.recipe is not None:
+        recipe_fragment(spec.recipe)
     budget_epochs = epochs if epochs is not None else spec.budget.epochs
     requests = []
     for pair in _chosen_pairs(spec, suite_path, pairs):
@@ -221,6 +226,11 @@ def read_leaderboard(results: str = DEFAULT_RESULTS) -> "pd.DataFrame":
     return leaderboard(read_trials(results))
 
 
+def _listed(values: "str | Iterable[str] | None") -> list[str]:
+    """One name, or several: a single string is never taken as its characters."""
+    return [values] if isinstance(values, (str, Path)) else list(values or [])
+
+
 def set_of(names: Iterable[str]) -> set[str]:
     return {str(name) for name in names}
 
@@ -236,7 +246,7 @@ def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None, teach
 
     base: dict[str, Any] = {"seed": seed}
     if plugins:
-        base["plugins"] = [resolve(str(p)) for p in plugins]
+        base["plugins"] = [resolve(str(p)) for p in _listed(plugins)]
     if teacher_dataset is not None:
         base["teacher_dataset"] = teacher_dataset
     data = {k: v for k, v in (("name", dataset), ("root", data_dir)) if v is not None}
@@ -256,6 +266,7 @@ def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None, teach
 
 def _chosen_pairs(spec, suite_path: Path, pairs: Iterable[str] | None):
     """The suite's pairs, or those named TEACHER->STUDENT."""
+    pairs = _listed(pairs)
     if not pairs:
         return spec.pairs
     named = {f"{p.teacher}->{p.student}": p for p in spec.pairs}
@@ -298,7 +309,7 @@ def methods(plugins: Iterable[str] = ()) -> list[tuple[str, str]]:
     from pcbench.methods import method_names, method_origin
     from pcbench.plugins import load, resolve
 
-    load([resolve(str(p)) for p in plugins])
+    load([resolve(str(p)) for p in _listed(plugins)])
     return [(name, method_origin(name)) for name in method_names()]
 
 
@@ -319,16 +330,18 @@ def suites() -> list[tuple[str, Any, Path]]:
 def train_teacher(model: str = "cnn_large", dataset: str = "digits", *, data_dir: str | None = None,
                   set: dict | list[str] | None = None, teachers: str | Path = DEFAULT_TEACHERS,
                   ray: bool = True, results: str = DEFAULT_RESULTS, address: str | None = None,
-                  cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+                  cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, plugins: Iterable[str] = (),
                   on_start=lambda config: None, on_epoch=lambda metrics: None):
     """Train a teacher with its data set's recipe (a Ray trial, or in this process) and store
     it, replacing a stored one (`pcbench teacher train`); its store record."""
     from pcbench.checks import check_results, check_writable
     from pcbench.data import check_dataset
+    from pcbench.plugins import resolve as resolve_plugin
     from pcbench.storage import resolve
     from pcbench.teachers import TeacherStore, teacher_config
 
-    config = teacher_config(model, dataset, data_dir, _overrides(set))
+    specs = [resolve_plugin(str(p)) for p in _listed(plugins)]
+    config = teacher_config(model, dataset, data_dir, _overrides(set), plugins=specs)
     check_dataset(dataset, data_dir)
     check_writable(Path(teachers), "--teachers")
     runner = None
@@ -336,7 +349,7 @@ def train_teacher(model: str = "cnn_large", dataset: str = "digits", *, data_dir
         from pcbench.launch.cluster import start_ray
         from pcbench.launch.search import train_one
         check_results(results, "--results")
-        start_ray(address)
+        start_ray(address, plugins=specs)
         storage = resolve(results).join("ray").uri
         runner = lambda c: train_one(c, storage, f"teacher-{dataset}-{model}",  # noqa: E731
                                      cpus_per_trial, gpus_per_trial)
@@ -345,15 +358,17 @@ def train_teacher(model: str = "cnn_large", dataset: str = "digits", *, data_dir
 
 
 def import_teacher(checkpoint: str | Path, model: str, dataset: str, *, data_dir: str | None = None,
-                   teachers: str | Path = DEFAULT_TEACHERS):
+                   teachers: str | Path = DEFAULT_TEACHERS, plugins: Iterable[str] = ()):
     """Store a RepDistiller / mdistiller checkpoint as the teacher (`pcbench teacher import`):
     loaded strictly into `model`, its test accuracy measured; its store record."""
     from pcbench.checks import check_writable
     from pcbench.data import check_dataset, get_dataset
     from pcbench.engine import accuracy_on_test
     from pcbench.models import model_names
+    from pcbench.plugins import load, resolve
     from pcbench.teachers import TeacherStore
 
+    load([resolve(str(p)) for p in _listed(plugins)])  # its model or data set may be a plug-in's
     if not Path(checkpoint).is_file():
         raise UserError(f"no checkpoint file {checkpoint}; pass the path of a .pth/.pt file")
     if model not in model_names():

@@ -393,7 +393,7 @@ def teacher_train(
     data_dir: DataDir = None, set_: Sets = None, teachers: Teachers = Path("pcbench-teachers"),
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process.")] = False,
     results: Results = DEFAULT_RESULTS, address: Address = None,
-    cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
+    cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0, plugin: Plugins = None,
 ) -> None:
     """Train a teacher with its data set's standard recipe (on Ray) and store it, replacing a
     stored one."""
@@ -401,7 +401,7 @@ def teacher_train(
     record = api.train_teacher(
         model, dataset, data_dir=data_dir, set=set_ or [], teachers=teachers, ray=not no_ray,
         results=results, address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-        on_start=lambda config: console.print(
+        plugins=plugin or (), on_start=lambda config: console.print(
             f"training {model} on {dataset}: {config.train.epochs} epochs, "
             f"recipe {config.train.recipe or 'default'}", highlight=False),
         on_epoch=lambda m: console.print(f"epoch {m['epoch']:>3}  train loss {m['train_loss']:.4f}",
@@ -417,12 +417,13 @@ def teacher_import(
         help="RepDistiller / mdistiller checkpoint ({'model': state_dict}).")],
     model: Annotated[str, typer.Option("--model", help="Its architecture (see `pcbench models`).")],
     dataset: Annotated[str, typer.Option("--dataset", help="The data set it was trained on.")],
-    data_dir: DataDir = None, teachers: Teachers = Path("pcbench-teachers"),
+    data_dir: DataDir = None, teachers: Teachers = Path("pcbench-teachers"), plugin: Plugins = None,
 ) -> None:
     """Import a trained teacher: loaded strictly into the architecture, its test accuracy
     measured, then stored with its sha256."""
     from pcbench import api
-    record = api.import_teacher(checkpoint, model, dataset, data_dir=data_dir, teachers=teachers)
+    record = api.import_teacher(checkpoint, model, dataset, data_dir=data_dir, teachers=teachers,
+                                plugins=plugin or ())
     console.print(f"imported {record.model} for {record.dataset}: test acc {100 * record.test_acc:.2f}%, "
                   f"sha256 {record.sha256[:12]}, {record.path}")
 

@@ -143,6 +143,7 @@ class SearchRecorder:
             # a cohort member's share of the process's time (compute_hours add up to the cost)
             "wall_seconds": (time.monotonic() - trial.started) / trial.stage.cohort,
             "cohort_size": trial.stage.cohort,
+            "seeds_planned": trial.stage.planned_seeds or None,
             "train_seconds": sum(e.get("epoch_seconds", 0.0) for e in epochs),
             "workers": cfg.train.workers, "gpus": trial.stage.gpus_per_trial, "device": last.get("device"),
             "cka": last.get(CKA), "rank_agreement": last.get("rank_agreement"),

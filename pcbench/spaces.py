@@ -51,7 +51,11 @@ def default_space_path(method: str) -> "Path | DeclaredSpace":
         return SPACES_DIR / f"{cls.name}.yaml"
     if cls.space is not None:
         return DeclaredSpace(f"{cls.__module__}.{cls.__qualname__}.space", dict(cls.space))
-    beside = Path(sys.modules[cls.__module__].__file__).with_name(f"{cls.name}.yaml")
+    source = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    if source is None:  # defined in a notebook or an interactive session
+        raise UserError(f"method '{cls.name}' ({cls.__module__}) has no search space: give its class a "
+                        f"`space` mapping of knobs")
+    beside = Path(source).with_name(f"{cls.name}.yaml")
     if not beside.exists():
         raise UserError(f"method '{cls.name}' ({cls.__module__}) has no search space: give its class a "
                         f"`space` mapping of knobs, or put {beside.name} beside {beside.parent / ''}")

@@ -5,12 +5,11 @@ seeds re-run each winner."""
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from pcbench import bundled
 from pcbench.config import describe, load_yaml
 from pcbench.errors import UserError
-from pcbench.recipes import recipe_names
 
 SUITES_DIR = bundled("suites")
 
@@ -39,6 +38,7 @@ class Suite(_Strict):
     dataset: str
     # The data set the teachers were trained on, where it is another task (transfer); None: `dataset`
     teacher_dataset: str | None = None
+    # a named profile (recipes.py, or a plug-in's: checked once the suite's plug-ins are loaded)
     recipe: str | None = None  # a named profile (recipes.py); the trial defaults otherwise
     pairs: list[Pair] = Field(min_length=1)
     methods: list[str] = Field(min_length=1)
@@ -54,13 +54,6 @@ class Suite(_Strict):
     # files (relative to the suite's folder), package folders or modules of your own methods,
     # models, data sets or recipes, as --plugin
     plugins: list[str] = []
-
-    @field_validator("recipe")
-    @classmethod
-    def _known_recipe(cls, name: str | None) -> str | None:
-        if name is not None and name not in recipe_names():
-            raise ValueError(f"unknown recipe '{name}'; choose one of {', '.join(recipe_names())}")
-        return name
 
     def plugin_specs(self, path: str | Path) -> list[str]:
         """The suite's plug-ins as trials record them (files resolved from the suite's folder)."""

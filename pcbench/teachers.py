@@ -29,10 +29,10 @@ RECIPE_SEED = 0
 
 
 def teacher_config(model: str, dataset: str, data_dir: str | None = None,
-                   overrides: dict | None = None) -> TrialConfig:
-    """The `ce` trial that trains a teacher."""
+                   overrides: dict | None = None, plugins: list[str] = ()) -> TrialConfig:
+    """The `ce` trial that trains a teacher (`plugins`: where its model or data set come from)."""
     base = {"data": {"name": dataset, "root": data_dir}, "student": model, "method": "ce",
-            "seed": RECIPE_SEED}
+            "seed": RECIPE_SEED, "plugins": list(plugins)}
     if dataset in TEACHER_RECIPES:
         base = with_recipe(base, TEACHER_RECIPES[dataset], overrides)
         base["data"]["val_fraction"] = 0.0

@@ -57,7 +57,7 @@ def new_search_id() -> str:
 
 def fingerprint(session: Session, work: Work, suite: str | None) -> str:
     """What makes two commands the same: a resumed one must match it exactly."""
-    body = [suite, session.ray, session.cohort_size,
+    body = [suite, session.ray,
             [[r.samples, r.seed, r.final_seeds, r.final_epochs, r.search,
               [[p.method, p.template.hash, p.space.describe() if p.space else None, p.cohort] for p in ps]]
              for r, ps in work]]
@@ -144,7 +144,8 @@ def _parent_params(session: Session, work: Work) -> dict[str, Any]:
     return {"methods": ",".join(dict.fromkeys(p.method for _, ps in work for p in ps)),
             "pairs": ",".join(dict.fromkeys(f"{p.template.teacher}->{p.template.student}"
                                             for _, ps in work for p in ps)),
-            "samples": request.samples, "concurrent": session.concurrent, "cohort": session.cohort_size,
+            "samples": request.samples, "concurrent": session.concurrent,
+            "cohort": ",".join(dict.fromkeys(str(p.cohort) for _, ps in work for p in ps)),
             "seed": request.seed,
             "epochs": first.train.epochs, "workers": first.train.workers, "dataset": first.data.name,
             "final_seeds": ",".join(map(str, request.final_seeds)), "ray": session.ray,
@@ -210,7 +211,8 @@ class _Stages:
             if best is None:
                 continue  # no trial completed: the leaderboard has no row for this method
             template = final_config(TrialConfig.parse(json.loads(best["config"])), request.final_epochs)
-            selected.append((template, Stage(FINAL, best["trial_id"], self._gpus(template))))
+            selected.append((template, Stage(FINAL, best["trial_id"], self._gpus(template),
+                                             planned_seeds=len(request.final_seeds))))
         for group in self._paired(selected):
             if self.session.resume and all(len(self._rows(t, FINAL)) >= len(request.final_seeds)
                                            for t, _ in group):
@@ -222,13 +224,14 @@ class _Stages:
                                 paired=others), self.listeners)
 
     def _paired(self, selected: list[tuple[TrialConfig, Stage]]) -> list[list[tuple[TrialConfig, Stage]]]:
-        """The final plans: one cohort of every method where cohorts are on and the members can
-        share a data stream (always, as the space check refuses shared knobs); else one each."""
+        """The final plans: where cohorts are on and the members can share a data stream, the
+        methods in cohorts of at most the cohort size (a seed's runs of every cohort see the same
+        data order and augmentation: the seed fixes them); else one each."""
         from pcbench.engine import cohort_mismatch  # torch: only once something trains
 
-        if (self.session.cohort_size > 1 and len(selected) > 1
-                and cohort_mismatch([t for t, _ in selected]) is None):
-            return [selected]
+        size = self.session.cohort_size
+        if size > 1 and len(selected) > 1 and cohort_mismatch([t for t, _ in selected]) is None:
+            return [selected[i:i + size] for i in range(0, len(selected), size)]
         return [[member] for member in selected]
 
     def _plan(self, name: str, stage: Stage, template: TrialConfig, space, **rest) -> SearchPlan:

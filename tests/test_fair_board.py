@@ -17,6 +17,7 @@ import pytest
 from scipy import integrate, stats
 
 from pcbench.results import ResultsStore, leaderboard, write_report
+from pcbench.results.leaderboard import with_defaults
 from pcbench.results.render import to_html, to_latex, to_markdown
 from pcbench.results.significance import holm
 from pcbench.results.store import TRIALS_SCHEMA
@@ -98,15 +99,19 @@ def test_the_plain_log_shows_a_final_runs_test_accuracy_and_a_search_trials_vali
     assert "val acc -, test acc 61.00%" in final
 
 
-def test_older_parts_read_with_no_teacher_accuracy_or_recipe_and_fp32(tmp_path):
-    added = ("teacher_test_acc", "recipe", "precision")
+def test_older_parts_take_recipe_and_precision_from_their_configs(tmp_path):
+    added = ("teacher_test_acc", "recipe", "precision", "seeds_planned")
     older = pa.schema([f for f in TRIALS_SCHEMA if f.name not in added])
-    row = _row("a", "kd", test=0.7)
+    rows = [{**_row("a", "kd", test=0.7), "config": json.dumps({"train": {"recipe": "digits",
+                                                                          "precision": "bf16"}})},
+            {**_row("b", "kd", test=0.7), "config": json.dumps({"train": {}})}]
     (tmp_path / "trials").mkdir()
-    pq.write_table(pa.table({f.name: [row[f.name]] for f in older}, schema=older),
+    pq.write_table(pa.table({f.name: [r[f.name] for r in rows] for f in older}, schema=older),
                    tmp_path / "trials" / "old.parquet")
-    [read] = ResultsStore(tmp_path).read("trials").to_dict("records")
-    assert pd.isna(read["teacher_test_acc"]) and pd.isna(read["recipe"]) and read["precision"] == "fp32"
+    read = with_defaults(ResultsStore(tmp_path).read("trials"))
+    assert read["teacher_test_acc"].isna().all()
+    assert read["recipe"][0] == "digits" and pd.isna(read["recipe"][1])
+    assert list(read["precision"]) == ["bf16", "fp32"]
 
 
 def test_two_teachers_of_one_name_are_two_tables_each_with_its_own_accuracy():
@@ -147,7 +152,8 @@ def test_a_one_epoch_table_names_published_numbers_only_below_it():
     assert board.published_acc.isna().all()
     markdown = to_markdown(board)
     assert "| published |" not in markdown
-    assert ("published: dkd 71.97‡ at 240 epochs (mdistiller); kd 70.66 at 240 epochs (RepDistiller), "
+    assert ("published: dkd 71.97‡ at 240 epochs, recipe cifar100-crd, test-scored final runs (mdistiller); "
+            "kd 70.66 at 240 epochs, recipe cifar100-crd, test-scored final runs (RepDistiller), "
             "not comparable with this 1-epoch table.") in markdown
     assert "‡ selected by its source on the test set (best test epoch); pcbench selects on validation." \
         in markdown
@@ -164,7 +170,8 @@ def test_a_240_epoch_table_shows_them_dkds_marked_as_selected_on_test_and_abs_no
     assert board.loc["dkd", "published_test_selected"]
     assert board.loc["kd", "published_teacher_acc"] == pytest.approx(0.7234)
     assert math.isnan(board.loc["ab", "published_acc"])  # RepDistiller's AB ran 30 + 240 epochs
-    assert board.loc["ab", "published_elsewhere"] == "69.47 at 270 epochs (RepDistiller)"
+    assert board.loc["ab", "published_elsewhere"] == \
+        "69.47 at 270 epochs, recipe cifar100-crd, test-scored final runs (RepDistiller)"
     assert pd.isna(board.loc["pc+kd", ["published_acc", "published_elsewhere"]]).all()  # nobody's
     markdown = to_markdown(leaderboard(trials))
     # sources numbered in the order the table shows them
@@ -173,8 +180,8 @@ def test_a_240_epoch_table_shows_them_dkds_marked_as_selected_on_test_and_abs_no
     assert "teacher: 72.34% test; published teacher: 72.34% [2]." in markdown
     assert "[1] megvii-research/mdistiller, README.md (CIFAR-100 table); 240 epochs; its number: best test" \
         in markdown
-    assert "published: ab 69.47 at 270 epochs (RepDistiller), not comparable with this 240-epoch table." \
-        in markdown
+    assert ("published: ab 69.47 at 270 epochs, recipe cifar100-crd, test-scored final runs (RepDistiller), "
+            "not comparable with this 240-epoch table.") in markdown
     assert "pc+kd: losses are pcbench's reconstructions from the papers' descriptions" in markdown
 
 
@@ -343,3 +350,15 @@ def test_the_markdown_and_html_notes_name_the_correction_the_detectable_differen
             "detectable_diff", "comparison", "teacher_test_acc", "teacher_sha256", "recipe", "precision",
             "benchmark_id", "published_elsewhere", "published_test_selected"} <= set(saved.columns)
     assert to_markdown(saved) == paths[1].read_text()  # a board read back renders the same
+
+
+def test_published_numbers_stand_only_beside_final_runs_of_the_papers_recipe():
+    search = leaderboard(pd.DataFrame([_row("k", "kd", epochs=240)]))  # a search's chosen trial
+    other_recipe = leaderboard(pd.DataFrame(_benchmark("kd", (0.70, 0.71, 0.72), epochs=240, recipe=None)))
+    for board in (search, other_recipe):
+        assert board.published_acc.isna().all() and board.published_elsewhere.notna().all()
+
+
+def test_an_interrupted_benchmark_counts_the_seeds_it_planned():
+    rows = _benchmark("kd", (0.70, 0.71), seeds_planned=3)  # the third seed never recorded
+    assert leaderboard(pd.DataFrame(rows)).iloc[0][["seeds_ok", "seeds_planned"]].tolist() == [2, 3]

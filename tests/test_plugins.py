@@ -176,3 +176,29 @@ def test_the_tutorial_shows_the_example_as_it_is():
     example = EXAMPLE.read_text()
     missing = [line for line in shown.splitlines() if line.strip() and line.rstrip() not in example]
     assert not missing, missing
+
+
+def test_a_suite_may_use_a_recipe_its_own_plugin_registers(folder):
+    (folder / "parts.py").write_text(PARTS)
+    (folder / "suite.yaml").write_text(textwrap.dedent("""\
+        name: tiny
+        dataset: digits-low
+        recipe: quick
+        plugins: [parts.py]
+        pairs: [{teacher: tiny, student: tiny}]
+        methods: [ce]
+        budget: {trials: 2}
+    """))
+    plan = pcbench.benchmark("suite.yaml", dry_run=True)
+    assert plan.entries[0]["budget"] == {"trials": 2, "epochs": 2}  # the plug-in recipe's length
+
+
+def test_a_plugin_method_may_not_take_a_settings_section_name(folder):
+    (folder / "bad.py").write_text("from pcbench.methods.kd import KD\nfrom pcbench.methods import register\n"
+                                   "@register\nclass Train(KD):\n    name = 'train'\n")
+    result = _invoke("methods", "--plugin", "bad.py")
+    assert result.exit_code == 2 and "'train' names a section of a trial's settings" in result.stderr
+
+
+def test_one_plugin_given_as_a_string_is_one_plugin(folder):
+    assert ("mine", "plugin mymethod") in pcbench.api.methods("mymethod.py")

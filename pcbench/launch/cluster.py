@@ -35,24 +35,40 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, dashboard
     controller, and only Train's placement-group cleaner, which asks the dashboard's state API,
     then frees its workers' CPUs. On a cluster the plug-ins' files and folders travel to every
     node in the job's runtime environment (a local instance's workers read them where they are)."""
+    shipped = shipped_paths(list(plugins))
     if ray.is_initialized():
+        if _attached is not None and not set(shipped) <= _attached:
+            raise UserError(f"this process attached to the Ray cluster before the plug-ins "
+                            f"{', '.join(sorted(set(shipped) - _attached))} were named, so the cluster "
+                            f"does not have them; run the command in a new process")
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address is None:
         _start_local(num_cpus, dashboard)
         return
-    shipped = shipped_paths(list(plugins))
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                  runtime_env={"py_modules": shipped} if shipped else None)
+        _set_attached(shipped)
     except ConnectionError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "
                         f"or RAY_ADDRESS") from None
 
 
+# The plug-ins shipped to the cluster this process attached to (None: not attached to one; a
+# local instance's workers read plug-ins where they are).
+_attached: set[str] | None = None
+
+
+def _set_attached(shipped: list[str] | None) -> None:
+    global _attached
+    _attached = None if shipped is None else set(shipped)
+
+
 def stop_ray() -> None:
     if ray.is_initialized():
         ray.shutdown()
+    _set_attached(None)
 
 
 def _start_local(num_cpus: int | None, dashboard: bool) -> None:

@@ -22,6 +22,7 @@ class Stage:
     selected_trial: str | None = None  # FINAL: the search trial whose configuration is re-run
     gpus_per_trial: float = 0.0  # what each trial holds: its GPU-hours are train time x this
     cohort: int = 1  # trials trained in lockstep in one process: they share its wall time
+    planned_seeds: int = 0  # FINAL: how many seed runs the benchmark planned for this method
 
 
 @dataclass

@@ -13,6 +13,10 @@ from pcbench.methods.base import KD_SUFFIX, DataInfo, Method, MethodConfig, Step
 __all__ = ["KD_SUFFIX", "DataInfo", "Method", "MethodConfig", "Step", "base_method", "get_method",
            "is_method", "method_names", "method_origin", "register"]
 
+# A trial config's own sections and settings: a method of one of these names would take over
+# `--set <name>.KNOB` (config.build_config reads a method's name there as a scope).
+RESERVED_NAMES = frozenset({"method", "data", "train", "teacher", "student", "teacher_dataset", "seed",
+                            "plugins", "teacher_weights", "teacher_sha256", "teacher_test_acc"})
 _REGISTRY: dict[str, type[Method]] = {}
 _VARIANTS: dict[str, type[Method]] = {}
 _discovered = False
@@ -36,6 +40,9 @@ def _check_contract(cls) -> None:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
         raise UserError(f"{what} has no valid `name` (letters, digits, _ and -): set name = \"...\"")
+    if name in RESERVED_NAMES:
+        raise UserError(f"{what}: '{name}' names a section of a trial's settings (--set {name}.KNOB "
+                        f"must keep meaning that); give the method another name")
     config = getattr(cls, "Config", None)
     if not (isinstance(config, type) and issubclass(config, MethodConfig)):
         raise UserError(f"{what}: its Config must be a subclass of pcbench.methods.MethodConfig")

@@ -11,6 +11,7 @@ see the test split. `cka` and `rank_agreement` are the diagnostics (pcbench.diag
 the same runs' last epochs. Published numbers stand beside a row only when their protocol is
 the table's (published.py)."""
 
+import json
 import math
 
 import pandas as pd
@@ -75,7 +76,9 @@ def _final_runs(finals: pd.DataFrame) -> dict:
         _runs=list(zip(done["seed"].fillna(-1).astype(int), accs)),
         test_acc_mean=accs.mean() if len(accs) else math.nan,
         test_acc_std=accs.std(ddof=1) if len(accs) > 1 else math.nan,
-        seeds=len(done), seeds_ok=len(done), seeds_planned=len(finals),
+        seeds=len(done), seeds_ok=len(done),
+        # as the benchmark planned them (a stopped one may not have recorded them all)
+        seeds_planned=max(len(finals), int(finals["seeds_planned"].fillna(0).max())),
         failed_seeds=", ".join(f"{seed} ({status})" for seed, status in
                                zip(failed["seed"].fillna(-1).astype(int), failed["status"])) or None,
         # the representation where the accuracy was measured: the final runs' last epochs
@@ -95,8 +98,12 @@ def _published_columns(row: dict) -> dict:
     if reference is None:
         return columns
     source, mark = reference.source, TEST_SELECTED if reference.source.selected_on_test else ""
-    if reference.epochs != row["epochs_planned"]:
-        columns["published_elsewhere"] = (f"{reference.accuracy:.2f}{mark} at {reference.epochs} epochs "
+    # only beside final runs of the paper's length and recipe: a search's chosen trial is
+    # ranked on validation, and another schedule is another protocol
+    if (reference.epochs != row["epochs_planned"] or row["recipe"] != source.recipe
+            or row["protocol"] != "final"):
+        columns["published_elsewhere"] = (f"{reference.accuracy:.2f}{mark} at {reference.epochs} epochs, "
+                                          f"recipe {source.recipe}, test-scored final runs "
                                           f"({source.label})")
         return columns
     teacher = published_teacher(source, row["dataset"], row["teacher"], row["student"])
@@ -163,14 +170,24 @@ def _compare_with_best(group: pd.DataFrame) -> pd.DataFrame:
         detectable_diff=[found[i].detectable if found.get(i) else math.nan for i in group.index])
 
 
+def _train_settings(config) -> dict:
+    try:
+        return json.loads(config)["train"]
+    except (TypeError, ValueError, KeyError):
+        return {}
+
+
 def with_defaults(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials with every column the board reads: what older parts (or a table without the
     columns) mean by those added since: the student's own data set's teacher, a student from
     scratch, fp32."""
     trials = trials.assign(**{name: value for name, value in ADDED["trials"].items() if name not in trials})
+    train = trials["config"].map(_train_settings)  # older parts: what their configs recorded
     return trials.assign(teacher_dataset=trials["teacher_dataset"].fillna(trials["dataset"]),
                          student_init=trials["student_init"].fillna("scratch"),
-                         precision=trials["precision"].fillna("fp32"),
+                         recipe=trials["recipe"].fillna(train.map(lambda t: t.get("recipe"))),
+                         precision=trials["precision"].fillna(train.map(lambda t: t.get("precision")))
+                         .fillna("fp32"),
                          **{name: trials[name].astype(float)
                             for name in ("cka", "rank_agreement", "teacher_test_acc")})
 

@@ -12,6 +12,7 @@ class Source(NamedTuple):
     selection: str  # which epoch's number the source reports, and where that is said
     selected_on_test: bool  # the source chose its epoch by test accuracy
     epochs: int  # the source's training length on this data set
+    recipe: str  # pcbench's name for the source's training recipe (recipes.py)
 
 
 class Published(NamedTuple):
@@ -22,16 +23,16 @@ class Published(NamedTuple):
 
 _REPDISTILLER = Source("RepDistiller", "HobbitLong/RepDistiller, README.md (CIFAR-100 table)",
                        "last epoch (train_student.py comments that the reported results are from "
-                       "the last epoch)", False, 240)
+                       "the last epoch)", False, 240, "cifar100-crd")
 # Read in megvii-research/mdistiller README.md: the DKD table "On CIFAR-100" (DKD 71.97
 # resnet56->resnet20, 76.32 resnet32x4->resnet8x4, 76.23 wrn_40_2->wrn_16_2, 74.68 vgg13->vgg8)
 # and "On ImageNet" (ResNet34->ResNet18: KD 71.03, DKD 71.70). The README gives no teacher
 # accuracies, so none is kept for its tables.
 _MDISTILLER_CIFAR = Source("mdistiller", "megvii-research/mdistiller, README.md (CIFAR-100 table)",
                            "best test epoch (mdistiller's trainer keeps the best test accuracy)",
-                           True, 240)
+                           True, 240, "cifar100-crd")
 _MDISTILLER_IMAGENET = Source("mdistiller", "megvii-research/mdistiller, README.md (ImageNet table)",
-                              _MDISTILLER_CIFAR.selection, True, 100)
+                              _MDISTILLER_CIFAR.selection, True, 100, "imagenet")
 
 # RepDistiller's train_student.py runs init() for --init_epochs (default 30) before the usual
 # 240 epochs when it distils with abound, factor or fsp (pcbench's ab, ft, fsp).

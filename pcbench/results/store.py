@@ -35,6 +35,7 @@ TRIALS_SCHEMA = pa.schema([
     ("epochs_planned", pa.int64()),
     ("wall_seconds", pa.float64()),  # a cohort member's: its share of the cohort's
     ("cohort_size", pa.int64()),  # trials trained in lockstep in the same process (1: alone)
+    ("seeds_planned", pa.int64()),  # final runs: the seed runs planned for the method (null: others)
     ("train_seconds", pa.float64()),
     ("workers", pa.int64()),
     ("gpus", pa.float64()),  # GPUs the trial held (fractions share one): GPU-hours = wall x gpus
@@ -77,7 +78,8 @@ SCHEMAS = {"trials": TRIALS_SCHEMA, "epochs": EPOCHS_SCHEMA}
 # Columns added after parts were first written, and what an older part means by them.
 ADDED = {"trials": {"cohort_size": 1, "cka": None, "rank_agreement": None,
                     "teacher_dataset": None, "student_init": "scratch",  # None: the student's
-                    "teacher_test_acc": None, "recipe": None, "precision": "fp32"},
+                    "teacher_test_acc": None, "recipe": None, "precision": None,
+                    "seeds_planned": None},  # the board reads recipe and precision from `config`
          "epochs": {"cka": None, "cka_taps": None, "rank_agreement": None}}
 
 

@@ -211,7 +211,7 @@ def cohort_mismatch(configs: list[TrialConfig]) -> str | None:
                              sort_keys=True, default=str) for f in flats}
         if len(values) > 1:
             return f"members differ in {key}"
-    modes = {getattr(c.method, "teacher_train_mode", False) for c in configs
+    modes = {get_method(c.method.name).teacher_in_train_mode(c.method) for c in configs
              if get_method(c.method.name).needs_teacher}
     if len(modes) > 1:  # one teacher forward: one BatchNorm mode
         return "members differ in the teacher's train mode"

@@ -203,7 +203,8 @@ def _choose_cohort(session: Session, item: Prepared) -> None:
     a knob they share is searched one trial per process. Refused where --cohort asked for more;
     by default, said in the plan."""
     from pcbench.engine import COHORT_SHARED
-    shared = [key for key in item.space.distributions if key == "method.teacher_train_mode"
+    own = get_method(item.method).cohort_shared_knobs
+    shared = [key for key in item.space.distributions if key.removeprefix("method.") in own
               or any(key == s or key.startswith(s + ".") for s in COHORT_SHARED)]
     item.cohort = session.cohort_size
     if not shared or item.cohort == 1:

@@ -13,7 +13,6 @@ import torch
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, y, sample indices
-SPLITS = ("train", "val", "test")
 
 
 class DataSource(Protocol):

@@ -128,6 +128,9 @@ class Method(nn.Module):
     # or has no teacher (ce).
     takes_kd: ClassVar[bool] = True
     adds_kd: ClassVar[bool] = False  # True for the `+kd` variants (with_kd)
+    # Knobs that change what a cohort's members share (the teacher's forward): a search over
+    # them runs one trial per process, and configurations that differ in them are no cohort.
+    cohort_shared_knobs: ClassVar[tuple[str, ...]] = ()
     # SGD with Nesterov momentum, where the method's reference code trains so (FCFD's).
     nesterov: ClassVar[bool] = False
     # A plug-in's search space, the `knobs:` mapping of a space file ({"method.weight": {type:
@@ -187,10 +190,14 @@ class Method(nn.Module):
         when no member of a cohort does)."""
         return self.needs_teacher
 
-    @property
-    def teacher_train_mode(self) -> bool:
+    @classmethod
+    def teacher_in_train_mode(cls, config: MethodConfig) -> bool:
         """Whether the teacher runs with BatchNorm on batch statistics (default: eval mode)."""
         return False
+
+    @property
+    def teacher_train_mode(self) -> bool:
+        return type(self).teacher_in_train_mode(self.config)
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -74,6 +74,7 @@ class FCFD(Method):
     same_stages = True
     sometimes_unused = True  # only the sampled paths' bridges take part in a step
     nesterov = True  # the authors' trainer: SGD(..., nesterov=True)
+    cohort_shared_knobs = ("teacher_train_mode",)
 
     def __init__(self, config: FCFDConfig, student: ModelInfo, teacher: ModelInfo, data: DataInfo):
         super().__init__(config, student, teacher, data)
@@ -99,9 +100,9 @@ class FCFD(Method):
     def taps(cls, config: FCFDConfig, stages: Sequence[str]) -> set[str]:
         return set(stages)
 
-    @property
-    def teacher_train_mode(self) -> bool:
-        return self.config.teacher_train_mode
+    @classmethod
+    def teacher_in_train_mode(cls, config: FCFDConfig) -> bool:
+        return config.teacher_train_mode
 
     def ramp(self, epoch: int) -> float:
         return ramp(epoch, self.config.warmup_share, self.epochs)

@@ -20,10 +20,6 @@ _SLICE = re.compile(r"stage\[(-?\d*):(-?\d*)\]")
 NAMED = ("last_stage", "middle_stage", "all_stages")
 
 
-def is_role(name: str) -> bool:
-    return name in NAMED or bool(_INDEX.fullmatch(name) or _SLICE.fullmatch(name))
-
-
 def common_stages(*stage_lists: Sequence[str]) -> list[str]:
     """The stages a role may name on every model given: the shorter list (stage1..stageN)."""
     return list(min(stage_lists, key=len))

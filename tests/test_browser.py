@@ -120,7 +120,7 @@ def test_mlflow_ui_shows_the_search_and_its_trial_runs(chromium, finished, artif
     parents = [r.info.run_name for r in runs if r.data.tags.get("pcbench.kind") == "search"]
     trials = [r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(trials) == 4
-    assert all(re.fullmatch(r"(ce|kd)-\w+", name) for name in trials)
+    assert all(re.fullmatch(r"(ce|kd)-[\w-]+", name) for name in trials)  # a cohort member: <trial>-m<i>
     # The same UI with fewer server processes: one web worker, no job runner (on 2 cores the
     # default 4 workers and job consumers take ~30 s to start, instead of ~10 s).
     monkeypatch.setenv("MLFLOW_WORKERS", "1")

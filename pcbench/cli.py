@@ -347,10 +347,12 @@ def suites() -> None:
     """List the suites shipped with pcbench. `pcbench benchmark NAME` runs one; copy its file to
     make a suite of your own."""
     from pcbench import api
-    table = Table("suite", "data set", "methods", "pairs", "file")
-    for name, suite, path in api.suites():
-        table.add_row(name, suite.dataset, str(len(suite.methods)), str(len(suite.pairs)), str(path))
+    table = Table("suite", "data set", "methods", "pairs")
+    listed = api.suites()
+    for name, suite, _ in listed:
+        table.add_row(name, suite.dataset, str(len(suite.methods)), str(len(suite.pairs)))
     Console().print(table)
+    typer.echo(f"files: {listed[0][2].parent}/<suite>.yaml")
 
 
 def _show_report(report) -> None:

@@ -109,6 +109,6 @@ def test_suites_lists_the_bundled_suites_and_benchmark_plans_one(installed):
         assert f" {name} " in listing
     folder = Path(listing.split("files: ")[1].split("/<suite>.yaml")[0])
     assert folder.is_relative_to(installed[1])
-    plan = json.loads(_pcbench(installed, "benchmark", str(folder / "demo.yaml"), "--method", "kd",
+    plan = json.loads(_pcbench(installed, "benchmark", "demo", "--method", "kd",  # by its name
                                "--dry-run", "--json"))
     assert [(entry["method"], entry["dataset"]) for entry in plan] == [("kd", "digits")]

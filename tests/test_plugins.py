@@ -28,7 +28,27 @@ def folder(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     shutil.copy(EXAMPLE, tmp_path / "mymethod.py")
     yield tmp_path
-    for name in ("mymethod", "bad", "parts"):
+    _forget(("mymethod", "bad", "parts"))
+
+
+def _forget(modules: tuple[str, ...]) -> None:
+    """What these test plug-ins registered, and their modules: the registries are the
+    process's, and other tests list them whole."""
+    import pcbench.data as data
+    import pcbench.methods as methods
+    import pcbench.models as models
+    import pcbench.recipes as recipes
+
+    for registry, module_of in ((methods._REGISTRY, lambda cls: cls.__module__),
+                                (methods._VARIANTS, lambda cls: cls.__module__),
+                                (models._ZOO, lambda entry: entry.model_class.__module__),
+                                (data._DATASETS, lambda entry: entry.load.__module__),
+                                (recipes._MAKERS, lambda make: make.__module__)):
+        for name in [n for n, value in registry.items() if module_of(value) in modules]:
+            del registry[name]
+            if registry is recipes._MAKERS:
+                del recipes.RECIPES[name]
+    for name in modules:
         sys.modules.pop(name, None)
     plugins._loaded.clear()
 

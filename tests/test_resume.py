@@ -19,7 +19,9 @@ EXPERIMENT = "resume-test"
 
 
 def _command(root: Path, teachers: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pcbench", "search", "--method", "kd", "--samples", "3",
+    # one trial per process (ASHA), so trials land one by one: a cohort of 3 lands all at once,
+    # which leaves no moment between them to kill the driver in
+    return [sys.executable, "-m", "pcbench", "search", "--method", "kd", "--samples", "3", "--cohort", "1",
             "--concurrent", "1", "--epochs", "2", "--seed", "0", "--experiment", EXPERIMENT,
             "--results", str(root / "results"), "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
             "--teachers", str(teachers), *extra]

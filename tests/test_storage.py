@@ -92,9 +92,12 @@ def test_search_and_report_through_a_file_uri(tmp_path, teacher_store, local_ray
     trials = pd.read_parquet(folder / "trials")
     assert len(trials) == 2 and set(trials.method) == {"kd"}
     assert len(pd.read_parquet(folder / "epochs")) == trials.epochs_run.sum()
-    # Ray's experiment and trial folders, with the trials' checkpoints, under <results>/ray
+    # Ray's experiment and trial folder (one cohort of the two), with its members' checkpoints,
+    # under <results>/ray
     checkpoints = list((folder / "ray").glob("*-kd/*/checkpoint_*"))
-    assert len({c.parent for c in checkpoints}) == 2, sorted((folder / "ray").rglob("*"))
+    assert len({c.parent for c in checkpoints}) == 1, sorted((folder / "ray").rglob("*"))
+    saved = {p.name for c in checkpoints for p in c.iterdir()}
+    assert "running.json" in saved and any(name.startswith("member-") for name in saved)
     report = CliRunner().invoke(app, ["report", "--results", uri])
     assert report.exit_code == 0, report.output + repr(report.exception)
     board = pd.read_parquet(folder / "report" / "leaderboard.parquet")  # default: <results>/report

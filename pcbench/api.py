@@ -134,15 +134,9 @@ def benchmark(suite: str | Path, *, plugins: Iterable[str] = (), data_dir: str |
     from pcbench.plugins import load as load_plugins
     from pcbench.plugins import resolve as resolve_plugin
     from pcbench.recipes import recipe as recipe_fragment
-    from pcbench.session import Request
-    from pcbench.suite import bundled_suites, load_suite
+    from pcbench.suite import load_suite
 
-    suite_path = Path(suite)
-    if not suite_path.is_file() and str(suite) in bundled_suites():  # a bare name: the bundled one
-        suite_path = bundled_suites()[str(suite)]
-    if not suite_path.is_file():
-        raise UserError(f"no suite file {suite}; pass a suite file, or the name of a bundled one "
-                        f"(`pcbench suites` lists them)")
+    suite_path = _suite_file(suite)
     spec = load_suite(suite_path)
     for flag, value in (("--samples", samples), ("--epochs", epochs), ("--seeds", seeds),
                         ("--final-epochs", final_epochs), ("--concurrent", concurrent),
@@ -166,25 +160,43 @@ def benchmark(suite: str | Path, *, plugins: Iterable[str] = (), data_dir: str |
     load_plugins(plugin_specs)  # before the suite's names are checked: they may be a plug-in's
     if spec.recipe is not None:
         recipe_fragment(spec.recipe)
-    budget_epochs = epochs if epochs is not None else spec.budget.epochs
-    requests = []
-    for pair in _chosen_pairs(spec, suite_path, pairs):
-        base = {"seed": spec.seed, "data": {"name": spec.dataset}, "teacher": pair.teacher,
-                "student": pair.student, "teacher_dataset": spec.teacher_dataset, "plugins": plugin_specs}
-        if data_dir is not None:
-            base["data"]["root"] = data_dir
-        if budget_epochs is not None:
-            base["train"] = {"epochs": budget_epochs}
-        requests.append(Request(
-            methods or spec.methods, base,
-            {**spec.set, **pair.set, **_overrides(set)},  # the suite's, the pair's, then the caller's
-            recipe=spec.recipe, samples=spec.budget.trials if samples is None else samples, seed=spec.seed,
-            final_seeds=spec.final_seeds(seeds),
-            final_epochs=spec.final_epochs if final_epochs is None else final_epochs))
+    requests = [_pair_request(spec, pair, plugin_specs, data_dir, epochs, methods, set, samples, seeds,
+                              final_epochs) for pair in _chosen_pairs(spec, suite_path, pairs)]
     outcome = _execute(session, requests, dry_run, progress, spec.name)
     if isinstance(outcome, Result):
         outcome.report = report(results)
     return outcome
+
+
+def _suite_file(suite: str | Path) -> Path:
+    """A suite file, or the bundled suite of that name."""
+    from pcbench.suite import bundled_suites
+
+    path = Path(suite)
+    if not path.is_file() and str(suite) in bundled_suites():
+        path = bundled_suites()[str(suite)]
+    if not path.is_file():
+        raise UserError(f"no suite file {suite}; pass a suite file, or the name of a bundled one "
+                        f"(`pcbench suites` lists them)")
+    return path
+
+
+def _pair_request(spec, pair, plugin_specs, data_dir, epochs, methods, overrides, samples, seeds,
+                  final_epochs):
+    """One pair of a suite as a Request: the suite's settings, then the pair's, then the caller's."""
+    from pcbench.session import Request
+
+    base = {"seed": spec.seed, "data": {"name": spec.dataset}, "teacher": pair.teacher,
+            "student": pair.student, "teacher_dataset": spec.teacher_dataset, "plugins": plugin_specs}
+    if data_dir is not None:
+        base["data"]["root"] = data_dir
+    budget_epochs = epochs if epochs is not None else spec.budget.epochs
+    if budget_epochs is not None:
+        base["train"] = {"epochs": budget_epochs}
+    return Request(methods or spec.methods, base, {**spec.set, **pair.set, **_overrides(overrides)},
+                   recipe=spec.recipe, samples=spec.budget.trials if samples is None else samples,
+                   seed=spec.seed, final_seeds=spec.final_seeds(seeds),
+                   final_epochs=spec.final_epochs if final_epochs is None else final_epochs)
 
 
 def report(results: str = DEFAULT_RESULTS, out: str | Path | None = None) -> Report:

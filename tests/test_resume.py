@@ -79,7 +79,8 @@ def test_a_search_killed_with_sigkill_resumes_where_it_was(tmp_path, teacher_sto
 
 def test_sigint_stops_the_whole_command_and_says_how_to_resume(tmp_path, teacher_store):
     log = tmp_path / "search.log"
-    process = _start(_command(tmp_path, teacher_store.root, "--method", "ce"), log)
+    # long enough trials that the command is still running when the signal comes
+    process = _start(_command(tmp_path, teacher_store.root, "--method", "ce", "--epochs", "8"), log)
     try:
         _wait_for_trials(tmp_path / "results", 1, process)
         os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group

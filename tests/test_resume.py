@@ -30,7 +30,14 @@ def _command(root: Path, teachers: Path, *extra: str) -> list[str]:
 def _start(command: list[str], log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)  # its own group: Ray's processes go with it
+                            start_new_session=True,  # its own group: Ray's processes go with it
+                            preexec_fn=_as_from_a_terminal)
+
+
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's default action, as a shell gives a command it starts: an ignored SIGINT is
+    inherited, and by the time this test runs something in the test process may ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_trials(results: Path, count: int, process: subprocess.Popen, timeout_s: float = 240):

@@ -88,7 +88,7 @@ def search(method: str | Iterable[str], *, plugins: Iterable[str] = (), dataset:
     from pcbench.session import Request
 
     methods = _listed(method)
-    if space is not None and len(set_of(methods)) > 1:
+    if space is not None and len(_names(methods)) > 1:
         raise UserError("--space applies to one method; search one method per --space file")
     session = _open_session(results, teachers, tracking_uri, optuna_storage, experiment=experiment,
                             address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
@@ -147,7 +147,7 @@ def benchmark(suite: str | Path, *, plugins: Iterable[str] = (), data_dir: str |
     if cpus_per_trial is not None and cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial {cpus_per_trial}: give more than 0")
     methods = _listed(methods)
-    if unknown := sorted(set_of(methods) - set_of(spec.methods)):
+    if unknown := sorted(_names(methods) - _names(spec.methods)):
         raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
                         f"choose among {', '.join(spec.methods)}")
     session = _open_session(
@@ -243,7 +243,8 @@ def _listed(values: "str | Iterable[str] | None") -> list[str]:
     return [values] if isinstance(values, (str, Path)) else list(values or [])
 
 
-def set_of(names: Iterable[str]) -> set[str]:
+def _names(names: Iterable[str]) -> set[str]:
+    """As a set (the `set` argument shadows the builtin here)."""
     return {str(name) for name in names}
 
 
@@ -282,10 +283,10 @@ def _chosen_pairs(spec, suite_path: Path, pairs: Iterable[str] | None):
     if not pairs:
         return spec.pairs
     named = {f"{p.teacher}->{p.student}": p for p in spec.pairs}
-    if unknown := sorted(set_of(pairs) - set(named)):
+    if unknown := sorted(_names(pairs) - set(named)):
         raise UserError(f"--pair {', '.join(unknown)} is not in {suite_path}; choose among "
                         f"{', '.join(named)}")
-    return [named[p] for p in named if p in set_of(pairs)]
+    return [named[p] for p in named if p in _names(pairs)]
 
 
 def _open_session(results, teachers, tracking_uri, optuna_storage=None, *, search=True, **settings):

@@ -270,7 +270,8 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
     if any(needs_teacher):
         taps = set().union(*(m.taps for m in members if m.needs_teacher))
         teacher_taps = Tapped(teacher, taps, compile=compile_mode)
-        teacher_mode = next(m.distiller.method.teacher_train_mode for m in members if m.needs_teacher)
+        teacher_mode = next(get_method(m.cfg.method.name).teacher_in_train_mode(m.cfg.method)
+                            for m in members if m.needs_teacher)
 
     per_rank_batch = max(1, cfg.data.batch_size // world)  # data.batch_size is the global batch
     first = min((m.start_epoch for m in members if m.running), default=cfg.train.epochs)

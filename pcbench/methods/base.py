@@ -195,10 +195,6 @@ class Method(nn.Module):
         """Whether the teacher runs with BatchNorm on batch statistics (default: eval mode)."""
         return False
 
-    @property
-    def teacher_train_mode(self) -> bool:
-        return type(self).teacher_in_train_mode(self.config)
-
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config
         logits = step.student_feats["logits"]

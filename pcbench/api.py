@@ -349,6 +349,7 @@ def train_teacher(model: str = "cnn_large", dataset: str = "digits", *, data_dir
     it, replacing a stored one (`pcbench teacher train`); its store record."""
     from pcbench.checks import check_results, check_writable
     from pcbench.data import check_dataset
+    from pcbench.launch import teacher_runner
     from pcbench.plugins import resolve as resolve_plugin
     from pcbench.storage import resolve
     from pcbench.teachers import TeacherStore, teacher_config
@@ -357,15 +358,12 @@ def train_teacher(model: str = "cnn_large", dataset: str = "digits", *, data_dir
     config = teacher_config(model, dataset, data_dir, _overrides(set), plugins=specs)
     check_dataset(dataset, data_dir)
     check_writable(Path(teachers), "--teachers")
-    runner = None
     if ray:
         from pcbench.launch.cluster import start_ray
-        from pcbench.launch.search import train_one
         check_results(results, "--results")
         start_ray(address, plugins=specs)
-        storage = resolve(results).join("ray").uri
-        runner = lambda c: train_one(c, storage, f"teacher-{dataset}-{model}",  # noqa: E731
-                                     cpus_per_trial, gpus_per_trial)
+    runner = teacher_runner(ray, resolve(results).join("ray").uri, cpus_per_trial, gpus_per_trial,
+                            on_epoch)
     on_start(config)
     return TeacherStore(Path(teachers)).train(config, runner, on_epoch=on_epoch)
 

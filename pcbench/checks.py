@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from pcbench.errors import UserError
-from pcbench.storage import Location, is_uri, resolve
+from pcbench.storage import Location, is_uri, resolve, sqlite_path, sqlite_uri
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 # MLflow tracking URIs pcbench can use: a SQLite file, a tracking server, or a database
@@ -20,7 +20,7 @@ OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 
 
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(Path("mlflow.db").resolve())
 
 
 def check_writable(path: Path, flag: str) -> None:
@@ -46,8 +46,8 @@ def check_results(value: "str | Path", flag: str = "--results") -> Location:
 def _check_sqlite(uri: str, flag: str) -> None:
     """A SQLite URI names a file that is a SQLite database or does not exist yet, in a
     folder that can be written."""
-    path = Path(uri.removeprefix("sqlite:///"))
-    if not uri.startswith("sqlite:///") or not path.name:
+    path = sqlite_path(uri)
+    if path is None or not path.name:
         raise UserError(f"{flag} {uri}: write a SQLite store as sqlite:////absolute/path.db or "
                         f"sqlite:///relative/path.db")
     if path.exists():

@@ -77,7 +77,8 @@ class Reference:
 
     def __init__(self, teacher_feats: dict[str, torch.Tensor]):
         self.grams = {name: centred_gram(rows) for name, rows in teacher_feats.items()}
-        self.ranks = row_ranks(cosine_dissimilarity(teacher_feats[EMBEDDING])) if EMBEDDING in teacher_feats else None
+        self.ranks = (row_ranks(cosine_dissimilarity(teacher_feats[EMBEDDING]))
+                      if EMBEDDING in teacher_feats else None)
 
     def compare(self, student_feats: dict[str, torch.Tensor]) -> dict[str, float]:
         """`cka/<tap>` for each tap both sides have, and `rank_agreement` at the embedding."""

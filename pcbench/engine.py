@@ -238,64 +238,90 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
     cfgs = [c if isinstance(c, TrialConfig) else TrialConfig.parse(c) for c in configs]
     if (why := cohort_mismatch(cfgs)) is not None:
         raise ValueError(f"not one cohort: {why}")
-    cfg = cfgs[0]
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    device = device or pick_device(cfg.train.device)
-    precision = cfg.train.precision
-    # compiling pays off where kernel launches dominate: on a GPU (and CUDA graphs exist only there)
-    compile_mode = cfg.train.compile if device.type == "cuda" else "off"
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-
-    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
-                        cfg.data.loader_workers).to(device)
-    needs_teacher = [get_method(c.method.name).needs_teacher for c in cfgs]
-    split = diagnostic_split(data)
-    # a CE member measures against the teacher when the driver attached one
-    diagnosing = [c.train.diagnostics and c.teacher_weights is not None and split is not None for c in cfgs]
-    teacher = teacher_info = None
-    if any(needs_teacher) or any(diagnosing):
-        teacher = load_teacher(cfg, data)
-        teacher_info = model_info(teacher, data.input_shape, cfg.teacher)
-        teacher = teacher.to(device, memory_format=memory_format)
-    members = [_Member(c, r, data, teacher_info if t else None, device, memory_format, compile_mode, world)
-               for c, r, t in zip(cfgs, reporters, needs_teacher)]
-    if any(diagnosing):
-        wanted = set().union(*(m.diagnose(teacher.TAP_NODES, split) for m, on in zip(members, diagnosing) if on))
-        reference = Reference(features(Tapped(teacher, wanted), data, split, memory_format))
-        for member, on in zip(members, diagnosing):
-            member.reference = reference if on else None
+    cohort = _Cohort(cfgs[0], device or pick_device(cfgs[0].train.device))
+    members = cohort.set_up(cfgs, reporters)
     for index in ended:
         members[index].running = False
-    teacher_taps = None  # what the training steps read of the teacher
-    if any(needs_teacher):
-        taps = set().union(*(m.taps for m in members if m.needs_teacher))
-        teacher_taps = Tapped(teacher, taps, compile=compile_mode)
-        teacher_mode = next(get_method(m.cfg.method.name).teacher_in_train_mode(m.cfg.method)
-                            for m in members if m.needs_teacher)
-
-    per_rank_batch = max(1, cfg.data.batch_size // world)  # data.batch_size is the global batch
-    first = min((m.start_epoch for m in members if m.running), default=cfg.train.epochs)
-    for epoch in range(first, cfg.train.epochs):
+    epochs = cohort.cfg.train.epochs
+    for epoch in range(min((m.start_epoch for m in members if m.running), default=epochs), epochs):
         live = [m for m in members if m.running and m.start_epoch <= epoch]
         if not live:
             continue  # none left, or the ones left resume at a later epoch
+        live = cohort.train_epoch(live, epoch)
+        if halving is not None:
+            for i in halving.stop(epoch + 1, {i: m.metrics.get("val_acc") for i, m in enumerate(members)
+                                              if m in live and m.running}):
+                members[i].running = False
+        if after_epoch is not None:
+            after_epoch(epoch + 1, {i for i, m in enumerate(members) if m.running})
+    return [m.metrics for m in members]
+
+
+class _Cohort:
+    """What a cohort's members share: the device and precision, the data, the teacher and
+    its taps (the union of what the members read)."""
+
+    def __init__(self, cfg: TrialConfig, device: torch.device):
+        self.cfg, self.device, self.precision = cfg, device, cfg.train.precision
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        # compiling pays off where kernel launches dominate: on a GPU (and CUDA graphs exist only there)
+        self.compile_mode = cfg.train.compile if device.type == "cuda" else "off"
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
+                                 cfg.data.loader_workers).to(device)
+        self.teacher: TapModel | None = None
+        self.teacher_taps: Tapped | None = None  # what the training steps read of the teacher
+        self.teacher_mode = False
+
+    def set_up(self, cfgs: list[TrialConfig], reporters: list[Reporter]) -> list["_Member"]:
+        needs_teacher = [get_method(c.method.name).needs_teacher for c in cfgs]
+        split = diagnostic_split(self.data)
+        # a CE member measures against the teacher when the driver attached one
+        diagnosing = [c.train.diagnostics and c.teacher_weights is not None and split is not None
+                      for c in cfgs]
+        teacher_info = None
+        if any(needs_teacher) or any(diagnosing):
+            self.teacher = load_teacher(self.cfg, self.data)
+            teacher_info = model_info(self.teacher, self.data.input_shape, self.cfg.teacher)
+            self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
+        members = [_Member(c, r, self.data, teacher_info if t else None, self.device, self.memory_format,
+                           self.compile_mode, self.world) for c, r, t in zip(cfgs, reporters, needs_teacher)]
+        if any(diagnosing):
+            wanted = set().union(*(m.diagnose(self.teacher.TAP_NODES, split)
+                                   for m, on in zip(members, diagnosing) if on))
+            tapped = Tapped(self.teacher, wanted)
+            reference = Reference(features(tapped, self.data, split, self.memory_format))
+            for member, on in zip(members, diagnosing):
+                member.reference = reference if on else None
+        if any(needs_teacher):
+            taps = set().union(*(m.taps for m in members if m.needs_teacher))
+            self.teacher_taps = Tapped(self.teacher, taps, compile=self.compile_mode)
+            self.teacher_mode = next(get_method(m.cfg.method.name).teacher_in_train_mode(m.cfg.method)
+                                     for m in members if m.needs_teacher)
+        return members
+
+    def train_epoch(self, live: list["_Member"], epoch: int) -> list["_Member"]:
+        """One epoch of the live members over one data stream; those still running after it."""
+        cfg, device = self.cfg, self.device
         started = time.perf_counter()
         for member in live:
             member.begin_epoch(epoch, device)
-        if teacher_taps is not None:
-            teacher_taps.train(teacher_mode)
-        steps = 0
+        if self.teacher_taps is not None:
+            self.teacher_taps.train(self.teacher_mode)
         # the teacher's forward runs only while some member reads it (AB and FSP stop after their first stage)
         reading = {id(m) for m in live if m.needs_teacher and m.distiller.method.reads_teacher(epoch)}
+        per_rank_batch = max(1, cfg.data.batch_size // self.world)  # data.batch_size is the global batch
         # the same order on every rank, and on a resumed trial
-        for x, y, index in data.batches("train", per_rank_batch, rank, world,
-                                        shuffle_seed=cfg.seed * 100_003 + epoch, augment=cfg.data.augment):
-            x = x.contiguous(memory_format=memory_format)
-            teacher_feats = teacher_features(teacher_taps, x, precision) if teacher_taps and reading else None
+        batches = self.data.batches("train", per_rank_batch, self.rank, self.world,
+                                    shuffle_seed=cfg.seed * 100_003 + epoch, augment=cfg.data.augment)
+        for steps, (x, y, index) in enumerate(batches, start=1):
+            x = x.contiguous(memory_format=self.memory_format)
+            teacher_feats = (teacher_features(self.teacher_taps, x, self.precision)
+                             if self.teacher_taps and reading else None)
             for member in live:
                 if member.bad_step is None:
-                    member.step(x, y, index, epoch, teacher_feats if id(member) in reading else None, teacher)
-            steps += 1
+                    member.step(x, y, index, epoch, teacher_feats if id(member) in reading else None,
+                                self.teacher)
             if steps % DIVERGENCE_CHECK_STEPS == 0 and _check_divergence(live):
                 break
         _check_divergence(live)
@@ -305,15 +331,9 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
         live = [m for m in live if m.running]
         train_seconds = time.perf_counter() - started
         for member in live:
-            member.end_epoch(epoch, data, rank, world, precision, memory_format,
+            member.end_epoch(epoch, self.data, self.rank, self.world, self.precision, self.memory_format,
                              train_seconds / len(live), device)
-        if halving is not None:
-            for i in halving.stop(epoch + 1, {i: m.metrics.get("val_acc") for i, m in enumerate(members)
-                                              if m in live and m.running}):
-                members[i].running = False
-        if after_epoch is not None:
-            after_epoch(epoch + 1, {i for i, m in enumerate(members) if m.running})
-    return [m.metrics for m in members]
+        return live
 
 
 class Halving(Protocol):
@@ -447,7 +467,8 @@ class _Member:
             metrics.update(self.reference.compare(features(self.diagnosed, data, self.split, memory_format)))
             metrics["diagnostics_seconds"] = time.perf_counter() - measuring
         # a cohort's training time is shared among the members it trained
-        metrics["epoch_seconds"] = train_seconds + metrics["eval_seconds"] + metrics.get("diagnostics_seconds", 0.0)
+        metrics["epoch_seconds"] = (train_seconds + metrics["eval_seconds"]
+                                    + metrics.get("diagnostics_seconds", 0.0))
         metrics["device"] = device.type
         self.metrics = metrics
         _report(self.reporter, metrics, rank, epoch, self.distiller, self.optimizer, self.schedule,

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pcbench.selection import trial_status
+
 SUMMARY_EVERY_S = 180.0
 
 
@@ -83,8 +85,7 @@ class PlainLog:
     def trial_finished(self, trial_id, error):
         trial = self.running.pop(trial_id)
         last = trial["last"]
-        status = ("diverged" if "diverged" in last else "error" if error
-                  else "completed" if last.get("epoch") == trial["planned"] else "stopped")
+        status = trial_status(error, "diverged" in last, last.get("epoch"), trial["planned"])
         val = last.get("val_acc")
         shown, test = _percent(val), _percent(last.get("test_acc"))
         # a search trial has validation accuracy only; a final run (no validation split) test only

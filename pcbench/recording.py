@@ -11,7 +11,7 @@ from pcbench.config import TrialConfig
 from pcbench.engine import DIVERGED
 from pcbench.launch.plan import Stage
 from pcbench.results import ResultsStore
-from pcbench.selection import SCORING_RULE, SELECTION_SPLIT
+from pcbench.selection import SCORING_RULE, SELECTION_SPLIT, trial_status
 
 if TYPE_CHECKING:  # MLflow is imported only where something is tracked
     from pcbench.tracking import Tracker
@@ -122,10 +122,10 @@ class SearchRecorder:
         cfg, epochs = trial.config, trial.epochs
         last = epochs[-1] if epochs else {}
         planned = cfg.train.epochs
-        if error is None and trial.diverged is not None:
-            status, error = DIVERGED, f"diverged: {trial.diverged}"
-        else:
-            status = "error" if error else ("completed" if last.get("epoch") == planned else "stopped")
+        diverged = error is None and trial.diverged is not None
+        status = trial_status(error, diverged, last.get("epoch"), planned)
+        if diverged:
+            error = f"diverged: {trial.diverged}"
         tags = {"pcbench.status": status, "pcbench.device": last.get("device", "")}
         self.tracker.set_tags(trial.run_id, {**tags, **({"pcbench.error": error} if error else {})})
         self.tracker.end_run(trial.run_id, "FAILED" if error else "FINISHED")

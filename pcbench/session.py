@@ -26,7 +26,7 @@ from pcbench.models import shapes_of
 from pcbench.plugins import load as load_plugins
 from pcbench.recipes import with_recipe
 from pcbench.spaces import TAP_KNOBS, SearchSpace, prepare_search
-from pcbench.storage import Location
+from pcbench.storage import Location, sqlite_path, sqlite_uri
 from pcbench.teachers import TeacherStore, needs_teacher
 
 # Search trials trained together by default: the searches are then deterministic (the same
@@ -94,11 +94,11 @@ def default_optuna_storage(tracking_uri: str, results: Location) -> str:
     """Beside a SQLite MLflow store, else in a local results folder, else (the results are
     remote, where SQLite cannot live) `optuna.db` in the working directory: the study is used
     by the driver only."""
-    if tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent
+    if tracking_file := sqlite_path(tracking_uri):
+        folder = tracking_file.resolve().parent
     else:
         folder = results.local_path if results.is_local else Path.cwd()
-    return f"sqlite:///{folder / 'optuna.db'}"
+    return sqlite_uri(folder / "optuna.db")
 
 
 @dataclass

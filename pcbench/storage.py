@@ -130,10 +130,24 @@ def list_files(location: Location, suffix: str) -> list[str]:
                   and info.base_name.endswith(suffix) and not info.base_name.startswith((".", "_")))
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a SQLAlchemy SQLite URL (`sqlite:///rel.db`, `sqlite:////abs.db`), or None
+    for any other URI. The one place such URLs are parsed."""
+    return Path(uri.removeprefix(SQLITE)) if uri.startswith(SQLITE) else None
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"{SQLITE}{path}"
+
+
 def sqlite_lock(uri: str):
     """A SQLite database is created (its schema migrated) by the first client that opens it;
     two commands started at once on a new store must not both do it. Other URIs need no lock."""
-    if not uri.startswith("sqlite:///"):
+    path = sqlite_path(uri)
+    if path is None:
         return contextlib.nullcontext()
     from filelock import FileLock
-    return FileLock(uri.removeprefix("sqlite:///") + ".lock")
+    return FileLock(f"{path}.lock")

@@ -116,11 +116,13 @@ class TeacherStore:
         write_atomic(record_path, lambda p: p.write_text(record.model_dump_json(indent=2)))
         return record
 
-    def ensure(self, model: str, dataset: str, on_epoch=None) -> TeacherRecord:
-        """The stored teacher, checked against its hash; trained first if there is none."""
+    def ensure(self, model: str, dataset: str, runner: Runner | None = None,
+               data_dir: str | None = None, plugins: list[str] = ()) -> TeacherRecord:
+        """The stored teacher, checked against its hash; trained first (by `runner`, as
+        `train`; its data under `data_dir`, its model or data from `plugins`) if there is none."""
         record = self.get(model, dataset)
         if record is None:
-            return self.train(teacher_config(model, dataset), on_epoch=on_epoch)
+            return self.train(teacher_config(model, dataset, data_dir, plugins=plugins), runner)
         if sha256_of(record.path) != record.sha256:
             raise UserError(f"teacher {record.path} does not match its recorded sha256; "
                             f"retrain it with `pcbench teacher train --model {model} --dataset {dataset}`")

@@ -5,7 +5,6 @@ cluster)."""
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,7 +12,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pcbench.errors import UserError
-from pcbench.storage import sqlite_lock
+from pcbench.storage import sqlite_lock, sqlite_path
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema-migration chatter
 
@@ -31,9 +30,8 @@ def runs_page(base_url: str, experiment_id: str) -> str:
 
 def _local_artifact_root(uri: str) -> str | None:
     """Artifacts of a local SQLite store go beside the database, not into the working dir."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-    return None
+    path = sqlite_path(uri)
+    return (path.resolve().parent / "mlartifacts").as_uri() if path else None
 
 
 class Tracker:

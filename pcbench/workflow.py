@@ -10,20 +10,20 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 from pcbench.config import TrialConfig
 from pcbench.errors import Interrupted, Terminated, UserError
-from pcbench.launch import backend
+from pcbench.launch import backend, teacher_runner
 from pcbench.launch.plan import FINAL, RUN, SEARCH, SearchPlan, Stage, TrialListener
 from pcbench.recipes import recipe, scale_milestones
 from pcbench.recording import SearchRecorder, package_versions
 from pcbench.results import ResultsStore
 from pcbench.results.selection import best_trial
 from pcbench.session import Prepared, Request, Session
+from pcbench.storage import sqlite_path
 from pcbench.teachers import attach, needs_teacher
 
 Work = Sequence[tuple[Request, list[Prepared]]]
@@ -71,33 +71,13 @@ def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (
     """Run validated requests (one per pair in a benchmark) under one MLflow parent run.
     Ctrl-C or SIGTERM (KeyboardInterrupt) ends the trials in flight as KILLED and raises
     Interrupted; `--resume` picks up there."""
-    from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
-
     request, prepared = work[0]
     experiment = session.experiment or (f"pcbench-benchmark-{suite}" if suite
                                         else experiment_name(prepared[0].template))
     kind = "benchmark" if suite else ("search" if request.search else "run")
     settings = fingerprint(session, work, suite)
-    nothing_to_resume = UserError(
-        f"no unfinished {kind}{'' if session.resume in (None, 'latest') else ' ' + session.resume} "
-        f"with these settings in experiment '{experiment}'; run the same command as before with "
-        f"--resume, or drop --resume to start a new one")
-    tracking = session.tracking_uri
-    if (session.resume and tracking.startswith("sqlite:///")
-            and not Path(tracking.removeprefix("sqlite:///")).exists()):
-        raise nothing_to_resume  # no store yet: nothing was ever run here
     # The store first: a bad URI fails before a teacher is trained or Ray started.
-    for uri in (tracking, session.optuna_storage):
-        if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(tracking, experiment, create=not session.resume)
-    if tracker.experiment_id is None:
-        raise nothing_to_resume
-    resumed = None
-    if session.resume:
-        resumed = tracker.unfinished_parent(settings, None if session.resume == "latest" else session.resume)
-        if resumed is None:
-            raise nothing_to_resume
+    tracker, resumed = _open_tracking(session, experiment, kind, settings)
     if session.ray:
         from pcbench.launch.cluster import start_ray
         start_ray(session.address,
@@ -138,6 +118,32 @@ def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (
     return Outcome(search_id, recorder.trials_seen, recorder.trials_failed, recorder.trials_diverged)
 
 
+def _open_tracking(session: Session, experiment: str, kind: str, settings: str):
+    """The MLflow experiment (created unless resuming) and, with --resume, the unfinished
+    parent run (search id, run id) with these settings; one line if there is none."""
+    from pcbench.tracking import Tracker  # MLflow is imported only when something is tracked
+
+    nothing_to_resume = UserError(
+        f"no unfinished {kind}{'' if session.resume in (None, 'latest') else ' ' + session.resume} "
+        f"with these settings in experiment '{experiment}'; run the same command as before with "
+        f"--resume, or drop --resume to start a new one")
+    tracking_file = sqlite_path(session.tracking_uri)
+    if session.resume and tracking_file and not tracking_file.exists():
+        raise nothing_to_resume  # no store yet: nothing was ever run here
+    for uri in (session.tracking_uri, session.optuna_storage):
+        if path := sqlite_path(uri):  # SQLite creates the file, not its folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(session.tracking_uri, experiment, create=not session.resume)
+    if tracker.experiment_id is None:
+        raise nothing_to_resume
+    if not session.resume:
+        return tracker, None
+    resumed = tracker.unfinished_parent(settings, None if session.resume == "latest" else session.resume)
+    if resumed is None:
+        raise nothing_to_resume
+    return tracker, resumed
+
+
 def _parent_params(session: Session, work: Work) -> dict[str, Any]:
     request, prepared = work[0]
     first = prepared[0].template
@@ -158,12 +164,15 @@ def _with_teacher(session: Session, prepared: list[Prepared], on_teacher) -> lis
     one: for the diagnostics (its representation measured against the teacher's), and so that
     it can share a cohort with the others."""
     records = {}
+    runner = teacher_runner(session.ray, session.results.join("ray").uri, session.cpus_per_trial,
+                            session.gpus_per_trial)
     for item in prepared:
-        key = (item.template.teacher, item.template.teacher_data)
-        if needs_teacher(item.template) and key not in records:
+        template = item.template
+        key = (template.teacher, template.teacher_data)
+        if needs_teacher(template) and key not in records:
             if session.teachers.get(*key) is None:
                 on_teacher(*key)
-            records[key] = session.teachers.ensure(*key)
+            records[key] = session.teachers.ensure(*key, runner, template.data.root, template.plugins)
     out = []
     for item in prepared:
         template, key = item.template, (item.template.teacher, item.template.teacher_data)

@@ -15,3 +15,17 @@ def backend(ray: bool):
         return run_search
     from pcbench.launch.local import run_local
     return run_local
+
+
+def teacher_runner(ray: bool, storage: str, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+                   on_epoch=None):
+    """How a teacher trains (teachers.Runner): a Ray trial, on a node with the resources a
+    trial asks for, or None: in this process (the store's own loop)."""
+    if not ray:
+        return None
+    from pcbench.launch.search import train_one
+
+    def run(config):
+        return train_one(config, storage, f"teacher-{config.data.name}-{config.student}",
+                         cpus_per_trial, gpus_per_trial, on_epoch)
+    return run

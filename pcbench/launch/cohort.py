@@ -87,7 +87,8 @@ class _CohortReporter:
                 shutil.rmtree(os.path.join(self.staging, name))  # ended early
         with open(os.path.join(self.staging, RUNNING), "w") as f:
             json.dump(sorted(running), f)
-        self.report(result, checkpoint=tune.Checkpoint.from_directory(self.staging) if self.rank == 0 else None)
+        checkpoint = tune.Checkpoint.from_directory(self.staging) if self.rank == 0 else None
+        self.report(result, checkpoint=checkpoint)
 
 
 def tune_cohort(knobs: dict[str, Any], *, templates: list[dict[str, Any]], cpus: float, gpus: float,

@@ -18,7 +18,7 @@ from ray.tune.utils.util import unflatten_dict
 from pcbench.config import TrialConfig, build_config
 from pcbench.engine import DIVERGED, is_metric
 from pcbench.launch.cohort import COHORT, MEMBERS, CohortSearch, cohort_count, member_id, tune_cohort
-from pcbench.launch.plan import SearchPlan, Stage, TrialListener
+from pcbench.launch.plan import RUN, SearchPlan, Stage, TrialListener
 from pcbench.launch.resources import trial_resources
 from pcbench.launch.trial import tune_trial
 from pcbench.selection import METRIC, MODE
@@ -267,18 +267,28 @@ def _trials_in_study(storage, study_name: str | None) -> int:
 
 
 def train_one(config: TrialConfig, storage: str, name: str, cpus_per_trial: float = 1.0,
-              gpus_per_trial: float = 0.0) -> tuple[dict[str, Any], str]:
-    """One trial on the cluster (a teacher's training): its last metrics and the folder of
-    its final checkpoint, copied to this machine. `storage`: a folder or a URI, as
-    SearchPlan.storage."""
-    trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, template=config.to_dict(), cpus=cpus_per_trial,
-                             gpus=gpus_per_trial, storage=storage),
-        trial_resources(config.train.workers, cpus_per_trial, gpus_per_trial))
-    result = tune.Tuner(trainable, run_config=tune.RunConfig(
-        name=name, storage_path=storage, verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        failure_config=tune.FailureConfig(max_failures=1))).fit()[0]
+              gpus_per_trial: float = 0.0, on_epoch=None) -> tuple[dict[str, Any], str]:
+    """One trial on the cluster (a teacher's training), run as a one-trial plan: its last
+    metrics and the folder of its final checkpoint, copied to this machine. `storage`: a
+    folder or a URI, as SearchPlan.storage; `on_epoch(metrics)` hears each epoch."""
+    plan = SearchPlan(name=name, stage=Stage(RUN, gpus_per_trial=gpus_per_trial), template=config,
+                      space=None, samples=1, concurrent=1, seed=config.seed, storage=storage,
+                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+    result = run_search(plan, [_EpochListener(on_epoch)] if on_epoch else [])[0]
     if result.error is not None:
         raise RuntimeError(f"training {config.student} failed: {result.error}")
     return result.metrics, result.checkpoint.to_directory()
+
+
+@dataclasses.dataclass
+class _EpochListener:
+    on_epoch: Any
+
+    def trial_started(self, trial_id, config, knobs, stage):
+        pass
+
+    def trial_epoch(self, trial_id, metrics):
+        self.on_epoch(metrics)
+
+    def trial_finished(self, trial_id, error):
+        pass

@@ -1,12 +1,12 @@
-"""The pcbench command line. Input is validated before Ray starts; a user error prints one
-line naming the fix and exits with code 2."""
+"""The commands: each parses its options (options.py) and calls one function of the API;
+what it prints is in output.py."""
 
 import functools
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -14,7 +14,9 @@ from rich.table import Table
 from typer._click.exceptions import ClickException  # Typer's own (vendored) Click
 from typer.core import TyperGroup
 
-from pcbench.api import DEFAULT_RESULTS
+from pcbench.api import DEFAULT_RESULTS, DEFAULT_TEACHERS
+from pcbench.cli import options as opt
+from pcbench.cli.output import console, show, show_report
 from pcbench.errors import Interrupted, Terminated, UserError
 from pcbench.progress import showing_progress
 
@@ -44,7 +46,6 @@ app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help
                   help="Benchmark and search representation-transfer (distillation) methods.")
 teacher_app = typer.Typer(no_args_is_help=True, help="Train and list stored teachers.")
 app.add_typer(teacher_app, name="teacher")
-console = Console(stderr=True)
 
 
 def user_errors(command):
@@ -87,88 +88,8 @@ def _stop_ray() -> None:
         stop_ray()
 
 
-# Options shared by run, search and demo.
-Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Data set (default: digits).")]
-Teacher = Annotated[Optional[str], typer.Option("--teacher", help="Teacher model.")]
-Student = Annotated[Optional[str], typer.Option("--student", help="Student model.")]
-TeacherDataset = Annotated[Optional[str], typer.Option(
-    "--teacher-dataset", help="Data set the teacher was trained on (default: the student's); another "
-    "task's for transfer: feature methods only, the classes differ.")]
-InitFromTeacher = Annotated[bool, typer.Option(
-    "--init-from-teacher", help="Start the student from the teacher's weights (same architecture), "
-    "its classifier re-initialised.")]
-Sets = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Dotted override, repeatable: method.tau=0.05, train.lr=0.1, pc.weight=2.")]
-# A str, not a Path: a Path would turn s3://bucket/x into s3:/bucket/x.
-Results = Annotated[str, typer.Option("--results", help=(
-    "Results folder or URI (Parquet, Ray's trial folders and checkpoints): a path, or file://, "
-    "s3://, gs://, ... (any pyarrow filesystem); every node must reach it."))]
-Teachers = Annotated[Path, typer.Option("--teachers", help="Teacher store folder.")]
-TrackingUri = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")]
-Experiment = Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment name.")]
-OptunaStorage = Annotated[Optional[str], typer.Option(
-    "--optuna-storage", help="Optuna study database (default: optuna.db beside a SQLite MLflow store, "
-    "else in a local --results folder, else in the working directory).")]
-Address = Annotated[Optional[str], typer.Option(
-    "--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local instance).")]
-Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Epochs per trial.")]
-DataDir = Annotated[Optional[str], typer.Option(
-    "--data-dir", help="Where data sets are (default: ~/.cache/pcbench/data).")]
-Recipe = Annotated[Optional[str], typer.Option(
-    "--recipe", help="Named training recipe: cifar100-crd, imagenet, digits (see README).")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="DDP workers per trial (>1: Ray Train).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the trials and of the Optuna sampler.")]
-CpusPerTrial = Annotated[float, typer.Option("--cpus-per-trial", help="CPUs a trial holds.")]
-GpusPerTrial = Annotated[float, typer.Option(
-    "--gpus-per-trial", help="GPUs a trial holds (fractions share one).")]
-Plugins = Annotated[Optional[list[str]], typer.Option(
-    "--plugin", help="A file, package folder or module registering your own methods, models, data "
-    "sets or recipes (docs/tutorial.md); repeatable.")]
-
-
-DryRun = Annotated[bool, typer.Option(
-    "--dry-run", help="Print the plan (budget, first point, every knob as resolved for the pair) "
-    "and what is missing; start and write nothing.")]
-Json = Annotated[bool, typer.Option("--json", help="With --dry-run: the plan as one JSON list on stdout.")]
-Resume = Annotated[bool, typer.Option(
-    "--resume", help="Continue the latest unfinished run of this same command: finished trials are "
-    "kept, unfinished ones go on from their checkpoints, the Optuna study where it was.")]
-ResumeId = Annotated[Optional[str], typer.Option(
-    "--resume-id", help="As --resume, for the unfinished run with this search id.")]
-
-
 def _resume(resume: bool, resume_id: Optional[str]) -> Optional[str]:
     return resume_id or ("latest" if resume else None)
-
-
-def _show_plan(entries: list[dict[str, Any]], missing: list[str], as_json: bool) -> None:
-    """A dry run's output: the plan on stdout (text or JSON), what is missing on stderr."""
-    import json
-
-    from pcbench.api import pair_label
-    if as_json:
-        typer.echo(json.dumps(entries, indent=1))
-    else:
-        for e in entries:
-            budget = e["budget"]
-            line = (f"{pair_label(e)}  {e['method']}: "
-                    f"{budget['trials']} trials x {budget['epochs']} epochs")
-            if "final" in e:
-                line += f", then {len(e['final']['seeds'])} seeds x {e['final']['epochs']} epochs"
-            typer.echo(line)
-            if "cohort_note" in e:
-                typer.echo(f"    searched {e['cohort_note']}")
-            for key, spec in e["knobs"].items():
-                if spec["type"] == "categorical":
-                    domain = "{" + ", ".join(map(str, spec["choices"])) + "}"
-                else:
-                    domain = (f"{spec['type']} {spec['low']:.4g}..{spec['high']:.4g}"
-                              + (" log" if spec["log"] else ""))
-                typer.echo(f"    {key:<24} {domain:<52} first {e['first_point'][key]}")
-    for line in dict.fromkeys(missing):
-        console.print(f"[yellow]missing:[/yellow] {line}", highlight=False, soft_wrap=True)
-    console.print("dry run: nothing started, nothing written", highlight=False)
 
 
 def _call(call, dry_run: bool = False):
@@ -179,30 +100,10 @@ def _call(call, dry_run: bool = False):
         return call(display)
 
 
-def _show(result, as_json: bool = False) -> None:
-    """A dry run's plan, or the lines every command ends with; exit code 1 if trials failed."""
-    from pcbench.api import Plan
-    if isinstance(result, Plan):
-        _show_plan(result.entries, result.missing, as_json)
-        return
-    if result.diverged:
-        console.print(f"[yellow]{result.diverged} of {result.trials} trials diverged[/yellow] "
-                      f"(non-finite loss; status 'diverged', never ranked)")
-    what = f"benchmark {result.suite} ({result.search_id})" if result.suite else f"search {result.search_id}"
-    console.print(f"{what}: {result.trials} trials; MLflow at {result.tracking_uri}, Parquet in "
-                  f"{result.results}/trials and /epochs", highlight=False, soft_wrap=True)
-    if result.report is not None:
-        _show_report(result.report)
-    if result.failed:
-        console.print(f"[red]{result.failed} of {result.trials} trials failed[/red] "
-                      f"(errors above and in MLflow)")
-        raise typer.Exit(1)
-
-
 @app.command()
 @user_errors
 def methods(
-    plugin: Plugins = None,
+    plugin: opt.Plugins = None,
     names: Annotated[bool, typer.Option("--names", help="Names only, one per line (for scripts).")] = False,
 ) -> None:
     """List the registered methods and where each comes from (pcbench, or a plug-in); each with a
@@ -228,17 +129,20 @@ def models() -> None:
 @user_errors
 def run(
     method: Annotated[str, typer.Option("--method", help="Method to run.")] = "pc",
-    dataset: Dataset = None, teacher: Teacher = None, student: Student = None, set_: Sets = None,
-    epochs: Epochs = None, workers: Workers = None, seed: Seed = 0, data_dir: DataDir = None,
-    recipe: Recipe = None, teacher_dataset: TeacherDataset = None, init_from_teacher: InitFromTeacher = False,
+    dataset: opt.Dataset = None, teacher: opt.Teacher = None, student: opt.Student = None,
+    set_: opt.Sets = None,
+    epochs: opt.Epochs = None, workers: opt.Workers = None, seed: opt.Seed = 0, data_dir: opt.DataDir = None,
+    recipe: opt.Recipe = None, teacher_dataset: opt.TeacherDataset = None,
+    init_from_teacher: opt.InitFromTeacher = False,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process, without Ray.")] = False,
-    results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
-    tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
-    cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0, plugin: Plugins = None,
+    results: opt.Results = DEFAULT_RESULTS, teachers: opt.Teachers = DEFAULT_TEACHERS,
+    tracking_uri: opt.TrackingUri = None, experiment: opt.Experiment = None, address: opt.Address = None,
+    cpus_per_trial: opt.CpusPerTrial = 1.0, gpus_per_trial: opt.GpusPerTrial = 0.0,
+    plugin: opt.Plugins = None,
 ) -> None:
     """Run one trial of one method with the given settings."""
     from pcbench import api
-    _show(_call(lambda progress: api.run(
+    show(_call(lambda progress: api.run(
         method, plugins=plugin or (), dataset=dataset, teacher=teacher, student=student, set=set_ or [],
         epochs=epochs, workers=workers, seed=seed, data_dir=data_dir, recipe=recipe,
         teacher_dataset=teacher_dataset, init_from_teacher=init_from_teacher, ray=not no_ray,
@@ -246,36 +150,26 @@ def run(
         address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, progress=progress)))
 
 
-Methods = Annotated[Optional[list[str]], typer.Option("--method", help="Method to search, repeatable.")]
-Space = Annotated[Optional[str], typer.Option(
-    "--space", help="Search space YAML (default: the bundled search_spaces/<method>.yaml).")]
-Samples = Annotated[int, typer.Option("--samples", help="Trials per method.")]
-Concurrent = Annotated[int, typer.Option("--concurrent", help="Trials (or cohorts) at once.")]
-COHORT_HELP = ("Search trials trained together in one process, sharing the data stream and the "
-               "teacher's forward; asked of Optuna a generation at a time and halved at fixed "
-               "rungs, so the search is deterministic, and a benchmark's final runs are paired. "
-               "Default 4 (1 for a space that searches a knob members share). 1: one trial per "
-               "process (ASHA).")
-
-
 @app.command()
 @user_errors
 def search(
-    method: Methods = None, dataset: Dataset = None, teacher: Teacher = None,
-    student: Student = None, set_: Sets = None, space: Space = None, samples: Samples = 8,
-    concurrent: Concurrent = 2, epochs: Epochs = None, workers: Workers = None, seed: Seed = 0,
-    results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
-    tracking_uri: TrackingUri = None, experiment: Experiment = None, address: Address = None,
-    cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0,
-    optuna_storage: OptunaStorage = None, data_dir: DataDir = None, recipe: Recipe = None,
-    dry_run: DryRun = False, as_json: Json = False, resume: Resume = False, resume_id: ResumeId = None,
-    cohort: Annotated[Optional[int], typer.Option("--cohort", help=COHORT_HELP)] = None,
-    teacher_dataset: TeacherDataset = None, init_from_teacher: InitFromTeacher = False,
-    plugin: Plugins = None,
+    method: opt.Methods = None, dataset: opt.Dataset = None, teacher: opt.Teacher = None,
+    student: opt.Student = None, set_: opt.Sets = None, space: opt.Space = None, samples: opt.Samples = 8,
+    concurrent: opt.Concurrent = 2, epochs: opt.Epochs = None, workers: opt.Workers = None,
+    seed: opt.Seed = 0,
+    results: opt.Results = DEFAULT_RESULTS, teachers: opt.Teachers = DEFAULT_TEACHERS,
+    tracking_uri: opt.TrackingUri = None, experiment: opt.Experiment = None, address: opt.Address = None,
+    cpus_per_trial: opt.CpusPerTrial = 1.0, gpus_per_trial: opt.GpusPerTrial = 0.0,
+    optuna_storage: opt.OptunaStorage = None, data_dir: opt.DataDir = None, recipe: opt.Recipe = None,
+    dry_run: opt.DryRun = False, as_json: opt.Json = False, resume: opt.Resume = False,
+    resume_id: opt.ResumeId = None,
+    cohort: opt.Cohort = None,
+    teacher_dataset: opt.TeacherDataset = None, init_from_teacher: opt.InitFromTeacher = False,
+    plugin: opt.Plugins = None,
 ) -> None:
     """Search each method's knobs with Ray Tune + Optuna (TPE), in cohorts (or with ASHA)."""
     from pcbench import api
-    _show(_call(lambda progress: api.search(
+    show(_call(lambda progress: api.search(
         method or [], plugins=plugin or (), dataset=dataset, teacher=teacher, student=student,
         set=set_ or [], space=space, samples=samples, concurrent=concurrent, epochs=epochs,
         workers=workers, seed=seed, results=results, teachers=teachers, tracking_uri=tracking_uri,
@@ -288,7 +182,7 @@ def search(
 def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, dry_run=False,
                as_json=False, set_=None, **options) -> None:
     from pcbench import api
-    _show(_call(lambda progress: api.benchmark(
+    show(_call(lambda progress: api.benchmark(
         suite_path, results=results, teachers=teachers, tracking_uri=tracking_uri, address=address,
         set=set_ or [], dry_run=dry_run, progress=progress, **options), dry_run), as_json)
 
@@ -298,26 +192,28 @@ def _benchmark(suite_path: Path, results, teachers, tracking_uri, address, *, dr
 def benchmark(
     suite: Annotated[str, typer.Argument(
         help="Suite YAML, or the name of a bundled one (demo, cifar100, ...: `pcbench suites`).")],
-    data_dir: DataDir = None,
+    data_dir: opt.DataDir = None,
     samples: Annotated[Optional[int], typer.Option("--samples", help="Search trials per method "
                                                    "(default: the suite's budget).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per search trial.")] = None,
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="Final runs per method.")] = None,
     final_epochs: Annotated[Optional[int], typer.Option(
         "--final-epochs", help="Epochs per final run.")] = None,
-    method: Methods = None, set_: Sets = None,
+    method: opt.Methods = None, set_: opt.Sets = None,
     pair: Annotated[Optional[list[str]], typer.Option(
         "--pair", help="Only this pair of the suite, as TEACHER->STUDENT; repeatable.")] = None,
-    cohort: Annotated[Optional[int], typer.Option("--cohort", help=COHORT_HELP)] = None,
+    cohort: opt.Cohort = None,
     concurrent: Annotated[Optional[int], typer.Option("--concurrent", help="Trials at once.")] = None,
     cpus_per_trial: Annotated[Optional[float], typer.Option(
         "--cpus-per-trial", help="CPUs a trial holds.")] = None,
     gpus_per_trial: Annotated[Optional[float], typer.Option(
         "--gpus-per-trial", help="GPUs a trial holds (0.25: four trials share a GPU).")] = None,
-    results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
-    tracking_uri: TrackingUri = None, address: Address = None, optuna_storage: OptunaStorage = None,
-    dry_run: DryRun = False, as_json: Json = False, resume: Resume = False, resume_id: ResumeId = None,
-    plugin: Plugins = None,
+    results: opt.Results = DEFAULT_RESULTS, teachers: opt.Teachers = DEFAULT_TEACHERS,
+    tracking_uri: opt.TrackingUri = None, address: opt.Address = None,
+    optuna_storage: opt.OptunaStorage = None,
+    dry_run: opt.DryRun = False, as_json: opt.Json = False, resume: opt.Resume = False,
+    resume_id: opt.ResumeId = None,
+    plugin: opt.Plugins = None,
 ) -> None:
     """Every method x pair of a suite: the same search budget each, selection on the validation
     split, the winner re-run with several seeds on the full training set, then the report."""
@@ -333,8 +229,8 @@ def benchmark(
 def demo(
     samples: Annotated[Optional[int], typer.Option("--samples", help="Trials per method.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per trial.")] = None,
-    results: Results = DEFAULT_RESULTS, teachers: Teachers = Path("pcbench-teachers"),
-    tracking_uri: TrackingUri = None, address: Address = None,
+    results: opt.Results = DEFAULT_RESULTS, teachers: opt.Teachers = DEFAULT_TEACHERS,
+    tracking_uri: opt.TrackingUri = None, address: opt.Address = None,
 ) -> None:
     """The whole loop on the bundled suite demo.yaml (see `pcbench suites`): ce, kd, pc, ot and
     fcfd on digits, equal budgets, 3 final seeds each, then the leaderboard."""
@@ -355,36 +251,17 @@ def suites() -> None:
     typer.echo(f"files: {listed[0][2].parent}/<suite>.yaml")
 
 
-def _show_report(report) -> None:
-    """The leaderboard as a table, and the files written."""
-    import pandas as pd
-
-    from pcbench.api import pair_label
-    for part, reason in report.skipped:
-        console.print(f"[yellow]warning:[/yellow] skipped {part} ({reason})", highlight=False, soft_wrap=True)
-    table = Table("data set", "pair", "method", "test acc (final runs)", "seeds", "val acc", "trials")
-    for row in report.board.itertuples():
-        spread = f" ± {100 * row.test_acc_std:.2f}" if row.seeds > 1 else ""
-        # a plain search's row has no test accuracy: searches never evaluate the test split
-        test = "" if pd.isna(row.test_acc_mean) else f"{100 * row.test_acc_mean:.2f}{spread}"
-        seeds = f"{row.seeds_ok}/{row.seeds_planned}" if row.protocol == "final" else ""
-        table.add_row(row.dataset, pair_label(row._asdict()), row.method, test, seeds,
-                      "" if pd.isna(row.val_acc) else f"{100 * row.val_acc:.2f}", str(row.trials))
-    Console().print(table)
-    console.print("wrote " + ", ".join(str(p) for p in report.paths))
-
-
 @app.command()
 @user_errors
 def report(
-    results: Results = DEFAULT_RESULTS,
+    results: opt.Results = DEFAULT_RESULTS,
     out: Annotated[Optional[Path], typer.Option("--out", help=(
         "Local report folder (default: <results>/report; ./pcbench-report when --results is a "
         "remote URI such as s3://...)."))] = None,
 ) -> None:
     """Write leaderboard.parquet, .md, .html and .tex from the results store."""
     from pcbench import api
-    _show_report(api.report(results, out))
+    show_report(api.report(results, out))
 
 
 @teacher_app.command("train")
@@ -392,10 +269,11 @@ def report(
 def teacher_train(
     model: Annotated[str, typer.Option("--model", help="Teacher architecture.")] = "cnn_large",
     dataset: Annotated[str, typer.Option("--dataset", help="Data set.")] = "digits",
-    data_dir: DataDir = None, set_: Sets = None, teachers: Teachers = Path("pcbench-teachers"),
+    data_dir: opt.DataDir = None, set_: opt.Sets = None, teachers: opt.Teachers = DEFAULT_TEACHERS,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process.")] = False,
-    results: Results = DEFAULT_RESULTS, address: Address = None,
-    cpus_per_trial: CpusPerTrial = 1.0, gpus_per_trial: GpusPerTrial = 0.0, plugin: Plugins = None,
+    results: opt.Results = DEFAULT_RESULTS, address: opt.Address = None,
+    cpus_per_trial: opt.CpusPerTrial = 1.0, gpus_per_trial: opt.GpusPerTrial = 0.0,
+    plugin: opt.Plugins = None,
 ) -> None:
     """Train a teacher with its data set's standard recipe (on Ray) and store it, replacing a
     stored one."""
@@ -419,7 +297,7 @@ def teacher_import(
         help="RepDistiller / mdistiller checkpoint ({'model': state_dict}).")],
     model: Annotated[str, typer.Option("--model", help="Its architecture (see `pcbench models`).")],
     dataset: Annotated[str, typer.Option("--dataset", help="The data set it was trained on.")],
-    data_dir: DataDir = None, teachers: Teachers = Path("pcbench-teachers"), plugin: Plugins = None,
+    data_dir: opt.DataDir = None, teachers: opt.Teachers = DEFAULT_TEACHERS, plugin: opt.Plugins = None,
 ) -> None:
     """Import a trained teacher: loaded strictly into the architecture, its test accuracy
     measured, then stored with its sha256."""
@@ -432,7 +310,7 @@ def teacher_import(
 
 @teacher_app.command("list")
 @user_errors
-def teacher_list(teachers: Teachers = Path("pcbench-teachers")) -> None:
+def teacher_list(teachers: opt.Teachers = DEFAULT_TEACHERS) -> None:
     """List the stored teachers."""
     from pcbench import api
     table = Table("model", "data set", "test acc", "recipe", "sha256", "created", "path")
@@ -445,7 +323,7 @@ def teacher_list(teachers: Teachers = Path("pcbench-teachers")) -> None:
 @app.command()
 @user_errors
 def ui(
-    tracking_uri: TrackingUri = None,
+    tracking_uri: opt.TrackingUri = None,
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
 ) -> None:

@@ -34,7 +34,7 @@ TRAINER_FILE = "trainer.pt"  # method modules, optimizer, schedule, epoch
 # `cka/<tap>`); drivers keep these keys out of the fields their schedulers add.
 METRICS = frozenset({"epoch", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr",
                      "batch_global", "epoch_seconds", "eval_seconds", "device", "rank_agreement",
-                     "diagnostics_seconds"})
+                     "diagnostics_seconds", "setup_seconds"})
 METRIC_PREFIXES = ("loss/", "cka/")  # per loss term, per tap
 
 
@@ -238,8 +238,11 @@ def train_cohort(configs: list[TrialConfig | dict[str, Any]], reporters: list[Re
     cfgs = [c if isinstance(c, TrialConfig) else TrialConfig.parse(c) for c in configs]
     if (why := cohort_mismatch(cfgs)) is not None:
         raise ValueError(f"not one cohort: {why}")
+    began = time.perf_counter()
     cohort = _Cohort(cfgs[0], device or pick_device(cfgs[0].train.device))
     members = cohort.set_up(cfgs, reporters)
+    for member in members:  # loading the data and the teacher, building the members
+        member.setup_seconds = time.perf_counter() - began
     for index in ended:
         members[index].running = False
     epochs = cohort.cfg.train.epochs
@@ -370,6 +373,7 @@ class _Member:
     def __init__(self, cfg: TrialConfig, reporter: Reporter, data: DataSource, teacher_info,
                  device, memory_format, compile_mode: str, world: int):
         self.cfg, self.reporter = cfg, reporter
+        self.setup_seconds: float | None = None  # reported with the first epoch trained here
         torch.manual_seed(cfg.seed)  # identical initial models and path sampling on every rank
         method_class = get_method(cfg.method.name)
         self.needs_teacher = method_class.needs_teacher
@@ -470,6 +474,8 @@ class _Member:
         metrics["epoch_seconds"] = (train_seconds + metrics["eval_seconds"]
                                     + metrics.get("diagnostics_seconds", 0.0))
         metrics["device"] = device.type
+        if self.setup_seconds is not None:  # the first epoch this process trained
+            metrics["setup_seconds"], self.setup_seconds = self.setup_seconds, None
         self.metrics = metrics
         _report(self.reporter, metrics, rank, epoch, self.distiller, self.optimizer, self.schedule,
                 self.random)

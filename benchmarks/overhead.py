@@ -108,8 +108,9 @@ class _Trials:
         self.events.append(("start", time.time()))
 
     def trial_epoch(self, trial_id, metrics):
-        if trial_id not in self.first_seen:
-            self.first_seen.add(trial_id)
+        process = trial_id.split("-m")[0]  # a cohort's members ("<trial>-m0", ...) load once
+        if process not in self.first_seen:
+            self.first_seen.add(process)
             self.events.append(("first", time.time() - metrics.get("epoch_seconds", 0.0)))
             self.clock.add("trials: data and teacher loading", metrics.get("setup_seconds", 0.0))
         epoch, evaluation = metrics.get("epoch_seconds", 0.0), metrics.get("eval_seconds", 0.0)

@@ -127,6 +127,7 @@ def cifar100_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_the_cifar100_suite_runs_on_a_directory_in_the_real_format(cifar100_dir, tmp_path, local_ray):
     teachers = tmp_path / "teachers"
     pairs = [("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")]  # two families, two stage counts

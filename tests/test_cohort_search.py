@@ -37,6 +37,7 @@ def test_a_default_search_gives_the_same_trials_whatever_its_concurrency(tmp_pat
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8  # every member told
 
 
+@pytest.mark.slow
 def test_a_cohort_runs_as_one_ddp_job_over_two_workers(tmp_path, teacher_store, local_ray):
     result = CliRunner().invoke(app, [
         # two cohorts one after the other: a DDP cohort's actor is never reused

@@ -113,6 +113,7 @@ def test_report_ranks_every_method_on_its_validation_choice(searched, tmp_path):
     assert all(f"| {m} |" in markdown for m in METHODS)
 
 
+@pytest.mark.slow
 def test_a_search_of_two_worker_ddp_trials_runs_every_trial(workspace):
     """Each trial a Ray Train DDP job, two at once, on the shared local Ray instance. The third
     trial can start only once a finished trial's workers have given their CPUs back: Tune

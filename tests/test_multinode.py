@@ -68,6 +68,7 @@ def two_node_cluster(tmp_path):
                     pass
 
 
+@pytest.mark.slow
 def test_a_job_submitted_to_a_two_node_cluster_runs_a_search(two_node_cluster, tmp_path):
     dashboard, env = two_node_cluster
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -54,6 +54,7 @@ def _mlflow_runs(root: Path):
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
+@pytest.mark.slow
 def test_a_search_killed_with_sigkill_resumes_where_it_was(tmp_path, teacher_store):
     first = _start(_command(tmp_path, teacher_store.root), tmp_path / "first.log")
     try:
@@ -84,6 +85,7 @@ def test_a_search_killed_with_sigkill_resumes_where_it_was(tmp_path, teacher_sto
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+@pytest.mark.slow
 def test_sigint_stops_the_whole_command_and_says_how_to_resume(tmp_path, teacher_store):
     log = tmp_path / "search.log"
     # long enough trials that the command is still running when the signal comes

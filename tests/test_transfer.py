@@ -93,6 +93,7 @@ def test_a_student_started_from_the_teacher_has_all_its_weights_but_the_classifi
     assert torch.equal(student.fc.weight, fresh_head)  # re-initialised: its own fresh weights
 
 
+@pytest.mark.slow
 def test_the_transfer_demo_suite_runs_and_its_leaderboard_names_the_teachers_task(
         tmp_path, teacher_store, local_ray):
     result = CliRunner().invoke(app, [str(a) for a in (

@@ -101,10 +101,9 @@ def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (
     status = "FAILED"
     try:
         for item_request, items in work:
-            searched = []
             for item in items:
                 on_search(item, item_request.samples + len(item_request.final_seeds))
-                searched.append(stages.search(item_request, item))
+            searched = stages.searches(item_request, items)
             if item_request.final_seeds:
                 stages.finals(item_request, items, searched)
         status = "FINISHED"
@@ -194,23 +193,41 @@ class _Stages:
         self.search_id, self.experiment = search_id, experiment
         self.run = backend(session.ray)
 
-    def search(self, request: Request, item: Prepared) -> list[dict[str, Any]]:
-        """A method's search (or single run); its trial rows."""
+    def searches(self, request: Request, items: list[Prepared]) -> list[list[dict[str, Any]]]:
+        """Each method's search (or single run) of one pair; each method's trial rows. Searches
+        in cohorts run side by side in one Tune experiment (each its own study, budget and
+        rungs), so the trial processes start once for all of them; the others one by one."""
         phase = SEARCH if request.search else RUN
+        plans = [self._search_plan(request, item, phase) for item in items]
+        plans = [plan for plan in plans if plan is not None]
+        side_by_side = [p for p in plans if p.cohort > 1 and p.space is not None] if self.session.ray else []
+        side_by_side = side_by_side if len(side_by_side) > 1 else []
+        if side_by_side:
+            # named after its methods: a resumed command whose unfinished methods differ starts
+            # a new experiment for the rest, rather than restore one that ran other plans
+            first = side_by_side[0].template
+            methods = "-".join(p.template.method.name for p in side_by_side)
+            self.run(side_by_side, self.listeners,
+                     name=f"{self.search_id}-{first.teacher}-{first.student}-{methods}")
+        for plan in plans:
+            if plan not in side_by_side:
+                self.run(plan, self.listeners)
+        return [self._rows(item.template, phase) for item in items]
+
+    def _search_plan(self, request: Request, item: Prepared, phase: str) -> SearchPlan | None:
+        """A method's search or run, of the trials a resumed command still needs (None: all)."""
         done = len(self._rows(item.template, phase)) if self.session.resume else 0
-        if done < request.samples:
-            t, pair = item.template, f"{item.template.teacher}-{item.template.student}"
-            if phase == SEARCH:  # selection sees the validation split only: no test metric exists
-                t = t.model_copy(update={"train": t.train.model_copy(update={"report_test": False})})
-            # a benchmark's study is its own (every method gets the same fresh budget, never one
-            # warm-started by an earlier run of the suite), per pair and method
-            study = f"{self.experiment}-{self.search_id}-{pair}" if self.recorder.suite else self.experiment
-            self.run(self._plan(
-                f"{self.search_id}-{pair}-{item.method}", Stage(phase, None, self._gpus(t)), t,
-                item.space, samples=request.samples - done,  # resumed with no Tune state: the rest
-                seed=request.seed, study_name=study_name(study, item.method),
-                cohort=item.cohort), self.listeners)
-        return self._rows(item.template, phase)
+        if done >= request.samples:
+            return None
+        t, pair = item.template, f"{item.template.teacher}-{item.template.student}"
+        if phase == SEARCH:  # selection sees the validation split only: no test metric exists
+            t = t.model_copy(update={"train": t.train.model_copy(update={"report_test": False})})
+        # a benchmark's study is its own (every method gets the same fresh budget, never one
+        # warm-started by an earlier run of the suite), per pair and method
+        study = f"{self.experiment}-{self.search_id}-{pair}" if self.recorder.suite else self.experiment
+        return self._plan(f"{self.search_id}-{pair}-{item.method}", Stage(phase, None, self._gpus(t)), t,
+                          item.space, samples=request.samples - done,  # resumed with no Tune state: the rest
+                          seed=request.seed, study_name=study_name(study, item.method), cohort=item.cohort)
 
     def finals(self, request: Request, items: list[Prepared], searched: list[list[dict[str, Any]]]) -> None:
         """A benchmark's final runs of one pair: each method's selected configuration, once per

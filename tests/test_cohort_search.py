@@ -1,5 +1,6 @@
 """Cohort searches on the real local Ray instance: the same command and seed give the same
-trials, whatever --concurrent is. Cohorts are the default, so the default search is so."""
+trials, whatever --concurrent is and whatever other method is searched beside it in the same
+experiment. Cohorts are the default, so the default search is so."""
 
 import json
 
@@ -13,28 +14,35 @@ from pcbench.cli import app
 pytestmark = pytest.mark.ray
 
 
-def _search(root, teacher_store, concurrent: int) -> pd.DataFrame:
+def _search(root, teacher_store, concurrent: int, methods=("kd",)) -> pd.DataFrame:
     result = CliRunner().invoke(app, [  # the default cohort: 4
-        "search", "--method", "kd", "--samples", "8", "--concurrent", str(concurrent),
+        "search", *[f"--method={m}" for m in methods], "--samples", "8", "--concurrent", str(concurrent),
         "--epochs", "3", "--seed", "0", "--results", str(root / "results"),
         "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--teachers", str(teacher_store.root)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     trials = pd.read_parquet(root / "results" / "trials")
-    return trials.sort_values("knobs").reset_index(drop=True)
+    return trials.sort_values(["method", "knobs"]).reset_index(drop=True)
 
 
-def test_a_default_search_gives_the_same_trials_whatever_its_concurrency(tmp_path, teacher_store, local_ray):
+def test_a_default_search_gives_the_same_trials_whatever_its_concurrency_and_neighbours(
+        tmp_path, teacher_store, local_ray):
     one = _search(tmp_path / "one", teacher_store, concurrent=1)
-    two = _search(tmp_path / "two", teacher_store, concurrent=2)
+    # kd and ce searched side by side in one Tune experiment, two cohorts at a time
+    both = _search(tmp_path / "two", teacher_store, concurrent=2, methods=("kd", "ce"))
+    experiments = [p.name for p in (tmp_path / "two" / "results" / "ray").iterdir() if p.is_dir()]
+    assert len(experiments) == 1 and experiments[0].endswith("-kd-ce")
+    assert both.groupby("method").size().to_dict() == {"ce": 8, "kd": 8}
+    two = both[both.method == "kd"].reset_index(drop=True)
     assert len(one) == 8 and (one.cohort_size == 4).all()
     # synchronous halving at the rungs (epochs 1 and 2 of 3): 4 -> 2 -> 1 member of each cohort
     assert sorted(one.status) == ["completed"] * 2 + ["stopped"] * 6
     assert [json.loads(k) for k in one.knobs] == [json.loads(k) for k in two.knobs]
     assert one.status.tolist() == two.status.tolist()
     assert one.val_acc.tolist() == two.val_acc.tolist()  # bit-identical on a CPU
-    study = optuna.load_study(study_name="pcbench-digits-cnn_large-to-cnn_small-kd",
-                              storage=f"sqlite:///{tmp_path / 'one' / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8  # every member told
+    for root, method in (("one", "kd"), ("two", "kd"), ("two", "ce")):
+        study = optuna.load_study(study_name=f"pcbench-digits-cnn_large-to-cnn_small-{method}",
+                                  storage=f"sqlite:///{tmp_path / root / 'optuna.db'}")
+        assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8  # every member told
 
 
 @pytest.mark.slow

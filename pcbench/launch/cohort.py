@@ -7,7 +7,6 @@ search gives the same trials whatever --concurrent is and however busy the machi
 import json
 import math
 import os
-import pickle
 import shutil
 import tempfile
 from typing import Any
@@ -31,6 +30,7 @@ GENERATION_TRIALS = 8
 RUNNING = "running.json"  # in a cohort's checkpoint: the members still running
 MEMBERS = "members"  # a cohort trial's config: {"members": [knobs, ...]}
 COHORT = "cohort"  # a cohort trial's result: {"cohort": {index: that member's metrics}, ...}
+PLAN = "plan"  # in an experiment of several searches, the index of the one a trial belongs to
 
 
 def member_id(trial_id: str, index: int) -> str:
@@ -91,12 +91,14 @@ class _CohortReporter:
         self.report(result, checkpoint=checkpoint)
 
 
-def tune_cohort(knobs: dict[str, Any], *, templates: list[dict[str, Any]], cpus: float, gpus: float,
-                storage: str) -> None:
-    """The Tune trainable of a cohort. A search's cohort: one template, each member's knobs
-    ({"members": [...]}), halved at the rungs. Paired final runs: one member per template, all
-    with this trial's seed, every one trained to the end. With train.workers > 1 the cohort is
-    one DDP job: every member data-parallel over the same workers."""
+def tune_cohort(knobs: dict[str, Any], *, templates: list[list[dict[str, Any]]], cpus: float,
+                gpus: float, storage: str) -> None:
+    """The Tune trainable of a cohort; `templates`: each plan's members (one list for an
+    experiment of one plan), the trial's plan named by knobs[PLAN]. A search's cohort: one
+    template, each member's knobs ({"members": [...]}), halved at the rungs. Paired final runs:
+    one member per template, all with this trial's seed, every one trained to the end. With
+    train.workers > 1 the cohort is one DDP job: every member data-parallel over the same workers."""
+    templates = templates[knobs.get(PLAN, 0)]
     workers = build_config(templates[0], {}).train.workers
     if workers == 1:
         torch.set_num_threads(max(1, int(cpus)))
@@ -186,21 +188,68 @@ class CohortSearch(Searcher):
                 self.study.tell(trial, value)
 
     # Tune saves the searcher with its experiment state; the study itself is in its storage, so
-    # Optuna trials are kept by id.
+    # Optuna trials are kept by id. JSON, not pickle: a resumed search reads it back.
     def save(self, checkpoint_path: str) -> None:
-        state = {"asked": self.asked, "latest": self.latest,
-                 "queue": [[t._trial_id for t in c] for c in self.queue],
-                 "running": {k: [t._trial_id for t in c] for k, c in self.running.items()}}
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(state, f)
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.state(), f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
+        with open(checkpoint_path) as f:
+            self.load_state(json.load(f))
+
+    def state(self) -> dict[str, Any]:
+        return {"asked": self.asked, "latest": self.latest,
+                "queue": [[t._trial_id for t in c] for c in self.queue],
+                "running": {k: [t._trial_id for t in c] for k, c in self.running.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
         trial = lambda tid: optuna.trial.Trial(self.study, tid)  # noqa: E731
-        self.asked, self.latest = state["asked"], state["latest"]
+        self.asked = state["asked"]
+        self.latest = {k: {int(i): m for i, m in v.items()} for k, v in state["latest"].items()}
         self.queue = [[trial(t) for t in c] for c in state["queue"]]
         self.running = {k: [trial(t) for t in c] for k, c in state["running"].items()}
+
+
+class SideBySide(Searcher):
+    """Several methods' cohort searches of one pair in one Tune experiment, so the trial
+    processes start once for all of them. Each keeps its own study, budget, generations and
+    rungs, and so the trials it would run alone; a free slot goes to the first search with a
+    cohort to run, so one waiting for its generation to be told leaves its slot to the next."""
+
+    def __init__(self, searches: list[CohortSearch]):
+        super().__init__(metric=METRIC, mode="max")
+        self.searches = searches
+        self.owner: dict[str, int] = {}  # Tune trial id -> the search it belongs to
+
+    def suggest(self, trial_id: str):
+        finished = 0
+        for index, search in enumerate(self.searches):
+            config = search.suggest(trial_id)
+            if config == Searcher.FINISHED:
+                finished += 1
+            elif config is not None:
+                self.owner[trial_id] = index
+                return {**config, PLAN: index}
+        return Searcher.FINISHED if finished == len(self.searches) else None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if (index := self.owner.get(trial_id)) is not None:
+            self.searches[index].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if (index := self.owner.pop(trial_id, None)) is not None:
+            self.searches[index].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump({"owner": self.owner, "searches": [s.state() for s in self.searches]}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        self.owner = state["owner"]
+        for search, saved in zip(self.searches, state["searches"], strict=True):
+            search.load_state(saved)
 
 
 def cohort_count(samples: int, size: int) -> int:

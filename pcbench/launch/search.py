@@ -17,7 +17,16 @@ from ray.tune.utils.util import unflatten_dict
 
 from pcbench.config import TrialConfig, build_config
 from pcbench.engine import DIVERGED, is_metric
-from pcbench.launch.cohort import COHORT, MEMBERS, CohortSearch, cohort_count, member_id, tune_cohort
+from pcbench.launch.cohort import (
+    COHORT,
+    MEMBERS,
+    PLAN,
+    CohortSearch,
+    SideBySide,
+    cohort_count,
+    member_id,
+    tune_cohort,
+)
 from pcbench.launch.plan import RUN, SearchPlan, Stage, TrialListener
 from pcbench.launch.resources import trial_resources
 from pcbench.launch.trial import tune_trial
@@ -28,10 +37,10 @@ SEARCH_ATTR = "pcbench.search"  # on each Optuna trial: the search that asked fo
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no banner each
 
 
-# The stages and listeners of each search running in this driver, by search name. Tune pickles
+# The stages (each plan's) and listeners of each experiment running in this driver, by name. Tune pickles
 # its callbacks with the experiment state, and restores them from it when a search is resumed;
 # listeners hold live clients and consoles, so the callback finds them here instead.
-_LISTENERS: dict[str, tuple[list[Stage], Sequence[TrialListener]]] = {}
+_LISTENERS: dict[str, tuple[list[list[Stage]], Sequence[TrialListener]]] = {}
 
 
 class _Relay(tune.Callback):
@@ -40,8 +49,8 @@ class _Relay(tune.Callback):
     for the listeners, so it is recorded as an error like any other. `templates`: the plan's
     members (SearchPlan.members), one but for paired finals."""
 
-    def __init__(self, name: str, templates: list[dict[str, Any]]):
-        self.name, self.templates = name, templates
+    def __init__(self, name: str, templates: list[list[dict[str, Any]]]):
+        self.name, self.templates = name, templates  # each plan's members
         self.started: set[str] = set()
 
     def __getstate__(self):
@@ -64,17 +73,18 @@ class _Relay(tune.Callback):
         """The trials a Tune trial runs, with their templates, knobs and stages: itself, a
         search cohort's members (one template, each its own knobs) or a paired final cohort's
         (each its own template, one seed)."""
-        stages = _LISTENERS[self.name][0]
+        plan = trial.config.get(PLAN, 0)
+        stages, templates = _LISTENERS[self.name][0][plan], self.templates[plan]
         members = trial.config.get(MEMBERS)
         if members is not None:
             stage = dataclasses.replace(stages[0], cohort=len(members))
-            return [(member_id(trial.trial_id, i), self.templates[0], knobs, stage)
+            return [(member_id(trial.trial_id, i), templates[0], knobs, stage)
                     for i, knobs in enumerate(members)]
-        if len(self.templates) > 1:
+        if len(templates) > 1:
             return [(member_id(trial.trial_id, i), template, trial.config,
-                     dataclasses.replace(stage, cohort=len(self.templates)))
-                    for i, (template, stage) in enumerate(zip(self.templates, stages))]
-        return [(trial.trial_id, self.templates[0], trial.config, stages[0])]
+                     dataclasses.replace(stage, cohort=len(templates)))
+                    for i, (template, stage) in enumerate(zip(templates, stages))]
+        return [(trial.trial_id, templates[0], trial.config, stages[0])]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         reports = ({member_id(trial.trial_id, int(i)): m for i, m in result[COHORT].items()}
@@ -149,20 +159,28 @@ class _OptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.ResultGrid:
-    members = plan.members()
-    templates = [template.to_dict() for template, _ in members]
-    searched_in_cohorts = plan.cohort > 1 and plan.space is not None
-    cohorts = searched_in_cohorts or len(members) > 1
+def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[TrialListener],
+               name: str | None = None) -> tune.ResultGrid:
+    """One Tune experiment: a plan, or the cohort searches of several methods of one pair side
+    by side (SideBySide: each its own study, budget and rungs), whose trial processes then
+    start once for all of them. `name`: the experiment's folder (default: the plan's name)."""
+    plans = [plans] if isinstance(plans, SearchPlan) else list(plans)
+    plan = plans[0]
+    if len(plans) > 1 and not all(_searched_in_cohorts(p) for p in plans):
+        raise ValueError("only cohort searches run side by side in one experiment")
+    name = name or plan.name
+    members = [p.members() for p in plans]
+    templates = [[template.to_dict() for template, _ in m] for m in members]
+    cohorts = _searched_in_cohorts(plan) or len(members[0]) > 1
     trainable = tune.with_resources(
         tune.with_parameters(tune_cohort, templates=templates, cpus=plan.cpus_per_trial,
                              gpus=plan.gpus_per_trial, storage=plan.storage) if cohorts
-        else tune.with_parameters(tune_trial, template=templates[0], cpus=plan.cpus_per_trial,
+        else tune.with_parameters(tune_trial, template=templates[0][0], cpus=plan.cpus_per_trial,
                                   gpus=plan.gpus_per_trial, storage=plan.storage),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
     param_space = {"seed": tune.grid_search(plan.seeds)} if plan.space is None and plan.seeds else None
-    path = f"{plan.storage.rstrip('/')}/{plan.name}"
-    _LISTENERS[plan.name] = ([stage for _, stage in members], listeners)
+    path = f"{plan.storage.rstrip('/')}/{name}"
+    _LISTENERS[name] = ([[stage for _, stage in m] for m in members], listeners)
     try:
         if plan.resume and tune.Tuner.can_restore(path):
             # a killed driver's search: finished trials stay finished, unfinished ones go on
@@ -172,10 +190,10 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
         else:
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
-                tune_config=_cohort_config(plan) if searched_in_cohorts else _tune_config(plan),
+                tune_config=_cohort_config(plans) if _searched_in_cohorts(plan) else _tune_config(plan),
                 run_config=tune.RunConfig(
-                    name=plan.name, storage_path=plan.storage, verbose=0,
-                    callbacks=[_Relay(plan.name, templates), JsonLoggerCallback()],
+                    name=name, storage_path=plan.storage, verbose=0,
+                    callbacks=[_Relay(name, templates), JsonLoggerCallback()],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     # A trial that dies (a lost node, a pre-empted worker) restarts once from
                     # its last checkpoint.
@@ -183,10 +201,15 @@ def run_search(plan: SearchPlan, listeners: Sequence[TrialListener]) -> tune.Res
                 ),
             )
         results = tuner.fit()
-        _fail_orphans(plan)
+        for each in plans:
+            _fail_orphans(each)
         return results
     finally:
-        _LISTENERS.pop(plan.name, None)
+        _LISTENERS.pop(name, None)
+
+
+def _searched_in_cohorts(plan: SearchPlan) -> bool:
+    return plan.cohort > 1 and plan.space is not None
 
 
 def _fail_orphans(plan: SearchPlan) -> None:
@@ -225,20 +248,26 @@ def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
                            reuse_actors=reuse)
 
 
-def _cohort_config(plan: SearchPlan) -> tune.TuneConfig:
-    """Cohort trials (tune_cohort) asked for by generation; no asynchronous scheduler: each
-    cohort halves its members itself at fixed rungs."""
+def _cohort_config(plans: list[SearchPlan]) -> tune.TuneConfig:
+    """Cohort trials (tune_cohort) asked for by generation, one searcher per plan (side by side
+    when several); no asynchronous scheduler: each cohort halves its members itself at fixed
+    rungs."""
+    searches = [_cohort_search(plan) for plan in plans]
+    plan = plans[0]
+    return tune.TuneConfig(search_alg=searches[0] if len(searches) == 1 else SideBySide(searches),
+                           num_samples=sum(cohort_count(p.samples, p.cohort) for p in plans),
+                           max_concurrent_trials=plan.concurrent,
+                           reuse_actors=plan.template.train.workers == 1)  # as _tune_config
+
+
+def _cohort_search(plan: SearchPlan) -> CohortSearch:
     storage = _optuna_storage(plan)
     earlier = _trials_in_study(storage, plan.study_name)
     study = optuna.create_study(
         study_name=plan.study_name if storage else None, storage=storage, direction="maximize",
         load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=_sampler_seed(plan, earlier)))
-    searcher = CohortSearch(study, plan.space.distributions, plan.cohort, plan.samples,
-                            None if earlier else plan.space.first_point(plan.template),
-                            plan.name, SEARCH_ATTR)
-    return tune.TuneConfig(search_alg=searcher, num_samples=cohort_count(plan.samples, plan.cohort),
-                           max_concurrent_trials=plan.concurrent,
-                           reuse_actors=plan.template.train.workers == 1)  # as _tune_config
+    return CohortSearch(study, plan.space.distributions, plan.cohort, plan.samples,
+                        None if earlier else plan.space.first_point(plan.template), plan.name, SEARCH_ATTR)
 
 
 def _optuna_storage(plan: SearchPlan) -> optuna.storages.RDBStorage | None:

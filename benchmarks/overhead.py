@@ -9,7 +9,9 @@ each method's Tune experiment (from its set-up to its first trial, the trials, a
 last trial to its end), the report, and the process's exit. Inside the trials it sums what the
 engine reports per epoch (training, evaluation, diagnostics, loading data and teacher) and
 the driver's recording of each trial event (MLflow, Parquet). `ray` is a bare `ray.init();
-ray.shutdown()` in a fresh process, the floor every Ray command pays.
+ray.shutdown()` in a fresh process, the floor every Ray command pays; `search-cli` is
+`pcbench search --method ce --samples 16 --epochs 1 --concurrent 2` as typed, its wall time
+only (`search` is the same search through the API, timed by stage).
 
 Writes reports/perf/overhead-<label>.json and prints a Markdown table. Needs Ray and MLflow.
 """
@@ -25,13 +27,14 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "perf"
 SEARCH = {"method": ["ce"], "samples": 16, "epochs": 1, "concurrent": 2}
+SEARCH_ARGS = ["--method", "ce", "--samples", "16", "--epochs", "1", "--concurrent", "2"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commands", nargs="+", default=["ray", "search", "demo"],
-                        choices=["ray", "search", "demo"])
+    parser.add_argument("--commands", nargs="+", default=["ray", "search-cli", "search", "demo"],
+                        choices=["ray", "search-cli", "search", "demo"])
     parser.add_argument("--label", default="now", help="names the output file: overhead-<label>.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -55,6 +58,10 @@ def _measure(command: str, scratch: Path) -> dict:
     scratch.mkdir(parents=True)
     timeline = scratch / "timeline.json"
     started = time.time()
+    if command == "search-cli":  # the command itself, as typed: its wall time only
+        subprocess.run([sys.executable, "-m", "pcbench", "search", *SEARCH_ARGS], check=True, cwd=scratch,
+                       capture_output=True)
+        return {"command": command, "wall": time.time() - started}
     subprocess.run([sys.executable, __file__, "--child", command, "--scratch", str(scratch)],
                    check=True, cwd=scratch, env={**os.environ, "OVERHEAD_STARTED": repr(started)})
     wall = time.time() - started

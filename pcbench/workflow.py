@@ -241,15 +241,23 @@ class _Stages:
             template = final_config(TrialConfig.parse(json.loads(best["config"])), request.final_epochs)
             selected.append((template, Stage(FINAL, best["trial_id"], self._gpus(template),
                                              planned_seeds=len(request.final_seeds))))
+        plans = []
         for group in self._paired(selected):
             if self.session.resume and all(len(self._rows(t, FINAL)) >= len(request.final_seeds)
                                            for t, _ in group):
                 continue  # all landed before the last driver died
             (first, stage), others = group[0], group[1:]
             label = "-".join(t.method.name for t, _ in group)
-            self.run(self._plan(f"{self.search_id}-{first.teacher}-{first.student}-{label}-final", stage,
-                                first, None, samples=1, seed=request.seed, seeds=request.final_seeds,
-                                paired=others), self.listeners)
+            plans.append(self._plan(f"{self.search_id}-{first.teacher}-{first.student}-{label}-final", stage,
+                                    first, None, samples=1, seed=request.seed, seeds=request.final_seeds,
+                                    paired=others))
+        if self.session.ray and len(plans) > 1:  # one experiment: no core idles between groups
+            label = "-".join(t.method.name for p in plans for t, _ in p.members())
+            self.run(plans, self.listeners, name=f"{self.search_id}-{plans[0].template.teacher}-"
+                                                 f"{plans[0].template.student}-{label}-final")
+        else:
+            for plan in plans:
+                self.run(plan, self.listeners)
 
     def _paired(self, selected: list[tuple[TrialConfig, Stage]]) -> list[list[tuple[TrialConfig, Stage]]]:
         """The final plans: where cohorts are on and the members can share a data stream, the

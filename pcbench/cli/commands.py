@@ -56,8 +56,12 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _terminate) if main else None
+        ray_was_up = _ray_up()  # one this command did not start (a test's, a notebook's) stays up
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            if not ray_was_up:  # stopped now, not at exit: Ray's own exit hook takes a second longer
+                _stop_ray()
+            return result
         except UserError as error:
             console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -86,6 +90,10 @@ def _stop_ray() -> None:
     if "ray" in sys.modules:  # else nothing started it
         from pcbench.api import stop_ray
         stop_ray()
+
+
+def _ray_up() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def _resume(resume: bool, resume_id: Optional[str]) -> Optional[str]:

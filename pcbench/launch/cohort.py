@@ -99,6 +99,7 @@ def tune_cohort(knobs: dict[str, Any], *, templates: list[list[dict[str, Any]]],
     one member per template, all with this trial's seed, every one trained to the end. With
     train.workers > 1 the cohort is one DDP job: every member data-parallel over the same workers."""
     templates = templates[knobs.get(PLAN, 0)]
+    knobs = {k: v for k, v in knobs.items() if k != PLAN}
     workers = build_config(templates[0], {}).train.workers
     if workers == 1:
         torch.set_num_threads(max(1, int(cpus)))

@@ -49,12 +49,13 @@ class _Relay(tune.Callback):
     for the listeners, so it is recorded as an error like any other. `templates`: the plan's
     members (SearchPlan.members), one but for paired finals."""
 
-    def __init__(self, name: str, templates: list[list[dict[str, Any]]]):
+    def __init__(self, name: str, templates: list[list[dict[str, Any]]], cohorts: bool):
         self.name, self.templates = name, templates  # each plan's members
+        self.cohorts = cohorts  # trained by tune_cohort: its members report by index
         self.started: set[str] = set()
 
     def __getstate__(self):
-        return {"name": self.name, "templates": self.templates, "started": set()}
+        return {"name": self.name, "templates": self.templates, "cohorts": self.cohorts, "started": set()}
 
     @property
     def listeners(self) -> Sequence[TrialListener]:
@@ -75,16 +76,17 @@ class _Relay(tune.Callback):
         (each its own template, one seed)."""
         plan = trial.config.get(PLAN, 0)
         stages, templates = _LISTENERS[self.name][0][plan], self.templates[plan]
-        members = trial.config.get(MEMBERS)
+        knobs = {k: v for k, v in trial.config.items() if k != PLAN}
+        members = knobs.get(MEMBERS)
         if members is not None:
             stage = dataclasses.replace(stages[0], cohort=len(members))
-            return [(member_id(trial.trial_id, i), templates[0], knobs, stage)
-                    for i, knobs in enumerate(members)]
-        if len(templates) > 1:
-            return [(member_id(trial.trial_id, i), template, trial.config,
+            return [(member_id(trial.trial_id, i), templates[0], member, stage)
+                    for i, member in enumerate(members)]
+        if self.cohorts:
+            return [(member_id(trial.trial_id, i), template, knobs,
                      dataclasses.replace(stage, cohort=len(templates)))
                     for i, (template, stage) in enumerate(zip(templates, stages))]
-        return [(trial.trial_id, templates[0], trial.config, stages[0])]
+        return [(trial.trial_id, templates[0], knobs, stages[0])]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         reports = ({member_id(trial.trial_id, int(i)): m for i, m in result[COHORT].items()}
@@ -161,24 +163,31 @@ class _OptunaSearch(OptunaSearch):
 
 def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[TrialListener],
                name: str | None = None) -> tune.ResultGrid:
-    """One Tune experiment: a plan, or the cohort searches of several methods of one pair side
-    by side (SideBySide: each its own study, budget and rungs), whose trial processes then
-    start once for all of them. `name`: the experiment's folder (default: the plan's name)."""
+    """One Tune experiment: a plan, or several plans of one pair side by side, whose trial
+    processes then start once for all of them: the cohort searches of several methods
+    (SideBySide: each its own study, budget and rungs), or final runs of the same seeds (a grid
+    over plan and seed, so no core idles while another plan has runs left). `name`: the
+    experiment's folder (default: the plan's name)."""
     plans = [plans] if isinstance(plans, SearchPlan) else list(plans)
     plan = plans[0]
-    if len(plans) > 1 and not all(_searched_in_cohorts(p) for p in plans):
-        raise ValueError("only cohort searches run side by side in one experiment")
+    if len(plans) > 1 and not (all(_searched_in_cohorts(p) for p in plans)
+                               or all(p.space is None and p.seeds == plan.seeds for p in plans)):
+        raise ValueError("side by side run only cohort searches, or final runs of the same seeds")
     name = name or plan.name
     members = [p.members() for p in plans]
     templates = [[template.to_dict() for template, _ in m] for m in members]
-    cohorts = _searched_in_cohorts(plan) or len(members[0]) > 1
+    cohorts = _searched_in_cohorts(plan) or len(plans) > 1 or len(members[0]) > 1
     trainable = tune.with_resources(
         tune.with_parameters(tune_cohort, templates=templates, cpus=plan.cpus_per_trial,
                              gpus=plan.gpus_per_trial, storage=plan.storage) if cohorts
         else tune.with_parameters(tune_trial, template=templates[0][0], cpus=plan.cpus_per_trial,
                                   gpus=plan.gpus_per_trial, storage=plan.storage),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
-    param_space = {"seed": tune.grid_search(plan.seeds)} if plan.space is None and plan.seeds else None
+    param_space = None
+    if plan.space is None:
+        param_space = {"seed": tune.grid_search(plan.seeds)} if plan.seeds else {}
+        param_space = {**({PLAN: tune.grid_search(list(range(len(plans))))} if len(plans) > 1 else {}),
+                       **param_space} or None
     path = f"{plan.storage.rstrip('/')}/{name}"
     _LISTENERS[name] = ([[stage for _, stage in m] for m in members], listeners)
     try:
@@ -193,7 +202,7 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
                 tune_config=_cohort_config(plans) if _searched_in_cohorts(plan) else _tune_config(plan),
                 run_config=tune.RunConfig(
                     name=name, storage_path=plan.storage, verbose=0,
-                    callbacks=[_Relay(name, templates), JsonLoggerCallback()],
+                    callbacks=[_Relay(name, templates, cohorts), JsonLoggerCallback()],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     # A trial that dies (a lost node, a pre-empted worker) restarts once from
                     # its last checkpoint.

@@ -398,30 +398,48 @@ def stored_teachers(teachers: str | Path = DEFAULT_TEACHERS) -> list:
     return TeacherStore(Path(teachers)).records()
 
 
-def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
-       on_start=lambda uri, address: None, on_experiment=lambda name, url: None) -> None:
+def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000, *,
+       insecure: bool = False, on_start=lambda uri, address: None,
+       on_experiment=lambda name, url: None, on_warning=lambda line: None) -> None:
     """Replace this process with MLflow's UI on the tracking store (`pcbench ui`), after telling
-    `on_start` where it will be and `on_experiment` each pcbench experiment's runs page."""
+    `on_start` where it will be and `on_experiment` each pcbench experiment's runs page. It
+    listens on the loopback interface unless `insecure`: MLflow's UI has no login here, and
+    anyone who reaches it can read and change every run. One web worker; only the names it is
+    served under are accepted as Host (no DNS rebinding)."""
     import os
+    import socket
     import sys
 
-    from pcbench.checks import check_port, check_tracking_uri, default_tracking_uri
+    from pcbench.checks import check_port, check_tracking_uri, default_tracking_uri, is_loopback
 
-    check_port(port)
+    check_port(port, host)
+    local = is_loopback(host)
+    if not local and not insecure:
+        raise UserError(f"--host {host} opens the tracking store to anyone who can reach this machine "
+                        f"(the UI has no login); keep 127.0.0.1 and use an SSH tunnel (ssh -L "
+                        f"{port}:127.0.0.1:{port} this-machine), or pass --insecure to accept that")
     uri = tracking_uri or default_tracking_uri()
     check_tracking_uri(uri)
     from mlflow.tracking import MlflowClient
 
     from pcbench.tracking import runs_page
 
-    base = f"http://{host}:{port}"
+    names = {host, "localhost", "127.0.0.1"} if local else {
+        host, socket.gethostname(), socket.getfqdn(), *socket.gethostbyname_ex(socket.gethostname())[2]}
+    names.discard("0.0.0.0")
+    allowed = sorted({f"{name}:{port}" for name in names} | names)
+    if not local:
+        on_warning(f"the UI on {host}:{port} has no login: anyone who reaches it can read and change "
+                   f"every run (--insecure)")
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     on_start(uri, base)
     experiments = MlflowClient(uri).search_experiments(order_by=["last_update_time DESC"], max_results=20)
     for experiment in experiments:
         if experiment.tags.get("mlflow.experimentKind") == "custom_model_development":
             on_experiment(experiment.name, runs_page(base, experiment.experiment_id))
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                              "--host", host, "--port", str(port)])
+    os.execv(sys.executable, [sys.executable, "-W", "ignore", "-m", "mlflow", "ui",
+                              "--backend-store-uri", uri, "--host", host, "--port", str(port),
+                              "--workers", "1", "--allowed-hosts", ",".join(allowed)])
 
 
 def stop_ray() -> None:

@@ -2,6 +2,8 @@
 starts: each failure is a UserError, one line that names the fix. Light: no PyTorch, no Ray,
 no MLflow import."""
 
+import errno
+import ipaddress
 import os
 import socket
 import urllib.error
@@ -122,12 +124,30 @@ def check_address(address: str | None) -> None:
 
 
 
-def check_port(port: int) -> None:
+def check_port(port: int, host: str = "127.0.0.1") -> None:
+    """The UI can listen on `host:port`: the port is free there (bound on that very host: one
+    taken on 127.0.0.2 is not seen from 127.0.0.1), and the host is this machine's."""
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port}: a port is 1..65535; pick a free one such as 5000")
-    with socket.socket() as probe:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError):
+        raise UserError(f"--host {host}: not an address or name of this machine; give one such "
+                        f"as 127.0.0.1") from None
+    with socket.socket(family) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            raise UserError(f"--port {port} is in use; pick another with --port") from None
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise UserError(f"--port {port} is in use on {host}; pick another with --port") from None
+            raise UserError(f"--host {host}: cannot listen there ({error.strerror}); give an "
+                            f"address of this machine such as 127.0.0.1") from None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback
+                   for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
+    except (socket.gaierror, UnicodeError, ValueError):
+        return False

@@ -95,7 +95,11 @@ def read_knobs(path: "str | Path | DeclaredSpace",
                allowed_prefix: str | None = None) -> dict[str, dict[str, Any]]:
     """The `knobs:` mapping of a space file (or a declared space), each a mapping with a type."""
     data = {"knobs": path.knobs} if isinstance(path, DeclaredSpace) else load_yaml(str(path))
-    knobs = data.get("knobs")
+    if set(data) != {"knobs"}:  # an empty file, or knobs written at the top level, searches nothing
+        unknown = ", ".join(sorted(map(str, set(data) - {"knobs"})))
+        raise UserError(f"{path}: a space file holds one key, 'knobs:' (a mapping; `knobs: {{}}` "
+                        f"searches the training knobs only)" + (f"; found {unknown}" if unknown else ""))
+    knobs = data["knobs"]
     if knobs is None:
         knobs = {}
     if not isinstance(knobs, dict):

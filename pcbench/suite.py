@@ -5,7 +5,7 @@ seeds re-run each winner."""
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from pcbench import bundled
 from pcbench.config import describe, load_yaml
@@ -54,6 +54,16 @@ class Suite(_Strict):
     # files (relative to the suite's folder), package folders or modules of your own methods,
     # models, data sets or recipes, as --plugin
     plugins: list[str] = []
+
+    @model_validator(mode="after")
+    def _each_once(self) -> "Suite":
+        """A pair or method listed twice would get twice the budget, and its "seeds" would be
+        copies of one another."""
+        pairs = [f"{p.teacher}->{p.student}" for p in self.pairs]
+        for what, names in (("pair", pairs), ("method", self.methods)):
+            if twice := sorted({n for n in names if names.count(n) > 1}):
+                raise ValueError(f"{what} {', '.join(twice)} listed twice; list each once")
+        return self
 
     def plugin_specs(self, path: str | Path) -> list[str]:
         """The suite's plug-ins as trials record them (files resolved from the suite's folder)."""

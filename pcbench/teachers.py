@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from filelock import FileLock
 from pydantic import BaseModel
 
 from pcbench.atomic import sha256_of, write_atomic
@@ -44,7 +45,7 @@ def teacher_config(model: str, dataset: str, data_dir: str | None = None,
 class TeacherRecord(BaseModel):
     model: str
     dataset: str
-    path: str
+    path: str  # stored relative to the store; read back as the store's own file
     sha256: str
     val_acc: float | None  # None when the teacher trained on all the training data
     test_acc: float
@@ -64,10 +65,16 @@ class TeacherStore:
         weights, record = self._paths(model, dataset)
         if not (weights.exists() and record.exists()):
             return None
-        return _read_record(record)
+        return self._read(record)
 
     def records(self) -> list[TeacherRecord]:
-        return [_read_record(p) for p in sorted(self.root.glob("*/*.json"))]
+        return [self._read(p) for p in sorted(self.root.glob("*/*.json"))]
+
+    def _read(self, path: Path) -> TeacherRecord:
+        """A record as stored (its `path` relative to the store), with `path` made this store's
+        own file: a copied or moved store hashes and loads its own weights."""
+        record = _read_record(path)
+        return record.model_copy(update={"path": str(path.with_suffix(".pt"))})
 
     def train(self, config: TrialConfig, runner: Runner | None = None, on_epoch=None) -> TeacherRecord:
         """Train `config` (see `teacher_config`) and store its student as the teacher. Without
@@ -110,11 +117,11 @@ class TeacherStore:
     def _record(self, model, dataset, val_acc, test_acc, recipe) -> TeacherRecord:
         weights, record_path = self._paths(model, dataset)
         record = TeacherRecord(
-            model=model, dataset=dataset, path=str(weights), sha256=sha256_of(weights),
-            val_acc=val_acc, test_acc=test_acc, recipe=recipe,
+            model=model, dataset=dataset, path=weights.relative_to(self.root).as_posix(),
+            sha256=sha256_of(weights), val_acc=val_acc, test_acc=test_acc, recipe=recipe,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_atomic(record_path, lambda p: p.write_text(record.model_dump_json(indent=2)))
-        return record
+        return record.model_copy(update={"path": str(weights)})
 
     def ensure(self, model: str, dataset: str, runner: Runner | None = None,
                data_dir: str | None = None, plugins: list[str] = ()) -> TeacherRecord:
@@ -122,7 +129,13 @@ class TeacherStore:
         `train`; its data under `data_dir`, its model or data from `plugins`) if there is none."""
         record = self.get(model, dataset)
         if record is None:
-            return self.train(teacher_config(model, dataset, data_dir, plugins=plugins), runner)
+            weights, _ = self._paths(model, dataset)
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            # two commands started at once on a new store: the second waits, then finds it
+            with FileLock(f"{weights}.lock"):
+                record = self.get(model, dataset)
+                if record is None:
+                    return self.train(teacher_config(model, dataset, data_dir, plugins=plugins), runner)
         if sha256_of(record.path) != record.sha256:
             raise UserError(f"teacher {record.path} does not match its recorded sha256; "
                             f"retrain it with `pcbench teacher train --model {model} --dataset {dataset}`")

@@ -22,6 +22,9 @@ def _files(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "suite.yaml").write_text(SUITE)
+    (tmp_path / "twice.yaml").write_text(SUITE.replace("methods: [ce]", "methods: [ce, kd, ce]"))
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "toplevel.yaml").write_text("method.tau: {type: float, low: 0.1, high: 1.0}\n")
     (tmp_path / "mode.yaml").write_text(
         "knobs:\n  method.teacher_train_mode: {type: categorical, choices: [true, false]}\n")
     cifar.write("cifar10", tmp_path / "data", per_class=2, test_per_class=1)
@@ -35,6 +38,11 @@ def _files(tmp_path):
 
 
 CASES = {
+    "a suite that lists a method twice": (["benchmark", "twice.yaml"], "method ce listed twice"),
+    "an empty space file": (["search", "--method", "pc", "--space", "empty.yaml"],
+                            "a space file holds one key, 'knobs:'"),
+    "a space file with its knobs at the top level": (
+        ["search", "--method", "pc", "--space", "toplevel.yaml"], "found method.tau"),
     "--set into a single value": (["search", "--method", "ce", "--set", "seed.x=1"],
                                   "--set seed.x: seed is a single value, not a section"),
     "epochs not a number, with a recipe": (

@@ -12,6 +12,7 @@ from pcbench.atomic import sha256_of
 from pcbench.cli import app
 from pcbench.data import cifar
 from pcbench.engine import accuracy_on_test
+from pcbench.errors import UserError
 from pcbench.models import create_model
 from pcbench.teachers import TeacherStore
 
@@ -86,3 +87,42 @@ def test_a_cifar_teacher_trains_with_the_published_recipe_on_all_the_training_da
     short = teacher_config("resnet56", "cifar100", overrides={"train.epochs": 30})
     assert (short.train.epochs, short.train.milestones) == (30, [19, 22, 26])
     assert json.loads(config.model_dump_json())["method"]["name"] == "ce"
+
+
+def test_a_copied_store_hashes_and_loads_its_own_weights(teacher_store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(teacher_store.root, copy)
+    stored = json.loads((copy / "digits" / "cnn_large.json").read_text())
+    assert stored["path"] == "digits/cnn_large.pt"  # relative to the store
+    record = TeacherStore(copy).ensure("cnn_large", "digits")
+    assert record.path == str(copy / "digits" / "cnn_large.pt")
+    (copy / "digits" / "cnn_large.pt").write_bytes(b"tampered")  # the copy's own file is checked
+    with pytest.raises(UserError, match="does not match its recorded sha256"):
+        TeacherStore(copy).ensure("cnn_large", "digits")
+
+
+def test_two_commands_at_once_train_a_new_teacher_once(tmp_path):
+    import threading
+    import time
+
+    trained = []
+
+    def runner(config):  # stands in for the recipe's training: an untrained student, stored
+        trained.append(config.student)
+        time.sleep(1.0)  # the second command arrives while the first trains
+        folder = tmp_path / f"trial-{len(trained)}"
+        folder.mkdir()
+        torch.save({"model": create_model(config.student).state_dict()}, folder / "model.pt")
+        return {"test_acc": 0.1}, str(folder)
+
+    store = TeacherStore(tmp_path / "teachers")
+    records = []
+    threads = [threading.Thread(target=lambda: records.append(store.ensure("cnn_small", "digits", runner)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert trained == ["cnn_small"] and records[0].sha256 == records[1].sha256

@@ -56,6 +56,7 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _terminate) if main else None
+        _sigterm.clear()
         ray_was_up = _ray_up()  # one this command did not start (a test's, a notebook's) stays up
         try:
             result = command(*args, **kwargs)
@@ -70,18 +71,24 @@ def user_errors(command):
             console.print(f"stopped: {stop.search_id} is unfinished; its finished trials are recorded. "
                           f"Continue it with the same command and --resume (or --resume-id {stop.search_id})",
                           highlight=False, soft_wrap=True)
-            raise typer.Exit(stop.exit_code) from None
+            raise typer.Exit(143 if _sigterm.is_set() else stop.exit_code) from None
         except KeyboardInterrupt as stop:  # before any search had started
             _stop_ray()
             console.print("stopped before anything was recorded", highlight=False)
-            raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
+            raise typer.Exit(143 if _sigterm.is_set() or isinstance(stop, Terminated) else 130) from None
         finally:
             if main:
                 signal.signal(signal.SIGTERM, previous)
     return wrapper
 
 
+# Set by SIGTERM: Ray turns a KeyboardInterrupt raised while it waits (our Terminated among
+# them) into a plain one, so the exception's class cannot tell SIGTERM from Ctrl-C.
+_sigterm = threading.Event()
+
+
 def _terminate(signum, frame):
+    _sigterm.set()
     raise Terminated()
 
 
@@ -333,10 +340,16 @@ def teacher_list(teachers: opt.Teachers = DEFAULT_TEACHERS) -> None:
 def ui(
     tracking_uri: opt.TrackingUri = None,
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on (loopback unless "
+                                                     "--insecure).")] = "127.0.0.1",
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Allow a host other than loopback: the UI has no login, so anyone who "
+        "reaches it can read and change every run.")] = False,
 ) -> None:
     """Start the MLflow UI on the tracking store; print each pcbench experiment's runs page."""
     from pcbench import api
-    api.ui(tracking_uri, host, port,
+    api.ui(tracking_uri, host, port, insecure=insecure,
            on_start=lambda uri, address: console.print(f"MLflow UI for {uri} at {address}", highlight=False),
-           on_experiment=lambda name, url: console.print(f"  {name}: {url}", highlight=False, soft_wrap=True))
+           on_experiment=lambda name, url: console.print(f"  {name}: {url}", highlight=False, soft_wrap=True),
+           on_warning=lambda line: console.print(f"[yellow]warning:[/yellow] {line}", highlight=False,
+                                                 soft_wrap=True))

@@ -1,8 +1,12 @@
 """Starting (or attaching to) Ray."""
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
+from pathlib import Path
 
 # Before Ray Tune is imported: no CSV/TensorBoard loggers per trial (MLflow and Parquet record
 # everything; search.py keeps Tune's JSON log for its own ResultGrid), and no per-trial
@@ -43,16 +47,31 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, dashboard
                             f"does not have them; run the command in a new process")
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    if address is None:
-        _start_local(num_cpus, dashboard)
-        return
+    with _keeping_sigterm():
+        if address is None:
+            _start_local(num_cpus, dashboard)
+            return
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                     runtime_env={"py_modules": shipped} if shipped else None)
+            _set_attached(shipped)
+        except ConnectionError as error:
+            raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "
+                            f"or RAY_ADDRESS") from None
+
+
+@contextlib.contextmanager
+def _keeping_sigterm():
+    """ray.init installs a SIGTERM handler that exits the process at once (Ray's core then
+    aborts it: exit 134); the command's own handler, which ends the trials in flight and the
+    runs, and exits 143, is put back."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                 runtime_env={"py_modules": shipped} if shipped else None)
-        _set_attached(shipped)
-    except ConnectionError as error:
-        raise UserError(f"cannot reach the Ray cluster at {address} ({error}); check --address "
-                        f"or RAY_ADDRESS") from None
+        yield
+    finally:
+        if callable(handler):  # a handler of the command's; else Ray's stays (the API's callers)
+            signal.signal(signal.SIGTERM, handler)
 
 
 # The plug-ins shipped to the cluster this process attached to (None: not attached to one; a
@@ -83,12 +102,22 @@ def _start_local(num_cpus: int | None, dashboard: bool) -> None:
     try:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
                  log_to_driver=False, logging_level=logging.WARNING)
+        _own_token_file()
     finally:  # this process may start another instance later (tests do)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _own_token_file() -> None:
+    """Ray writes the local instance's auth token to ~/.ray/auth_token readable by everyone;
+    only its user may read it (anyone who has it can submit work to the instance)."""
+    token = Path.home() / ".ray" / "auth_token"
+    with contextlib.suppress(OSError):  # none written (auth off), or not ours to change
+        if token.is_file() and token.stat().st_uid == os.getuid():
+            token.chmod(0o600)
 
 
 def _free_port() -> int:

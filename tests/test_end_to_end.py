@@ -190,3 +190,13 @@ def test_a_diverged_trial_fails_everywhere_and_is_never_ranked(workspace, tmp_pa
     board = leaderboard(mine).set_index("method")
     assert board.loc["kd", "val_acc"] > 0 and board.loc["ce", "diverged"] == 2
     assert pd.isna(board.loc["ce", "test_acc_mean"]) and board.index[0] == "kd"  # shown, never ranked
+
+
+def test_the_local_instance_leaves_its_auth_token_readable_by_its_user_alone(local_ray):
+    import stat
+    from pathlib import Path
+
+    token = Path.home() / ".ray" / "auth_token"
+    if not token.exists():
+        pytest.skip("this Ray runs without token authentication")
+    assert stat.S_IMODE(token.stat().st_mode) & 0o077 == 0  # anyone with it can submit work

@@ -28,6 +28,8 @@ from pcbench.models import PREACT, model_names, stage_taps, tap_names
 from pcbench.models.roles import common_stages
 from pcbench.plugins import load as load_plugins
 
+MAX_SEED = 2**31 - 1  # what every seeded library here accepts (numpy's RandomState: < 2**32)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no lr=.inf, no tau=.nan
@@ -89,7 +91,7 @@ class TrialConfig(_Section):
     teacher_dataset: str | None = None
     method: SerializeAsAny[MethodConfig]
     train: TrainConfig = TrainConfig()
-    seed: NonNegativeInt = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # numpy's and Optuna's samplers take 32-bit seeds
     # The plug-ins that define this trial's method, model, data set or recipe (files as
     # absolute paths, or module names): imported before the rest is read, in every process.
     plugins: list[str] = []

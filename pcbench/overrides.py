@@ -16,7 +16,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UserError(f"--set '{pair}' is not key=value; write it like --set method.tau=0.05")
         try:
-            overrides[key.strip()] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise UserError(f"--set {pair}: the value does not parse as YAML; quote it") from None
+        if isinstance(value, dict):  # `train={}` would drop every train setting given elsewhere
+            raise UserError(f"--set {pair}: set a section's keys one by one, as --set "
+                            f"{key.strip()}.<key>=<value>")
+        overrides[key.strip()] = value
     return overrides

@@ -3,7 +3,9 @@ built once per command: the stores (results, teachers, MLflow, Optuna) resolved 
 and where trials run and what each holds. A Request is one pair's methods, budget and
 protocol; validate() turns it into each method's template and space, or fails with one line."""
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +35,11 @@ from pcbench.teachers import TeacherStore, needs_teacher
 # seed gives the same trials at any concurrency) and a benchmark's final runs are paired. 4:
 # the demo's and a KD search's fastest on a 2-core machine (README, Cohorts).
 DEFAULT_COHORT = 4
+
+
+SEARCH_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")  # workflow.new_search_id
+MAX_NAME = 200
+EXPERIMENT_NAME = re.compile(rf"[\w.+@/:-]{{1,{MAX_NAME}}}")
 
 
 @dataclass
@@ -65,8 +72,15 @@ class Session:
             raise UserError(f"--concurrent {session.concurrent} runs nothing; give 1 or more")
         if session.cohort is not None and session.cohort < 1:
             raise UserError(f"--cohort {session.cohort}: give 1 (one trial per process) or more")
-        if session.cpus_per_trial <= 0 or session.gpus_per_trial < 0:
-            raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+        if not (0 < session.cpus_per_trial < math.inf and 0 <= session.gpus_per_trial < math.inf):
+            raise UserError("--cpus-per-trial must be a number > 0 and --gpus-per-trial one >= 0")
+        if session.resume not in (None, "latest") and not SEARCH_ID.fullmatch(session.resume):
+            raise UserError(f"--resume-id {session.resume!r} is not a search id; they look like "
+                            f"20261207-084055-f8bc98 (the `stopped:` line and each run's "
+                            f"pcbench.search_id tag name it)")
+        if session.experiment is not None and not EXPERIMENT_NAME.fullmatch(session.experiment):
+            raise UserError(f"--experiment: give a name of 1 to {MAX_NAME} letters, digits and "
+                            f"._-+@/: (no spaces or quotes)")
         check_writable(teachers, "--teachers")
         check_tracking_uri(session.tracking_uri)
         if search:
@@ -87,7 +101,7 @@ class Session:
 
     @property
     def cluster_address(self) -> str | None:
-        return self.address or os.environ.get("RAY_ADDRESS")
+        return self.address or os.environ.get("RAY_ADDRESS") or None  # an empty one: none
 
 
 def default_optuna_storage(tracking_uri: str, results: Location) -> str:

@@ -38,6 +38,15 @@ def _files(tmp_path):
 
 
 CASES = {
+    "a resume id with a quote": (["search", "--method", "ce", "--resume-id", "x' OR '1'='1"],
+                                 "is not a search id"),
+    "an experiment name of 300 characters": (["search", "--method", "ce", "--experiment", "e" * 300],
+                                             "--experiment: give a name of 1 to 200"),
+    "a seed past 32 bits": (["run", "--method", "ce", "--seed", str(2**70)], "seed"),
+    "CPUs per trial not a number": (["search", "--method", "ce", "--cpus-per-trial", "nan"],
+                                    "--cpus-per-trial must be a number > 0"),
+    "--set replacing a whole section": (["search", "--method", "ce", "--set", "train={}"],
+                                        "--set train={}: set a section's keys one by one"),
     "a suite that lists a method twice": (["benchmark", "twice.yaml"], "method ce listed twice"),
     "an empty space file": (["search", "--method", "pc", "--space", "empty.yaml"],
                             "a space file holds one key, 'knobs:'"),
@@ -167,3 +176,11 @@ def test_report_skips_a_damaged_part_with_a_warning(tmp_path):
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "bad.parquet" in warnings[0]
     assert (tmp_path / "report" / "leaderboard.parquet").exists()
+
+
+def test_an_empty_ray_address_means_a_local_instance(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", "")  # as an unset variable exported by a script
+    result = CliRunner().invoke(app, ["search", "--method", "ce", "--dry-run"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "missing" not in result.stderr

@@ -46,7 +46,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, dashboard
                             f"{', '.join(sorted(set(shipped) - _attached))} were named, so the cluster "
                             f"does not have them; run the command in a new process")
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or None  # an empty RAY_ADDRESS: none
     with _keeping_sigterm():
         if address is None:
             _start_local(num_cpus, dashboard)

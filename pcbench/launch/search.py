@@ -292,7 +292,7 @@ def _sampler_seed(plan: SearchPlan, earlier: int) -> int:
     """A study that already holds trials (a repeated or resumed search) gets a seed of its own,
     so it explores new configurations instead of re-drawing the earlier ones; its published
     first point, which it has tried, is then not tried again either (callers skip it)."""
-    return plan.seed + 1_000_003 * earlier
+    return (plan.seed + 1_000_003 * earlier) % 2**32  # numpy's RandomState takes 32 bits
 
 
 def _trials_in_study(storage, study_name: str | None) -> int:

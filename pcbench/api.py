@@ -212,6 +212,12 @@ def report(results: str = DEFAULT_RESULTS, out: str | Path | None = None) -> Rep
     if out is None:
         out = store.location.local_path / "report" if store.location.is_local else REMOTE_REPORT
     check_writable(Path(out), "--out")
+    if store.location.is_local:
+        tables = [store.location.local_path / table for table in ("trials", "epochs")]
+        if any(Path(out).resolve().is_relative_to(t.resolve()) for t in tables):
+            raise UserError(f"--out {out} is inside the store's tables, where the next report would "
+                            f"read the leaderboard as trials; write it elsewhere (default: "
+                            f"{store.location.local_path / 'report'})")
     skipped: list[tuple[str, str]] = []
     trials = store.read("trials", skipped)
     if len(skipped) == len(store.parts("trials")):

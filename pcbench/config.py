@@ -296,10 +296,22 @@ def build_config(base: dict[str, Any], overrides: dict[str, Any]) -> TrialConfig
     return TrialConfig.parse(tree)
 
 
+MAX_YAML_BYTES = 1 << 20  # a suite or space file is a few kilobytes
+MAX_YAML_ALIASES = 100  # YAML aliases can expand exponentially ("billion laughs")
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise UserError(f"{path} is over {MAX_YAML_BYTES >> 20} MiB; a suite or space file is "
+                            f"a few kilobytes of YAML")
+        text = raw.decode("utf-8")
+        if sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)) > MAX_YAML_ALIASES:
+            raise UserError(f"{path} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); write "
+                            f"the values out")
+        data = yaml.safe_load(text) or {}
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}; check the path") from None
     except UnicodeDecodeError:

@@ -107,6 +107,10 @@ class TeacherStore:
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise UserError(f"{source} holds no state_dict (expected {{'model': state_dict}})")
         state = {k.removeprefix("module."): v for k, v in state.items()}
+        non_finite = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad := next(iter(non_finite), None):
+            raise UserError(f"{source}: {bad} holds NaN or infinite values; this checkpoint cannot "
+                            f"teach (its training diverged); import another")
         accuracy = evaluate(model, state)
         weights, _ = self._paths(model, dataset)
         weights.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ def _files(tmp_path):
     (tmp_path / "suite.yaml").write_text(SUITE)
     (tmp_path / "twice.yaml").write_text(SUITE.replace("methods: [ce]", "methods: [ce, kd, ce]"))
     (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "bomb.yaml").write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefghijklm", "bcdefghijklmn")))
     (tmp_path / "toplevel.yaml").write_text("method.tau: {type: float, low: 0.1, high: 1.0}\n")
     (tmp_path / "mode.yaml").write_text(
         "knobs:\n  method.teacher_train_mode: {type: categorical, choices: [true, false]}\n")
@@ -38,6 +40,9 @@ def _files(tmp_path):
 
 
 CASES = {
+    "a suite that is a YAML alias bomb": (["benchmark", "bomb.yaml"], "more than 100 YAML aliases"),
+    "a report written into the store's trials": (
+        ["report", "--results", "broken", "--out", "broken/trials/x"], "is inside the store's tables"),
     "a resume id with a quote": (["search", "--method", "ce", "--resume-id", "x' OR '1'='1"],
                                  "is not a search id"),
     "an experiment name of 300 characters": (["search", "--method", "ce", "--experiment", "e" * 300],

@@ -66,6 +66,16 @@ def test_a_checkpoint_of_another_architecture_is_refused_and_nothing_is_stored(c
     assert not (tmp_path / "teachers").exists()
 
 
+def test_a_checkpoint_with_nan_weights_is_refused_and_nothing_is_stored(cifar_dir, tmp_path):
+    state = create_model("resnet8").state_dict()
+    next(v for v in state.values() if v.is_floating_point()).fill_(float("nan"))
+    torch.save({"model": state}, tmp_path / "ckpt.pth")
+    result = _invoke("teacher", "import", tmp_path / "ckpt.pth", "--model", "resnet8",
+                     "--dataset", "cifar100", "--data-dir", cifar_dir, "--teachers", tmp_path / "teachers")
+    assert result.exit_code == 2 and "holds NaN or infinite values" in result.output
+    assert not (tmp_path / "teachers").exists()
+
+
 def test_a_missing_teacher_names_both_ways_to_get_one(cifar_dir, tmp_path):
     result = _invoke("run", "--method", "kd", "--dataset", "cifar100", "--data-dir", cifar_dir,
                      "--teacher", "resnet32x4", "--student", "resnet8x4", "--no-ray",

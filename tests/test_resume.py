@@ -35,9 +35,11 @@ def _start(command: list[str], log: Path) -> subprocess.Popen:
 
 
 def _as_from_a_terminal() -> None:
-    """Ctrl-C's default action, as a shell gives a command it starts: an ignored SIGINT is
-    inherited, and by the time this test runs something in the test process may ignore it."""
+    """Ctrl-C's and a closed terminal's default actions, as a shell gives a command it starts:
+    an ignored SIGINT or SIGHUP is inherited (a test run under nohup, or started with & without
+    job control, ignores them)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _wait_for_trials(results: Path, count: int, process: subprocess.Popen, timeout_s: float = 240):
@@ -89,7 +91,8 @@ def test_a_search_killed_with_sigkill_resumes_where_it_was(tmp_path, teacher_sto
 @pytest.mark.parametrize("stop, code", [
     (lambda pid: os.killpg(pid, signal.SIGINT), 130),  # as Ctrl-C in a terminal: the whole group
     (lambda pid: os.kill(pid, signal.SIGTERM), 143),  # as a scheduler (Slurm, Kubernetes) ends a job
-], ids=["SIGINT", "SIGTERM"])
+    (lambda pid: os.kill(pid, signal.SIGHUP), 129),  # its terminal closed
+], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_stops_the_whole_command_and_says_how_to_resume(tmp_path, teacher_store, stop, code):
     log = tmp_path / "search.log"
     # long enough trials that the command is still running when the signal comes

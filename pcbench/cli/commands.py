@@ -49,14 +49,15 @@ app.add_typer(teacher_app, name="teacher")
 
 
 def user_errors(command):
-    """A UserError becomes one line on stderr and exit code 2. The first Ctrl-C or SIGTERM
-    stops the whole command: the trials in flight end as KILLED, the local Ray instance is
-    shut down, one line says how to resume, and the exit code is 130 (143 for SIGTERM)."""
+    """A UserError becomes one line on stderr and exit code 2. The first Ctrl-C, SIGTERM or
+    SIGHUP stops the whole command: the trials in flight end as KILLED, the local Ray instance
+    is shut down, one line says how to resume, and the exit code is 130 (143 for SIGTERM, 129
+    for SIGHUP)."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _terminate) if main else None
-        _sigterm.clear()
+        previous = {signum: signal.signal(signum, _terminate) for signum in _stop_signals()} if main else {}
+        _stopped_by.clear()
         ray_was_up = _ray_up()  # one this command did not start (a test's, a notebook's) stays up
         try:
             result = command(*args, **kwargs)
@@ -71,25 +72,36 @@ def user_errors(command):
             console.print(f"stopped: {stop.search_id} is unfinished; its finished trials are recorded. "
                           f"Continue it with the same command and --resume (or --resume-id {stop.search_id})",
                           highlight=False, soft_wrap=True)
-            raise typer.Exit(143 if _sigterm.is_set() else stop.exit_code) from None
+            raise typer.Exit(_exit_code(stop.exit_code)) from None
         except KeyboardInterrupt as stop:  # before any search had started
             _stop_ray()
             console.print("stopped before anything was recorded", highlight=False)
-            raise typer.Exit(143 if _sigterm.is_set() or isinstance(stop, Terminated) else 130) from None
+            raise typer.Exit(_exit_code(143 if isinstance(stop, Terminated) else 130)) from None
         finally:
-            if main:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     return wrapper
 
 
-# Set by SIGTERM: Ray turns a KeyboardInterrupt raised while it waits (our Terminated among
-# them) into a plain one, so the exception's class cannot tell SIGTERM from Ctrl-C.
-_sigterm = threading.Event()
+# The signal that stopped the command: Ray turns a KeyboardInterrupt raised while it waits (our
+# Terminated among them) into a plain one, so the exception's class cannot tell them apart.
+_stopped_by: list[int] = []
+
+
+def _stop_signals() -> list[int]:
+    """SIGTERM (schedulers end jobs so), and SIGHUP (a closed terminal) unless ignored when the
+    command started (nohup)."""
+    return [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
 
 
 def _terminate(signum, frame):
-    _sigterm.set()
+    _stopped_by.append(signum)
     raise Terminated()
+
+
+def _exit_code(default: int) -> int:
+    """128 + the signal, as a shell reports a process it ended: 143 for SIGTERM, 129 for SIGHUP."""
+    return 128 + _stopped_by[0] if _stopped_by else default
 
 
 def _stop_ray() -> None:

@@ -4,6 +4,7 @@ Driver-side callbacks hand every trial event, a cohort's per member, to the list
 MLflow/Parquet recorder, the progress display)."""
 
 import dataclasses
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -168,6 +169,7 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
     (SideBySide: each its own study, budget and rungs), or final runs of the same seeds (a grid
     over plan and seed, so no core idles while another plan has runs left). `name`: the
     experiment's folder (default: the plan's name)."""
+    started = datetime.now()  # Optuna's clock: naive local time
     plans = [plans] if isinstance(plans, SearchPlan) else list(plans)
     plan = plans[0]
     if len(plans) > 1 and not (all(_searched_in_cohorts(p) for p in plans)
@@ -211,7 +213,7 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
             )
         results = tuner.fit()
         for each in plans:
-            _fail_orphans(each)
+            _fail_orphans(each, started)
         return results
     finally:
         _LISTENERS.pop(name, None)
@@ -221,16 +223,20 @@ def _searched_in_cohorts(plan: SearchPlan) -> bool:
     return plan.cohort > 1 and plan.space is not None
 
 
-def _fail_orphans(plan: SearchPlan) -> None:
+def _fail_orphans(plan: SearchPlan, started: datetime) -> None:
     """A driver killed between asking Optuna for a trial and Tune's next save leaves that trial
     RUNNING in the study; when the resumed search needs no further trial nothing adopts it.
-    Once the search is over, no trial of it is running, so any left so is failed."""
+    Once the search is over, no trial of it is running, so any left so is failed; and so is one
+    killed between Optuna's ask and its first parameter, before it was marked as this search's
+    (no mark, no parameters, asked before this command `started`: a live command's is newer)."""
     if not plan.optuna_storage or plan.space is None:
         return
     storage = _optuna_storage(plan)
     study = optuna.load_study(study_name=plan.study_name, storage=storage)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.user_attrs.get(SEARCH_ATTR) == plan.name:
+        unmarked = (SEARCH_ATTR not in trial.user_attrs and not trial.params
+                    and trial.datetime_start is not None and trial.datetime_start < started)
+        if trial.user_attrs.get(SEARCH_ATTR) == plan.name or (plan.resume and unmarked):
             storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 

@@ -108,8 +108,8 @@ class TeacherStore:
             raise UserError(f"{source} holds no state_dict (expected {{'model': state_dict}})")
         state = {k.removeprefix("module."): v for k, v in state.items()}
         non_finite = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
-        if bad := next(iter(non_finite), None):
-            raise UserError(f"{source}: {bad} holds NaN or infinite values; this checkpoint cannot "
+        if non_finite:
+            raise UserError(f"{source}: {non_finite[0]} holds NaN or infinite values; this checkpoint cannot "
                             f"teach (its training diverged); import another")
         accuracy = evaluate(model, state)
         weights, _ = self._paths(model, dataset)

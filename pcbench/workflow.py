@@ -200,19 +200,26 @@ class _Stages:
         phase = SEARCH if request.search else RUN
         plans = [self._search_plan(request, item, phase) for item in items]
         plans = [plan for plan in plans if plan is not None]
-        side_by_side = [p for p in plans if p.cohort > 1 and p.space is not None] if self.session.ray else []
-        side_by_side = side_by_side if len(side_by_side) > 1 else []
-        if side_by_side:
-            # named after its methods: a resumed command whose unfinished methods differ starts
-            # a new experiment for the rest, rather than restore one that ran other plans
-            first = side_by_side[0].template
-            methods = "-".join(p.template.method.name for p in side_by_side)
-            self.run(side_by_side, self.listeners,
-                     name=f"{self.search_id}-{first.teacher}-{first.student}-{methods}")
+        in_cohorts = [p for p in plans if p.cohort > 1 and p.space is not None]  # ASHA's: one each
+        self._run_together(in_cohorts)
         for plan in plans:
-            if plan not in side_by_side:
+            if plan not in in_cohorts:
                 self.run(plan, self.listeners)
         return [self._rows(item.template, phase) for item in items]
+
+    def _run_together(self, plans: list[SearchPlan], suffix: str = "") -> None:
+        """Plans of one pair in one Tune experiment, so their trial processes start once; named
+        after their methods, so a resumed command whose unfinished plans differ starts a new
+        experiment for the rest rather than restore one that ran other plans. Without Ray, or
+        with one plan, each on its own."""
+        if not (self.session.ray and len(plans) > 1):
+            for plan in plans:
+                self.run(plan, self.listeners)
+            return
+        first = plans[0].template
+        methods = "-".join(t.method.name for plan in plans for t, _ in plan.members())
+        name = f"{self.search_id}-{first.teacher}-{first.student}-{methods}{suffix}"
+        self.run(plans, self.listeners, name=name)
 
     def _search_plan(self, request: Request, item: Prepared, phase: str) -> SearchPlan | None:
         """A method's search or run, of the trials a resumed command still needs (None: all)."""
@@ -251,13 +258,7 @@ class _Stages:
             plans.append(self._plan(f"{self.search_id}-{first.teacher}-{first.student}-{label}-final", stage,
                                     first, None, samples=1, seed=request.seed, seeds=request.final_seeds,
                                     paired=others))
-        if self.session.ray and len(plans) > 1:  # one experiment: no core idles between groups
-            label = "-".join(t.method.name for p in plans for t, _ in p.members())
-            self.run(plans, self.listeners, name=f"{self.search_id}-{plans[0].template.teacher}-"
-                                                 f"{plans[0].template.student}-{label}-final")
-        else:
-            for plan in plans:
-                self.run(plan, self.listeners)
+        self._run_together(plans, suffix="-final")  # one experiment: no core idles between groups
 
     def _paired(self, selected: list[tuple[TrialConfig, Stage]]) -> list[list[tuple[TrialConfig, Stage]]]:
         """The final plans: where cohorts are on and the members can share a data stream, the

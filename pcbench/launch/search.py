@@ -185,11 +185,12 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
         else tune.with_parameters(tune_trial, template=templates[0][0], cpus=plan.cpus_per_trial,
                                   gpus=plan.gpus_per_trial, storage=plan.storage),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
-    param_space = None
-    if plan.space is None:
-        param_space = {"seed": tune.grid_search(plan.seeds)} if plan.seeds else {}
-        param_space = {**({PLAN: tune.grid_search(list(range(len(plans))))} if len(plans) > 1 else {}),
-                       **param_space} or None
+    grid = {}  # runs (no space): each plan, each seed
+    if plan.space is None and len(plans) > 1:
+        grid[PLAN] = list(range(len(plans)))
+    if plan.space is None and plan.seeds:
+        grid["seed"] = plan.seeds
+    param_space = {key: tune.grid_search(values) for key, values in grid.items()} or None
     path = f"{plan.storage.rstrip('/')}/{name}"
     _LISTENERS[name] = ([[stage for _, stage in m] for m in members], listeners)
     try:

@@ -51,8 +51,9 @@ def test_bad_values_give_one_line_naming_the_fix(overrides, message):
 
 
 def test_unknown_method_lists_the_registered_ones():
-    with pytest.raises(UserError, match="unknown method .pcx.: choose one of ab, at, cc, ce, crd, dkd, fcfd, fitnet, fsp, ft, kd, nst"):
+    with pytest.raises(UserError, match="unknown method .pcx.: choose one of ") as error:
         build_config({"method": "pcx"}, {})
+    assert ", ".join(method_names()) in str(error.value)
 
 
 @pytest.mark.parametrize("method", method_names())

@@ -248,17 +248,20 @@ class _Stages:
             template = final_config(TrialConfig.parse(json.loads(best["config"])), request.final_epochs)
             selected.append((template, Stage(FINAL, best["trial_id"], self._gpus(template),
                                              planned_seeds=len(request.final_seeds))))
-        plans = []
+        by_seeds: dict[tuple[int, ...], list[SearchPlan]] = {}
         for group in self._paired(selected):
-            if self.session.resume and all(len(self._rows(t, FINAL)) >= len(request.final_seeds)
-                                           for t, _ in group):
-                continue  # all landed before the last driver died
+            # a resumed command runs the seeds not every member landed before the last driver died
+            seeds = [seed for seed in request.final_seeds if not all(
+                any(row["seed"] == seed for row in self._rows(t, FINAL)) for t, _ in group)]
+            if not seeds:
+                continue
             (first, stage), others = group[0], group[1:]
             label = "-".join(t.method.name for t, _ in group)
-            plans.append(self._plan(f"{self.search_id}-{first.teacher}-{first.student}-{label}-final", stage,
-                                    first, None, samples=1, seed=request.seed, seeds=request.final_seeds,
-                                    paired=others))
-        self._run_together(plans, suffix="-final")  # one experiment: no core idles between groups
+            by_seeds.setdefault(tuple(seeds), []).append(
+                self._plan(f"{self.search_id}-{first.teacher}-{first.student}-{label}-final", stage, first,
+                           None, samples=1, seed=request.seed, seeds=seeds, paired=others))
+        for plans in by_seeds.values():
+            self._run_together(plans, suffix="-final")  # one experiment: no core idles between groups
 
     def _paired(self, selected: list[tuple[TrialConfig, Stage]]) -> list[list[tuple[TrialConfig, Stage]]]:
         """The final plans: where cohorts are on and the members can share a data stream, the

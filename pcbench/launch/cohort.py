@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -21,7 +22,8 @@ from ray.tune.utils.util import unflatten_dict
 
 from pcbench.config import build_config
 from pcbench.engine import DIVERGED, SuccessiveHalving, train_cohort
-from pcbench.launch.trial import run_ddp
+from pcbench.launch.resume import COHORT_ATTR, RESUMES, TRIAL_ATTR, Resumption, without_mark
+from pcbench.launch.trial import run_ddp, tune_checkpoint
 from pcbench.selection import METRIC
 
 # Trials asked of Optuna at once (at least one cohort): a protocol setting, never --concurrent,
@@ -65,7 +67,7 @@ class _CohortReporter:
     Members that trained to the end keep theirs. `report` and `get_checkpoint` are Tune's in a
     one-worker cohort, Ray Train's on each DDP worker (rank 0 alone uploads the checkpoint)."""
 
-    def __init__(self, staging: str, epochs: int, report=tune.report, get_checkpoint=tune.get_checkpoint,
+    def __init__(self, staging: str, epochs: int, report=tune.report, get_checkpoint=tune_checkpoint,
                  rank: int = 0):
         self.staging, self.epochs, self.pending = staging, epochs, {}
         self.report, self.rank = report, rank
@@ -92,20 +94,22 @@ class _CohortReporter:
 
 
 def tune_cohort(knobs: dict[str, Any], *, templates: list[list[dict[str, Any]]], cpus: float,
-                gpus: float, storage: str) -> None:
+                gpus: float, storage: str, resumption: Resumption) -> None:
     """The Tune trainable of a cohort; `templates`: each plan's members (one list for an
     experiment of one plan), the trial's plan named by knobs[PLAN]. A search's cohort: one
     template, each member's knobs ({"members": [...]}), halved at the rungs. Paired final runs:
     one member per template, all with this trial's seed, every one trained to the end. With
     train.workers > 1 the cohort is one DDP job: every member data-parallel over the same workers."""
     templates = templates[knobs.get(PLAN, 0)]
-    knobs = {k: v for k, v in knobs.items() if k != PLAN}
+    earlier, continues = resumption.checkpoint(knobs), resumption.continued(knobs)
+    knobs = {k: v for k, v in without_mark(knobs).items() if k != PLAN}
     workers = build_config(templates[0], {}).train.workers
     if workers == 1:
         torch.set_num_threads(max(1, int(cpus)))
-        _train(knobs, templates)
+        _train(knobs, templates, get_checkpoint=lambda: tune_checkpoint(earlier))
     else:
-        run_ddp(_cohort_worker, {"knobs": knobs, "templates": templates}, workers, cpus, gpus, storage)
+        run_ddp(_cohort_worker, {"knobs": knobs, "templates": templates}, workers, cpus, gpus, storage,
+                continues)
 
 
 def _cohort_worker(loop_config: dict[str, Any]) -> None:
@@ -129,24 +133,52 @@ def _train(knobs: dict[str, Any], templates: list[dict[str, Any]], device=None, 
                      ended=set() if cohort.running is None else set(range(len(configs))) - cohort.running)
 
 
+@dataclass
+class _Queued:
+    """A cohort not yet handed to Tune: its Optuna trials, and for a killed driver's cohort the
+    Tune trial it continues, with its members' last results (epoch -> accuracy)."""
+
+    members: list[optuna.Trial]
+    continues: str | None = None
+    values: dict[int, dict[int, float]] = field(default_factory=dict)
+
+
 class CohortSearch(Searcher):
     """Optuna (seeded TPE) asked for a generation at a time: GENERATION_TRIALS configurations
     (at least one cohort of `size`), all asked before any is run, all told before the next
     generation is asked. A member stopped at a rung is told its last accuracy (as Ray tells ASHA's stopped
-    trials); a diverged or failed member is told FAIL."""
+    trials); a diverged or failed member is told FAIL. Each member's accuracy per epoch is
+    reported to its Optuna trial as it goes. A resumed search (`resumed`) first runs the killed
+    driver's untold trials, in their cohorts, from the study alone."""
 
     def __init__(self, study: optuna.Study, distributions: dict, size: int, budget: int,
-                 first_point: dict[str, Any] | None, search_name: str, attr: str):
+                 first_point: dict[str, Any] | None, search_name: str, attr: str, resumed: bool = False):
         super().__init__(metric=METRIC, mode="max")
         self.study, self.distributions = study, distributions
         self.size, self.budget = size, budget
         self.search_name, self.attr = search_name, attr
         if first_point:
             study.enqueue_trial(first_point)
-        self.asked = 0  # members asked for so far
-        self.queue: list[list[optuna.Trial]] = []  # cohorts of the current generation not yet run
-        self.running: dict[str, list[optuna.Trial]] = {}
+        self.asked = 0  # members asked for so far (a resumed search's untold ones included)
+        self.queue: list[_Queued] = []  # cohorts of the current generation not yet run
+        self.running: dict[str, _Queued] = {}
         self.latest: dict[str, dict[int, dict]] = {}
+        if resumed:
+            self._take_over()
+
+    def _take_over(self) -> None:
+        """The untold trials of this search (RUNNING in the study), grouped into the cohorts
+        they were asked in, in the order they were asked."""
+        untold = [t for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                  if t.user_attrs.get(self.attr) == self.search_name]
+        cohorts: dict[str, list[optuna.trial.FrozenTrial]] = {}
+        for frozen in sorted(untold, key=lambda t: t.number):
+            cohorts.setdefault(frozen.user_attrs.get(COHORT_ATTR, str(frozen.number)), []).append(frozen)
+        for frozen in cohorts.values():
+            self.queue.append(_Queued([optuna.trial.Trial(self.study, t._trial_id) for t in frozen],
+                                      frozen[0].user_attrs.get(TRIAL_ATTR),
+                                      {i: t.intermediate_values for i, t in enumerate(frozen)}))
+        self.asked = len(untold)
 
     def suggest(self, trial_id: str):
         if not self.queue:
@@ -155,10 +187,16 @@ class CohortSearch(Searcher):
             if self.asked >= self.budget:
                 return Searcher.FINISHED
             self._ask_generation()
-        members = self.queue.pop(0)
-        self.running[trial_id] = members
-        self.latest[trial_id] = {}
-        return {MEMBERS: [unflatten_dict(t.params) for t in members]}
+        cohort = self.queue.pop(0)
+        self.running[trial_id] = cohort
+        # a killed driver's members that stopped at a rung are told their last accuracy
+        self.latest[trial_id] = {i: {METRIC: v[max(v)], "epoch": max(v)}
+                                 for i, v in cohort.values.items() if v}
+        if cohort.continues is None:
+            for trial in cohort.members:
+                trial.set_user_attr(TRIAL_ATTR, trial_id)
+        config = {MEMBERS: [unflatten_dict(t.params) for t in cohort.members]}
+        return {**config, RESUMES: cohort.continues} if cohort.continues else config
 
     def _ask_generation(self) -> None:
         for _ in range(max(1, GENERATION_TRIALS // self.size)):
@@ -168,47 +206,33 @@ class CohortSearch(Searcher):
             members = [self.study.ask(self.distributions) for _ in range(count)]
             for trial in members:
                 trial.set_user_attr(self.attr, self.search_name)
+                trial.set_user_attr(COHORT_ATTR, str(members[0].number))
             self.asked += count
-            self.queue.append(members)
+            self.queue.append(_Queued(members))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Tune hands searchers the result flattened ("cohort/0/val_acc")
+        cohort = self.running[trial_id]
         for index, metrics in unflatten_dict(result).get(COHORT, {}).items():
-            self.latest[trial_id][int(index)] = metrics
+            index, epoch = int(index), int(metrics["epoch"])
+            self.latest[trial_id][index] = metrics
+            reported = cohort.values.setdefault(index, {})
+            if epoch not in reported:  # a resumed cohort repeats the epochs after its checkpoint
+                value = metrics.get(METRIC)
+                reported[epoch] = math.nan if value is None else float(value)
+                cohort.members[index].report(reported[epoch], epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result:
             self.on_trial_result(trial_id, result)
         latest = self.latest.pop(trial_id, {})
-        for index, trial in enumerate(self.running.pop(trial_id, [])):
+        for index, trial in enumerate(self.running.pop(trial_id).members):
             metrics = latest.get(index, {})
             value = metrics.get(METRIC)
             if error or metrics.get(DIVERGED) or value is None or math.isnan(value):
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 self.study.tell(trial, value)
-
-    # Tune saves the searcher with its experiment state; the study itself is in its storage, so
-    # Optuna trials are kept by id. JSON, not pickle: a resumed search reads it back.
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "w") as f:
-            json.dump(self.state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path) as f:
-            self.load_state(json.load(f))
-
-    def state(self) -> dict[str, Any]:
-        return {"asked": self.asked, "latest": self.latest,
-                "queue": [[t._trial_id for t in c] for c in self.queue],
-                "running": {k: [t._trial_id for t in c] for k, c in self.running.items()}}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        trial = lambda tid: optuna.trial.Trial(self.study, tid)  # noqa: E731
-        self.asked = state["asked"]
-        self.latest = {k: {int(i): m for i, m in v.items()} for k, v in state["latest"].items()}
-        self.queue = [[trial(t) for t in c] for c in state["queue"]]
-        self.running = {k: [trial(t) for t in c] for k, c in state["running"].items()}
 
 
 class SideBySide(Searcher):
@@ -240,19 +264,3 @@ class SideBySide(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if (index := self.owner.pop(trial_id, None)) is not None:
             self.searches[index].on_trial_complete(trial_id, result, error)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "w") as f:
-            json.dump({"owner": self.owner, "searches": [s.state() for s in self.searches]}, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path) as f:
-            state = json.load(f)
-        self.owner = state["owner"]
-        for search, saved in zip(self.searches, state["searches"], strict=True):
-            search.load_state(saved)
-
-
-def cohort_count(samples: int, size: int) -> int:
-    """Cohorts of `size` that hold `samples` trials (the last may be smaller)."""
-    return -(-samples // size)

@@ -12,7 +12,7 @@ import optuna
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
@@ -24,12 +24,12 @@ from pcbench.launch.cohort import (
     PLAN,
     CohortSearch,
     SideBySide,
-    cohort_count,
     member_id,
     tune_cohort,
 )
 from pcbench.launch.plan import RUN, SearchPlan, Stage, TrialListener
 from pcbench.launch.resources import trial_resources
+from pcbench.launch.resume import RESUMES, TRIAL_ATTR, Resumption, read_experiment, trial_folder, without_mark
 from pcbench.launch.trial import tune_trial
 from pcbench.selection import METRIC, MODE
 from pcbench.storage import sqlite_lock
@@ -39,8 +39,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per method: no
 
 
 # The stages (each plan's) and listeners of each experiment running in this driver, by name. Tune pickles
-# its callbacks with the experiment state, and restores them from it when a search is resumed;
-# listeners hold live clients and consoles, so the callback finds them here instead.
+# its callbacks with the experiment state; listeners hold live clients and consoles, so the
+# callback finds them here instead.
 _LISTENERS: dict[str, tuple[list[list[Stage]], Sequence[TrialListener]]] = {}
 
 
@@ -48,7 +48,8 @@ class _Relay(tune.Callback):
     """Driver side: turns Tune's trial events into TrialListener calls. A trial that fails
     before it starts (its actor or workers could not be set up) is still started and finished
     for the listeners, so it is recorded as an error like any other. `templates`: the plan's
-    members (SearchPlan.members), one but for paired finals."""
+    members (SearchPlan.members), one but for paired finals. A Tune trial that continues a killed
+    driver's trial is that trial for the listeners (its id, its MLflow run)."""
 
     def __init__(self, name: str, templates: list[list[dict[str, Any]]], cohorts: bool):
         self.name, self.templates = name, templates  # each plan's members
@@ -77,21 +78,23 @@ class _Relay(tune.Callback):
         (each its own template, one seed)."""
         plan = trial.config.get(PLAN, 0)
         stages, templates = _LISTENERS[self.name][0][plan], self.templates[plan]
-        knobs = {k: v for k, v in trial.config.items() if k != PLAN}
+        knobs = {k: v for k, v in without_mark(trial.config).items() if k != PLAN}
+        trial_id = _first_id(trial)
         members = knobs.get(MEMBERS)
         if members is not None:
             stage = dataclasses.replace(stages[0], cohort=len(members))
-            return [(member_id(trial.trial_id, i), templates[0], member, stage)
+            return [(member_id(trial_id, i), templates[0], member, stage)
                     for i, member in enumerate(members)]
         if self.cohorts:
-            return [(member_id(trial.trial_id, i), template, knobs,
+            return [(member_id(trial_id, i), template, knobs,
                      dataclasses.replace(stage, cohort=len(templates)))
                     for i, (template, stage) in enumerate(zip(templates, stages))]
-        return [(trial.trial_id, templates[0], knobs, stages[0])]
+        return [(trial_id, templates[0], knobs, stages[0])]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        reports = ({member_id(trial.trial_id, int(i)): m for i, m in result[COHORT].items()}
-                   if COHORT in result else {trial.trial_id: result})
+        trial_id = _first_id(trial)
+        reports = ({member_id(trial_id, int(i)): m for i, m in result[COHORT].items()}
+                   if COHORT in result else {trial_id: result})
         for trial_id, reported in reports.items():
             # what the engine reported, out of the result dicts Tune adds its own fields to
             metrics = {k: v for k, v in reported.items() if is_metric(k) or k == DIVERGED}
@@ -118,48 +121,75 @@ class _Relay(tune.Callback):
                 listener.trial_finished(trial_id, error)
 
 
+def _first_id(trial) -> str:
+    """The trial's id for the listeners: the killed driver's trial it continues, or its own."""
+    return trial.config.get(RESUMES) or trial.trial_id
+
+
 class _OptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, and two things a benchmark needs:
+    """Ray's OptunaSearch, and what a benchmark needs:
     - a diverged trial is told to Optuna as FAIL (its NaN accuracy is no result; Ray's searcher
       would log a warning and leave the Optuna trial RUNNING);
-    - a resumed search adopts the Optuna trials its killed driver had asked for after Tune last
-      saved its state: such a trial is run (with its configuration) by the next Tune trial,
-      so the study holds exactly one trial per trial run."""
+    - each Optuna trial is marked with the search that asked for it and the Tune trial that
+      ran it, and its accuracies are reported by epoch;
+    - a resumed search (`resumed`) first runs the Optuna trials its killed driver had left
+      RUNNING, each on from the last checkpoint of the Tune trial that ran it, so the study
+      holds exactly one trial per trial run. Its state is the study's: nothing is pickled."""
 
-    def __init__(self, *args, search_name: str, budget: int, **kwargs):
+    def __init__(self, *args, search_name: str, resumed: bool, **kwargs):
         super().__init__(*args, **kwargs)
-        self.search_name, self.budget = search_name, budget
-        self._resumed = False
-
-    def restore(self, checkpoint_path: str):
-        super().restore(checkpoint_path)
-        self._resumed = True
+        self.search_name, self.resumed = search_name, resumed
 
     def suggest(self, trial_id: str):
-        if self._resumed and trial_id not in self._ot_trials:
-            if (orphan := self._orphan()) is not None:
-                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
-                return unflatten_dict(orphan.params)
-            if len(self._mine()) >= self.budget:  # all asked for already, some after Tune's save
-                return Searcher.FINISHED
+        if self.resumed and trial_id not in self._ot_trials and (orphan := self._orphan()) is not None:
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
+            first = orphan.user_attrs.get(TRIAL_ATTR)
+            return {**unflatten_dict(orphan.params), **({RESUMES: first} if first else {})}
         params = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(SEARCH_ATTR, self.search_name)
+            self._ot_trials[trial_id].set_user_attr(TRIAL_ATTR, trial_id)
         return params
 
-    def _mine(self) -> list[optuna.trial.FrozenTrial]:
+    def mine(self) -> list[optuna.trial.FrozenTrial]:
         return [t for t in self._ot_study.get_trials(deepcopy=False)
                 if t.user_attrs.get(SEARCH_ATTR) == self.search_name]
 
     def _orphan(self) -> optuna.trial.FrozenTrial | None:
         known = {t._trial_id for t in self._ot_trials.values()}
-        return next((t for t in self._mine() if t.state == optuna.trial.TrialState.RUNNING
+        return next((t for t in self.mine() if t.state == optuna.trial.TrialState.RUNNING
                      and t._trial_id not in known), None)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # by epoch, not Tune's iteration count, which a continued trial starts again at 1
+        super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if result and result.get(DIVERGED):
             result, error = {k: v for k, v in result.items() if k != METRIC}, True
         super().on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str):
+        raise NotImplementedError  # Tune then writes no state of it: the study is the state
+
+
+class _ASHA(ASHAScheduler):
+    """ASHA on epochs whose rungs start with the killed driver's trials' results (`earlier`:
+    each Tune trial's accuracy by epoch, from the study), so a resumed search halves as it would
+    have; a trial that continues one takes over its place in the rungs."""
+
+    def __init__(self, earlier: dict[str, dict[int, float]], **kwargs):
+        super().__init__(time_attr="epoch", **kwargs)
+        for milestone, recorded in self._brackets[0]._rungs:
+            recorded.update({first: values[milestone] for first, values in earlier.items()
+                             if milestone in values})
+
+    def on_trial_add(self, tune_controller, trial):
+        super().on_trial_add(tune_controller, trial)
+        if first := trial.config.get(RESUMES):
+            for _, recorded in self._brackets[0]._rungs:
+                if first in recorded:
+                    recorded[trial.trial_id] = recorded.pop(first)
 
 
 def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[TrialListener],
@@ -168,7 +198,8 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
     processes then start once for all of them: the cohort searches of several methods
     (SideBySide: each its own study, budget and rungs), or final runs of the same seeds (a grid
     over plan and seed, so no core idles while another plan has runs left). `name`: the
-    experiment's folder (default: the plan's name)."""
+    experiment's folder (default: the plan's name). A resumed plan starts a new experiment in
+    that folder from pcbench's own records (resume.py), never from Tune's pickled state."""
     started = datetime.now()  # Optuna's clock: naive local time
     plans = [plans] if isinstance(plans, SearchPlan) else list(plans)
     plan = plans[0]
@@ -176,43 +207,34 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
                                or all(p.space is None and p.seeds == plan.seeds for p in plans)):
         raise ValueError("side by side run only cohort searches, or final runs of the same seeds")
     name = name or plan.name
+    path = f"{plan.storage.rstrip('/')}/{name}"
+    resumption = read_experiment(path) if plan.resume else Resumption()
     members = [p.members() for p in plans]
     templates = [[template.to_dict() for template, _ in m] for m in members]
     cohorts = _searched_in_cohorts(plan) or len(plans) > 1 or len(members[0]) > 1
+    shared = dict(cpus=plan.cpus_per_trial, gpus=plan.gpus_per_trial, storage=plan.storage,
+                  resumption=resumption)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_cohort, templates=templates, cpus=plan.cpus_per_trial,
-                             gpus=plan.gpus_per_trial, storage=plan.storage) if cohorts
-        else tune.with_parameters(tune_trial, template=templates[0][0], cpus=plan.cpus_per_trial,
-                                  gpus=plan.gpus_per_trial, storage=plan.storage),
+        tune.with_parameters(tune_cohort, templates=templates, **shared) if cohorts
+        else tune.with_parameters(tune_trial, template=templates[0][0], **shared),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
-    grid = {}  # runs (no space): each plan, each seed
-    if plan.space is None and len(plans) > 1:
-        grid[PLAN] = list(range(len(plans)))
-    if plan.space is None and plan.seeds:
-        grid["seed"] = plan.seeds
-    param_space = {key: tune.grid_search(values) for key, values in grid.items()} or None
-    path = f"{plan.storage.rstrip('/')}/{name}"
+    if plan.space is None:
+        tune_config = _runs_config(plans, resumption)
+    else:
+        tune_config = _cohort_config(plans) if _searched_in_cohorts(plan) else _tune_config(plan)
     _LISTENERS[name] = ([[stage for _, stage in m] for m in members], listeners)
     try:
-        if plan.resume and tune.Tuner.can_restore(path):
-            # a killed driver's search: finished trials stay finished, unfinished ones go on
-            # from their last checkpoints, the searcher (and its Optuna study) where it was
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
-                                       param_space=param_space)
-        else:
-            tuner = tune.Tuner(
-                trainable, param_space=param_space,
-                tune_config=_cohort_config(plans) if _searched_in_cohorts(plan) else _tune_config(plan),
-                run_config=tune.RunConfig(
-                    name=name, storage_path=plan.storage, verbose=0,
-                    callbacks=[_Relay(name, templates, cohorts), JsonLoggerCallback()],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    # A trial that dies (a lost node, a pre-empted worker) restarts once from
-                    # its last checkpoint.
-                    failure_config=tune.FailureConfig(max_failures=1),
-                ),
-            )
-        results = tuner.fit()
+        results = tune.Tuner(
+            trainable, tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=name, storage_path=plan.storage, verbose=0,
+                callbacks=[_Relay(name, templates, cohorts), JsonLoggerCallback()],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # A trial that dies (a lost node, a pre-empted worker) restarts once from
+                # its last checkpoint.
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        ).fit()
         for each in plans:
             _fail_orphans(each, started)
         return results
@@ -225,11 +247,10 @@ def _searched_in_cohorts(plan: SearchPlan) -> bool:
 
 
 def _fail_orphans(plan: SearchPlan, started: datetime) -> None:
-    """A driver killed between asking Optuna for a trial and Tune's next save leaves that trial
-    RUNNING in the study; when the resumed search needs no further trial nothing adopts it.
-    Once the search is over, no trial of it is running, so any left so is failed; and so is one
-    killed between Optuna's ask and its first parameter, before it was marked as this search's
-    (no mark, no parameters, asked before this command `started`: a live command's is newer)."""
+    """Once the search is over, no trial of it is running, so any left RUNNING in the study is
+    failed (a resumed search adopts those it can run); and so is one killed between Optuna's
+    ask and its first mark, before it was this search's (no mark, no parameters, asked before
+    this command `started`: a live command's is newer)."""
     if not plan.optuna_storage or plan.space is None:
         return
     storage = _optuna_storage(plan)
@@ -241,27 +262,41 @@ def _fail_orphans(plan: SearchPlan, started: datetime) -> None:
             storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
-def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
+def _reuse_actors(plan: SearchPlan) -> bool:
     # A one-worker trial's actor is reused by the next trial (the engine runs in it); a DDP
     # trial's actor runs a TorchTrainer whose controller and workers are its own, and Tune
     # cannot reset a function trainable's actor for another trial of that kind.
-    reuse = plan.template.train.workers == 1
-    if plan.space is None:  # a run, or final runs (one trial, or paired cohort, per seed)
-        return tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.concurrent, reuse_actors=reuse)
+    return plan.template.train.workers == 1
+
+
+def _runs_config(plans: list[SearchPlan], resumption: Resumption) -> tune.TuneConfig:
+    """A run, or final runs (one trial, or paired cohort, per seed; with several plans, per plan
+    and seed), each marked with the killed driver's trial it continues, if one ran it."""
+    plan = plans[0]
+    points = [{**({PLAN: index} if len(plans) > 1 else {}), **({"seed": seed} if seed is not None else {})}
+              for index in range(len(plans)) for seed in (plan.seeds or [None])]
+    points = [resumption.grid_point(point) for point in points]
+    return tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                           num_samples=len(points), max_concurrent_trials=plan.concurrent,
+                           reuse_actors=_reuse_actors(plan), trial_dirname_creator=trial_folder)
+
+
+def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
     storage = _optuna_storage(plan)
     earlier = _trials_in_study(storage, plan.study_name)
     searcher = _OptunaSearch(
         space=plan.space.distributions, metric=METRIC, mode=MODE, seed=_sampler_seed(plan, earlier),
         points_to_evaluate=None if earlier else [plan.space.first_point(plan.template)],
         storage=storage, study_name=plan.study_name if storage else None, search_name=plan.name,
-        budget=plan.samples)
+        resumed=plan.resume)
     epochs = plan.template.train.epochs
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
-                              grace_period=max(1, epochs // 3),  # the first rung
-                              reduction_factor=2)
+    results = {t.user_attrs[TRIAL_ATTR]: t.intermediate_values for t in searcher.mine()
+               if TRIAL_ATTR in t.user_attrs} if plan.resume else {}
+    scheduler = _ASHA(results, max_t=epochs, grace_period=max(1, epochs // 3),  # the first rung
+                      reduction_factor=2)
     return tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
                            num_samples=plan.samples, max_concurrent_trials=plan.concurrent,
-                           reuse_actors=reuse)
+                           reuse_actors=_reuse_actors(plan), trial_dirname_creator=trial_folder)
 
 
 def _cohort_config(plans: list[SearchPlan]) -> tune.TuneConfig:
@@ -270,10 +305,10 @@ def _cohort_config(plans: list[SearchPlan]) -> tune.TuneConfig:
     rungs."""
     searches = [_cohort_search(plan) for plan in plans]
     plan = plans[0]
+    # a bound: a resumed search's first cohorts are its killed driver's, which may be smaller
     return tune.TuneConfig(search_alg=searches[0] if len(searches) == 1 else SideBySide(searches),
-                           num_samples=sum(cohort_count(p.samples, p.cohort) for p in plans),
-                           max_concurrent_trials=plan.concurrent,
-                           reuse_actors=plan.template.train.workers == 1)  # as _tune_config
+                           num_samples=sum(p.samples for p in plans), max_concurrent_trials=plan.concurrent,
+                           reuse_actors=_reuse_actors(plan), trial_dirname_creator=trial_folder)
 
 
 def _cohort_search(plan: SearchPlan) -> CohortSearch:
@@ -283,7 +318,8 @@ def _cohort_search(plan: SearchPlan) -> CohortSearch:
         study_name=plan.study_name if storage else None, storage=storage, direction="maximize",
         load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=_sampler_seed(plan, earlier)))
     return CohortSearch(study, plan.space.distributions, plan.cohort, plan.samples,
-                        None if earlier else plan.space.first_point(plan.template), plan.name, SEARCH_ATTR)
+                        None if earlier else plan.space.first_point(plan.template), plan.name, SEARCH_ATTR,
+                        resumed=plan.resume)
 
 
 def _optuna_storage(plan: SearchPlan) -> optuna.storages.RDBStorage | None:

@@ -13,15 +13,25 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from pcbench.config import build_config
 from pcbench.engine import train_trial
 from pcbench.launch.resources import worker_resources
+from pcbench.launch.resume import Resumption, without_mark
+
+
+def tune_checkpoint(earlier: str | None = None) -> tune.Checkpoint | None:
+    """The Tune trial's checkpoint (a trial restarted after a failure), else `earlier`: the
+    last checkpoint of the killed driver's trial that this one continues."""
+    return tune.get_checkpoint() or (tune.Checkpoint(earlier) if earlier else None)
 
 
 class TuneReporter:
+    def __init__(self, earlier: str | None = None):
+        self.earlier = earlier
+
     def report(self, metrics, checkpoint_dir):
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
     def latest_checkpoint(self):
-        checkpoint = tune.get_checkpoint()
+        checkpoint = tune_checkpoint(self.earlier)
         return checkpoint.to_directory() if checkpoint else None
 
 
@@ -41,19 +51,24 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
 
 def tune_trial(knobs: dict[str, Any], *, template: dict[str, Any], cpus: float, gpus: float,
-               storage: str) -> None:
-    """The Tune trainable: the template with this trial's knobs applied."""
-    config = build_config(template, knobs)
+               storage: str, resumption: Resumption) -> None:
+    """The Tune trainable: the template with this trial's knobs applied; a killed driver's
+    trial goes on from its last checkpoint."""
+    config = build_config(template, without_mark(knobs))
     if config.train.workers == 1:
         torch.set_num_threads(max(1, int(cpus)))
-        train_trial(config, TuneReporter())
+        train_trial(config, TuneReporter(resumption.checkpoint(knobs)))
         return
-    run_ddp(_worker_loop, {"config": config.to_dict()}, config.train.workers, cpus, gpus, storage)
+    run_ddp(_worker_loop, {"config": config.to_dict()}, config.train.workers, cpus, gpus, storage,
+            resumption.continued(knobs))
 
 
-def run_ddp(loop, loop_config: dict[str, Any], workers: int, cpus: float, gpus: float, storage: str) -> None:
+def run_ddp(loop, loop_config: dict[str, Any], workers: int, cpus: float, gpus: float, storage: str,
+            continues: str | None = None) -> None:
     """`loop(loop_config)` on `workers` DDP workers (a TorchTrainer inside this Tune trial); the
-    workers' reports reach Tune. loop_config gains each worker's torch thread count."""
+    workers' reports reach Tune. loop_config gains each worker's torch thread count. The
+    trainer's run is named after the Tune trial (`continues`: the killed driver's trial this one
+    continues), so Ray Train restores it from its own (JSON) state and checkpoint."""
     per_worker = worker_resources(workers, cpus, gpus)
     trainer = TorchTrainer(
         loop,
@@ -62,7 +77,7 @@ def run_ddp(loop, loop_config: dict[str, Any], workers: int, cpus: float, gpus: 
             num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         run_config=ray.train.RunConfig(
-            name=tune.get_context().get_trial_id(),  # stable: a restarted trial resumes
+            name=continues or tune.get_context().get_trial_id(),
             storage_path=storage,  # the search's: a folder or a URI, opened with pyarrow by Ray
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=1),

@@ -137,6 +137,10 @@ class TrialConfig(_Section):
         if self.train.init_from_teacher and self.teacher != self.student:
             raise ValueError(f"train.init_from_teacher copies the teacher's weights into the student, "
                              f"but {self.teacher} and {self.student} differ; use one architecture")
+        if getattr(method, "starts_from_teacher", False) and not self.train.init_from_teacher:
+            raise ValueError(f"{self.method.name} regularises the student towards its starting point, the "
+                             f"teacher's weights, so the student must start from them; set "
+                             f"train.init_from_teacher=true with the teacher's architecture")
         if not self.transfer:
             return self
         teacher_shape = get_dataset(self.teacher_data).input_shape

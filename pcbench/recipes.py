@@ -23,7 +23,35 @@ _DIGITS = {"data": {"batch_size": 64},
            "train": {"epochs": 20, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                      "schedule": "cosine"}}
 
-RECIPES = {"cifar100-crd": _CIFAR, "imagenet": _IMAGENET, "digits": _DIGITS}
+# Fine-tuning, for a student that starts from the teacher's weights (train.init_from_teacher):
+# inductive transfer learning as the OT paper (Li et al., arXiv 2007.06737) evaluates it,
+# against plain fine-tuning, L2-SP and DELTA. Those two fine-tune an ImageNet ResNet-101 with
+# SGD, momentum 0.9, batch 64 and lr 0.01 (ImageNet from scratch: 0.1 at batch 256): L2-SP
+# (Li, Grandvalet & Davoine, ICML 2018; run_classification/train.sh of the authors'
+# holyseven/TransferLearningClassification) for 9,000 iterations, the rate x0.1 after 5,000;
+# DELTA (Li et al., ICLR 2019; run.sh of lixingjian/DELTA) for 6,000, decayed to x0.1 at two
+# thirds. Their plain fine-tuning (the L2 baseline) decays weights at 1e-4 (L2-SP's script:
+# 1e-3 on the new classifier, which one optimizer setting cannot give). In epochs:
+# L2-SP's 9,000 x 64 images, the decay at 5/9 of the run; the search's learning-rate range
+# (search_spaces/training.yaml, relative) is then 0.0025..0.04 around 0.01.
+_FINETUNE = {"data": {"batch_size": 64},
+             "train": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step", "gamma": 0.1}}
+
+
+def _fine_tuning(epochs: int) -> dict[str, Any]:
+    return {"data": dict(_FINETUNE["data"]),
+            "train": {**_FINETUNE["train"], "epochs": epochs, "milestones": [round(epochs * 5 / 9)]}}
+
+
+RECIPES = {"cifar100-crd": _CIFAR, "imagenet": _IMAGENET, "digits": _DIGITS,
+           # ImageNet-style folders (224 crops) of a data set the size of Stanford Dogs (12,000
+           # training images): 9,000 x 64 / 12,000 = 48 epochs (CUB's 5,994 images: 96)
+           "finetune-folder": _fine_tuning(48),
+           # CIFAR (50,000 training images): 9,000 x 64 / 50,000 = 11.5, so 12 epochs
+           "finetune-cifar": _fine_tuning(12),
+           # digits' halves (about 600 training images, where L2-SP's count would be 960
+           # epochs): half the from-scratch digits recipe
+           "finetune-digits": _fine_tuning(10)}
 
 
 def _built_in() -> dict[str, Any]:
@@ -54,8 +82,8 @@ def recipe_names() -> list[str]:
 
 def recipe(name: str, student: str | None = None) -> dict[str, Any]:
     """The recipe's `data` and `train` settings for this student, as a config fragment."""
-    if name not in RECIPES:
-        raise UserError(f"unknown recipe '{name}': choose one of {', '.join(recipe_names())}")
+    if not isinstance(name, str) or name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}: choose one of {', '.join(recipe_names())}")
     fragment = {section: dict(values) for section, values in RECIPES[name].items()}
     if name == "cifar100-crd" and student in _CIFAR_SMALL_LR_STUDENTS:
         fragment["train"]["lr"] = 0.01
@@ -68,9 +96,13 @@ def with_recipe(base: dict[str, Any], name: str | None,
     """`base` on top of the recipe: what the user gave explicitly wins. A shorter or longer
     run keeps the shape of the step schedule: the milestones scale with the epochs, whether
     `base` or the dotted `overrides` (--set, a suite's `set`) change them."""
+    overrides = overrides or {}
+    # A pair's own recipe (a suite pair's `set: {train.recipe: ...}`, or --set) replaces the
+    # suite's, so a pair that starts from the teacher's weights fine-tunes beside pairs that
+    # train from scratch; its settings, not only its name, come with it.
+    name = overrides.get("train.recipe") or (base.get("train") or {}).get("recipe") or name
     if not name:
         return base
-    overrides = overrides or {}
     merged = recipe(name, base.get("student"))
     planned = merged["train"]["epochs"]
     for section, values in base.items():

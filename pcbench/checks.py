@@ -3,6 +3,7 @@ starts: each failure is a UserError, one line that names the fix. Light: no PyTo
 no MLflow import."""
 
 import errno
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -19,6 +20,12 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 # behind SQLAlchemy (MLflow 3's file store is disabled).
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+# The driver SQLAlchemy names for a database URL -> the module it imports, what to pip install
+# (no brackets: the error line is printed through rich, which would take [binary] for markup).
+DRIVERS = {"psycopg": ("psycopg", "psycopg psycopg-binary"), "psycopg2": ("psycopg2", "psycopg2-binary"),
+           "pg8000": ("pg8000", "pg8000"), "mysqldb": ("MySQLdb", "mysqlclient"),
+           "pymysql": ("pymysql", "pymysql"), "pyodbc": ("pyodbc", "pyodbc"),
+           "oracledb": ("oracledb", "oracledb"), "cx_oracle": ("cx_Oracle", "cx_Oracle")}
 
 
 def default_tracking_uri() -> str:
@@ -81,6 +88,27 @@ def check_tracking_uri(uri: str) -> None:
         _check_sqlite(uri, "--tracking-uri")
     elif scheme in ("http", "https"):
         _check_server(uri)
+    elif scheme != "databricks":
+        check_driver(uri, "--tracking-uri")
+
+
+def check_driver(uri: str, flag: str) -> None:
+    """The driver SQLAlchemy would load for a database URL is installed: found, not imported.
+    SQLAlchemy picks it (`postgresql://` is psycopg2 under SQLAlchemy 2.0, psycopg under 2.1);
+    the URL's password never reaches the message."""
+    from sqlalchemy.engine.url import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+        driver = url.get_dialect().driver  # the dialect's module only: no driver import
+    except (ArgumentError, NoSuchModuleError, ValueError) as error:
+        raise UserError(f"{flag}: not a database URL SQLAlchemy can use "
+                        f"({str(error).splitlines()[0][:200]})") from None
+    module, package = DRIVERS.get(driver, (driver, driver))
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{flag} {url.render_as_string(hide_password=True)}: its driver {module} "
+                        f"is not installed; pip install {package}")
 
 
 def _check_server(uri: str, timeout_s: float = 5.0) -> None:
@@ -104,6 +132,8 @@ def check_optuna_storage(uri: str) -> None:
                      "postgresql://user@host/db")
     if scheme == "sqlite":
         _check_sqlite(uri, "--optuna-storage")
+    else:
+        check_driver(uri, "--optuna-storage")
 
 
 def check_address(address: str | None) -> None:

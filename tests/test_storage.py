@@ -1,8 +1,12 @@
 """Results at a folder or a URI opened by pyarrow's filesystems: the Parquet store, a real
 search whose Ray trial folders land there, the report read back through the URI, and a URI
-pyarrow cannot open refused before anything runs."""
+pyarrow cannot open refused before anything runs; a database URL whose driver is missing
+refused the same way."""
 
+import importlib.util
 import json
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -11,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pcbench import storage
+from pcbench import checks, storage
 from pcbench.cli import app
 from pcbench.errors import UserError
 from pcbench.results import ResultsStore
@@ -78,6 +82,47 @@ def test_unknown_scheme_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypa
         assert result.exit_code == 2, result.output + repr(result.exception)
         assert len(lines) == 1 and "--results foo://bar: pyarrow has no filesystem for foo://" in lines[0]
         assert list(tmp_path.iterdir()) == []  # no mlflow.db, no optuna.db, no results
+
+
+def _without(monkeypatch, *modules):
+    """As on a machine where `modules` are not installed (for find_spec: the check's only probe)."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name in modules else find_spec(name, *a, **k))
+
+
+@pytest.mark.parametrize(("flag", "uri", "module", "install"), [
+    ("--tracking-uri", "postgresql+psycopg://pcb:s3cret@db:5432/mlflow", "psycopg", "psycopg psycopg-binary"),
+    ("--optuna-storage", "postgresql+psycopg2://pcb:s3cret@db/optuna", "psycopg2", "psycopg2-binary"),
+    ("--optuna-storage", "mysql://pcb:s3cret@db/optuna", "MySQLdb", "mysqlclient"),
+])
+def test_a_database_url_without_its_driver_is_one_line_exit_2(flag, uri, module, install, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _without(monkeypatch, module)
+    result = CliRunner().invoke(app, ["search", "--method", "kd", flag, uri])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert len(lines) == 1 and f"its driver {module} is not installed; pip install {install}" in lines[0]
+    assert "s3cret" not in result.output and "pcb:***@db" in lines[0]  # the password stays out
+    assert list(tmp_path.iterdir()) == []  # nothing written (and so Ray never started)
+
+
+def test_the_driver_check_follows_sqlalchemys_default_and_imports_no_driver():
+    """`postgresql://` means psycopg2 under SQLAlchemy 2.0 and psycopg under 2.1: the check asks
+    SQLAlchemy, and knows the package of each default driver. It finds, never imports, the driver."""
+    from sqlalchemy.engine.url import make_url
+
+    for scheme in ("postgresql", "mysql", "mssql", "oracle"):
+        assert make_url(f"{scheme}://h/db").get_dialect().driver in checks.DRIVERS
+    probe = ("import sys; from pcbench.checks import check_optuna_storage, check_tracking_uri; "
+             "check_optuna_storage('postgresql+psycopg://u:p@h/db'); "
+             "check_tracking_uri('postgresql+psycopg://u:p@h/db'); "
+             "print(sorted(m for m in sys.modules if m.startswith(('psycopg', 'MySQLdb'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr  # psycopg (test extra) found, not loaded
+    with pytest.raises(UserError, match=r"--optuna-storage: not a database URL SQLAlchemy can use"):
+        checks.check_optuna_storage("postgresql+nodriver://u:p@h/db")
 
 
 @pytest.mark.ray

@@ -98,7 +98,8 @@ def ramp(epoch: int, share: float, epochs: int) -> float:
     return min(1.0, (epoch + 1) / max(1.0, share * epochs))
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            t: float | torch.Tensor) -> torch.Tensor:
     """KL_T(z^T || z^S) = T^2 * KL(softmax(z^T/T) || softmax(z^S/T)), batch mean."""
     return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                     reduction="batchmean", log_target=True) * t * t
@@ -124,6 +125,13 @@ class Method(nn.Module):
     # True when the loss compares teacher and student logits (refused when the teacher's
     # classes are another task's).
     reads_teacher_logits: ClassVar[bool] = False
+    # True when every term that compares the two models' logits reads them through the hooks
+    # `distill_logits` and `temperature` (all of the method's own terms do: kd, dkd, dist, nkd,
+    # wttm; in a `+kd` variant, the KD term), so the logit plug-ins `+ls` and `+ctkd` can act
+    # on them. FCFD compares logits inside its own mixed paths: it takes them only as fcfd+kd.
+    logit_hooks: ClassVar[bool] = False
+    # The knob the `temperature` hook reads (`kd_temperature` for a `+kd` variant's KD term).
+    temperature_knob: ClassVar[str] = "temperature"
     # Whether `<name>+kd` exists: not for a method that is itself KD on the logits (kd, dkd)
     # or has no teacher (ce).
     takes_kd: ClassVar[bool] = True
@@ -195,12 +203,22 @@ class Method(nn.Module):
         """Whether the teacher runs with BatchNorm on batch statistics (default: eval mode)."""
         return False
 
+    def distill_logits(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z^S, z^T) as the terms that compare them read them (the label term reads the raw
+        z^S itself). `+ls` replaces them with their per-sample z-scores."""
+        return step.student_feats["logits"], step.teacher_feats["logits"]
+
+    def temperature(self, step: Step) -> float | torch.Tensor:
+        """The temperature of the terms that compare logits: the `temperature_knob` knob's
+        value. `+ctkd` replaces it with its learnt temperature (a tensor), so a method reads it
+        here, never from its config."""
+        return getattr(self.config, self.temperature_knob)
+
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config
-        logits = step.student_feats["logits"]
-        terms = {"ce": cfg.w_ce * F.cross_entropy(logits, step.y)}
+        terms = {"ce": cfg.w_ce * F.cross_entropy(step.student_feats["logits"], step.y)}
         if self.adds_kd:
-            terms["kd"] = cfg.w_kd * kd_loss(logits, step.teacher_feats["logits"], cfg.kd_temperature)
+            terms["kd"] = cfg.w_kd * kd_loss(*self.distill_logits(step), self.temperature(step))
         terms.update(self.transfer(step))
         return terms
 
@@ -216,7 +234,8 @@ def with_kd(method: type[Method]) -> type[Method]:
                           name=(Literal[name], name))
     return type(f"{method.__name__}PlusKD", (method,),
                 {"name": name, "Config": config, "reads_teacher_logits": True, "adds_kd": True,
-                 "takes_kd": False, "__module__": method.__module__})
+                 "takes_kd": False, "logit_hooks": True, "temperature_knob": "kd_temperature",
+                 "__module__": method.__module__})
 
 
 class InitStageConfig(MethodConfig):

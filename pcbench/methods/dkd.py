@@ -22,7 +22,7 @@ class DKDConfig(MethodConfig):
 
 
 def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor,
-              t: float) -> tuple[torch.Tensor, torch.Tensor]:
+              t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD), each T^2 * KL, batch mean."""
     gt = F.one_hot(target, z_s.shape[1]).bool()
     p_s, p_t = F.softmax(z_s / t, 1), F.softmax(z_t / t, 1)
@@ -40,6 +40,7 @@ def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor,
 class DKD(Method):
     name = "dkd"
     reads_teacher_logits = True
+    logit_hooks = True
     takes_kd = False  # a decomposition of the KD term: dkd+kd would count it twice
     Config = DKDConfig
 
@@ -49,7 +50,6 @@ class DKD(Method):
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config
-        tckd, nckd = dkd_terms(step.student_feats["logits"], step.teacher_feats["logits"], step.y,
-                               cfg.temperature)
+        tckd, nckd = dkd_terms(*self.distill_logits(step), step.y, self.temperature(step))
         scale = ramp(step.epoch, cfg.warmup_share, self.epochs)
         return {"tckd": scale * cfg.alpha * tckd, "nckd": scale * cfg.beta * nckd}

@@ -20,10 +20,9 @@ class KDConfig(MethodConfig):
 class KD(Method):
     name = "kd"
     reads_teacher_logits = True
+    logit_hooks = True
     takes_kd = False  # it is the KD term
     Config = KDConfig
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        return {"kd": cfg.w_kd * kd_loss(step.student_feats["logits"], step.teacher_feats["logits"],
-                                         cfg.temperature)}
+        return {"kd": self.config.w_kd * kd_loss(*self.distill_logits(step), self.temperature(step))}

@@ -5,6 +5,7 @@ mdistiller's checkpoints load), torchvision's ImageNet models, and two small CNN
 """
 
 import functools
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,6 +169,12 @@ def preact_nodes(model: TapModel) -> dict[str, str]:
     pre-activation before anyone reads it."""
     if not model.STAGES_POST_RELU:
         return {tap: model.TAP_NODES[tap] for tap in model.stage_taps}
+    tracer, nodes = _preact_graph(model)
+    return {tap: tracer.node_to_qualname[node] for tap, node in nodes.items()}
+
+
+def _preact_graph(model: TapModel) -> tuple[NodePathTracer, dict[str, torch.fx.Node]]:
+    """The traced graph's node of each stage's pre-activation (see `preact_nodes`)."""
     tracer = NodePathTracer()  # the tracer behind create_feature_extractor: the same node names
     graph = tracer.trace(model)
     found = {}
@@ -175,6 +182,9 @@ def preact_nodes(model: TapModel) -> dict[str, str]:
         query = model.TAP_NODES[tap]  # as create_feature_extractor: the module's last node
         node = [n for n in graph.nodes
                 if re.fullmatch(rf"{re.escape(query)}(\..*)?", tracer.node_to_qualname.get(n, ""))][-1]
+        if not model.STAGES_POST_RELU:
+            found[tap] = node
+            continue
         if node.op == "call_module":
             relu = model.get_submodule(node.target)
             is_relu, in_place = isinstance(relu, nn.ReLU), getattr(relu, "inplace", False)
@@ -183,8 +193,47 @@ def preact_nodes(model: TapModel) -> dict[str, str]:
             in_place = (node.target in (torch.relu_, "relu_") or node.kwargs.get("inplace", False)
                         or (node.target is F.relu and len(node.args) > 1 and node.args[1]))
         if is_relu and not in_place:
-            found[tap] = tracer.node_to_qualname[node.args[0]]
+            found[tap] = node.args[0]
+    return tracer, found
+
+
+def preact_batchnorms(model: TapModel) -> dict[str, tuple[str, bool]]:
+    """For each stage, the BatchNorm whose scale and shift describe its pre-activation, as
+    RepDistiller's and mdistiller's `get_bn_before_relu` (OFD's margins): (its module path,
+    `applied`). `applied` False: the BatchNorm ends the pre-activation (`<stage>/preact`), or,
+    where that is a residual sum, the block's own branch (not the shortcut, not the block's
+    input). `applied` True, on a pre-activation stage (WRN) that no BatchNorm ends: the one that
+    next normalises the stage's output; the references' pre-activation of such a stage is that
+    BatchNorm applied to it, which a method must do itself (the ReLU after it is in place).
+    Left out: stages with neither."""
+    tracer, nodes = _preact_graph(model)
+
+    def batchnorm(node) -> bool:
+        return (isinstance(node, torch.fx.Node) and node.op == "call_module"
+                and isinstance(model.get_submodule(node.target), nn.modules.batchnorm._BatchNorm))
+
+    found = {}
+    for tap, node in nodes.items():
+        if batchnorm(node):
+            found[tap] = (node.target, False)
+        elif node.op == "call_function" and node.target in (operator.add, torch.add):
+            block = tracer.node_to_qualname[node].rpartition(".")[0]  # the module the sum is in
+            own = [a.target for a in node.args
+                   if batchnorm(a) and (not block or a.target.startswith(block + "."))]
+            if own:
+                found[tap] = (own[0], False)
+        if tap not in found and not model.STAGES_POST_RELU:
+            if after := [u.target for u in node.users if batchnorm(u)]:
+                found[tap] = (after[0], True)
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def preact_batchnorm_stages(name: str) -> tuple[str, ...]:
+    """The stages of zoo model `name` that `preact_batchnorms` finds a BatchNorm for (traced
+    once, on the meta device, for checks before anything runs)."""
+    with torch.device("meta"):
+        return tuple(preact_batchnorms(create_model(name)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -2,7 +2,10 @@
 own local Ray instance, killed with SIGKILL once its first trial has landed and resumed with
 `--resume`, or stopped with SIGINT."""
 
+import builtins
+import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,13 +21,41 @@ pytestmark = pytest.mark.ray
 EXPERIMENT = "resume-test"
 
 
-def _command(root: Path, teachers: Path, *extra: str) -> list[str]:
-    # one trial per process (ASHA), so trials land one by one: a cohort of 3 lands all at once,
-    # which leaves no moment between them to kill the driver in
-    return [sys.executable, "-m", "pcbench", "search", "--method", "kd", "--samples", "3", "--cohort", "1",
-            "--concurrent", "1", "--epochs", "2", "--seed", "0", "--experiment", EXPERIMENT,
-            "--results", str(root / "results"), "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--teachers", str(teachers), *extra]
+def _command(root: Path, teachers: Path, *extra: str, cohort: int = 1, epochs: int = 2) -> list[str]:
+    # by default one trial per process (ASHA), so trials land one by one: a cohort of 3 lands
+    # all at once, which leaves no moment between them to kill the driver in
+    return [sys.executable, "-m", "pcbench", "search", "--method", "kd", "--samples", "3",
+            "--cohort", str(cohort), "--concurrent", "1", "--epochs", str(epochs), "--seed", "0",
+            "--experiment", EXPERIMENT, "--results", str(root / "results"),
+            "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--teachers", str(teachers), *extra]
+
+
+class _Planted:
+    """A pickle that, once loaded, leaves a file behind: what an attacker with write access to
+    a shared store would put there."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return builtins.open, (str(self.marker), "w")
+
+
+def _plant_pickles(store: Path, marker: Path) -> set[Path]:
+    """Every pickle in the store replaced by the planted one, and one more of each name Tune
+    restores from in every folder."""
+    payload = pickle.dumps(_Planted(marker))
+    folders = [store, *(p for p in store.rglob("*") if p.is_dir())]
+    targets = {*store.rglob("*.pkl"), *(f / "tuner.pkl" for f in folders),
+               *(f / "searcher-state-planted.pkl" for f in folders), *(f / "params.pkl" for f in folders)}
+    for target in targets:
+        target.write_bytes(payload)
+    return targets
+
+
+def _resume(root: Path, teachers: Path, **options) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(root, teachers, "--resume", **options), capture_output=True, text=True,
+                          timeout=600, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen:
@@ -66,11 +97,14 @@ def test_a_search_killed_with_sigkill_resumes_where_it_was(tmp_path, teacher_sto
         first.wait()
     landed = set(pd.read_parquet(tmp_path / "results" / "trials").trial_id)
     assert landed  # recorded as it went: what finished before the kill is on disk
+    marker = tmp_path / "planted-pickle-ran"
+    planted = _plant_pickles(tmp_path / "results", marker)
 
-    resumed = subprocess.run(_command(tmp_path, teacher_store.root, "--resume"), capture_output=True,
-                             text=True, timeout=600, env={k: v for k, v in os.environ.items()
-                                                          if k != "RAY_ADDRESS"})
+    resumed = _resume(tmp_path, teacher_store.root)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not marker.exists()  # no pickle in the store was loaded
+    for path in planted:
+        path.unlink(missing_ok=True)  # out of the tables' folders, for the reads below
     trials = pd.read_parquet(tmp_path / "results" / "trials")
     assert len(trials) == 3 and trials.trial_id.is_unique and trials.search_id.nunique() == 1
     assert landed <= set(trials.trial_id)  # kept, not re-run
@@ -113,3 +147,38 @@ def test_a_signal_stops_the_whole_command_and_says_how_to_resume(tmp_path, teach
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}  # in flight: KILLED
     methods = set(pd.read_parquet(tmp_path / "results" / "trials").method)
     assert "ce" not in methods  # kd was stopped, and ce never started
+
+
+@pytest.mark.slow
+def test_a_cohort_in_flight_goes_on_from_its_members_checkpoints(tmp_path, teacher_store):
+    """Killed while its one cohort of three trains, a cohort search resumes that cohort, every
+    member from its last checkpoint, under the trial ids and MLflow runs it had."""
+    first = _start(_command(tmp_path, teacher_store.root, cohort=3, epochs=8), tmp_path / "first.log")
+    experiment = tmp_path / "results" / "ray"
+    try:
+        deadline = time.monotonic() + 240
+        while not list(experiment.glob("*/*/checkpoint_*")):
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert not list((tmp_path / "results").glob("trials/*.parquet"))  # the cohort had not landed
+
+    resumed = _resume(tmp_path, teacher_store.root, cohort=3, epochs=8)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = pd.read_parquet(tmp_path / "results" / "trials")
+    assert len(trials) == 3 and trials.trial_id.is_unique
+    continued = [folder for folder in experiment.glob("*/*") if (folder / "params.json").exists()
+                 and "resumes" in json.loads((folder / "params.json").read_text())]
+    assert len(continued) == 1  # the cohort, continued, not asked again
+    first_result = json.loads((continued[0] / "result.json").read_text().splitlines()[0])
+    assert first_result["epoch"] > 1  # from its checkpoint, not from the start
+    first_id = json.loads((continued[0] / "params.json").read_text())["resumes"]
+    assert set(trials.trial_id) == {f"{first_id}-m{i}" for i in range(3)}  # the members' first ids
+    runs = _mlflow_runs(tmp_path)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len([r for r in runs if r.data.tags.get("pcbench.kind") != "search"]) == 3
+    epochs = pd.read_parquet(tmp_path / "results" / "epochs")
+    # every epoch recorded once: those before the kill and those after it
+    assert epochs.groupby("trial_id").epoch.apply(lambda e: sorted(e) == list(range(1, len(e) + 1))).all()

@@ -148,3 +148,10 @@ def test_pc_refuses_per_worker_batches_of_two_or_fewer(batch, workers):
                                         f"data.batch_size={batch} over train.workers={workers}"):
         build_config({"method": "pc"}, {"data.batch_size": batch, "train.workers": workers})
     build_config({"method": "pc"}, {"data.batch_size": 3 * workers, "train.workers": workers})
+
+
+@pytest.mark.parametrize("method, smallest", [("rkd", 3), ("sp", 2), ("pkt", 2), ("cc", 2)])
+def test_batch_relational_losses_refuse_a_per_worker_batch_they_are_not_defined_on(method, smallest):
+    with pytest.raises(UserError, match=f"{method} needs at least {smallest} samples per worker's batch"):
+        build_config({"method": method}, {"data.batch_size": 2 * (smallest - 1), "train.workers": 2})
+    build_config({"method": method}, {"data.batch_size": 2 * smallest, "train.workers": 2})

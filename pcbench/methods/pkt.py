@@ -34,6 +34,7 @@ def pkt_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
 class PKT(Method):
     name = "pkt"
     Config = PKTConfig
+    min_batch = 2  # conditional probabilities over the other samples: one sample has none
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         loss = pkt_loss(step.student_feats[self.config.tap], step.teacher_feats[self.config.tap])

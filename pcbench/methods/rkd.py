@@ -47,6 +47,7 @@ def rkd_angle(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class RelationalKD(Method):
     name = "rkd"
     Config = RKDConfig
+    min_batch = 3  # the angle term compares triplets; one sample has no distance to normalise by
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg = self.config

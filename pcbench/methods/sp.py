@@ -29,6 +29,7 @@ def sp_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
 class SimilarityPreserving(Method):
     name = "sp"
     Config = SPConfig
+    min_batch = 2  # a similarity between samples of the batch: one sample's is 1, whatever it is
 
     def __init__(self, config, student, teacher, data):
         super().__init__(config, student, teacher, data)

@@ -146,10 +146,29 @@ def check_address(address: str | None) -> None:
         raise UserError(f"--address {address}: not a Ray address; give auto, HOST:PORT, "
                         f"ray://HOST:PORT or http://HOST:8265")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        with socket.create_connection((host, int(port)), timeout=5) as connection:
+            speaks_grpc = scheme in ("http", "https") or _answers_http2(connection)
     except OSError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); "
                         f"check --address or RAY_ADDRESS") from None
+    if not speaks_grpc:  # Ray would retry it for a minute: it is not Ray's GCS (or client server)
+        raise UserError(f"{address} answers, but not as Ray: give the head's GCS port (ray start "
+                        f"--head prints it; 6379 by default) or ray://HOST:10001") from None
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + SETTINGS
+
+
+def _answers_http2(connection: socket.socket) -> bool:
+    """Ray's GCS and client server are gRPC: sent HTTP/2's preface, they answer with a SETTINGS
+    frame (type 4, the frame header's fourth byte); an HTTP/1 server answers text, or nothing."""
+    try:
+        connection.settimeout(3)
+        connection.sendall(_HTTP2_PREFACE)
+        header = connection.recv(9)
+    except OSError:
+        return False
+    return len(header) >= 4 and header[3] == 4
 
 
 

@@ -2,11 +2,15 @@
 In-process (CliRunner) for speed; tests/test_cli_errors.py runs the classic cases as real
 processes and checks that Ray never starts."""
 
+import http.server
 import os
+import threading
+import time
 
 import pytest
 from typer.testing import CliRunner
 
+from pcbench.checks import check_address
 from pcbench.cli import app
 from pcbench.data import cifar
 
@@ -190,3 +194,32 @@ def test_an_empty_ray_address_means_a_local_instance(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["search", "--method", "ce", "--dry-run"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert "missing" not in result.stderr
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # its log would share the command's stderr
+        pass
+
+
+def test_an_address_that_answers_but_is_not_ray_is_refused_at_once(tmp_path, monkeypatch):
+    """An HTTP server where Ray's GCS is due: Ray would retry it for a minute; one line instead."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.chdir(tmp_path)
+    try:
+        started = time.monotonic()
+        result = CliRunner().invoke(app, ["search", "--method", "ce", "--address",
+                                          f"127.0.0.1:{server.server_address[1]}"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 2 and time.monotonic() - started < 15, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.endswith(f"127.0.0.1:{server.server_address[1]} answers, but not as Ray: give the head's GCS "
+                         f"port (ray start --head prints it; 6379 by default) or ray://HOST:10001")
+
+
+@pytest.mark.ray
+def test_a_ray_gcs_passes_the_address_check(local_ray):
+    import ray
+
+    check_address(ray.get_runtime_context().gcs_address)  # no error: it answers HTTP/2

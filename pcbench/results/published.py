@@ -33,6 +33,20 @@ _MDISTILLER_CIFAR = Source("mdistiller", "megvii-research/mdistiller, README.md 
                            True, 240, "cifar100-crd")
 _MDISTILLER_IMAGENET = Source("mdistiller", "megvii-research/mdistiller, README.md (ImageNet table)",
                               _MDISTILLER_CIFAR.selection, True, 100, "imagenet")
+# Read in JiamingLv/WKD README.md (its CIFAR-100 and ImageNet tables; WKD-L / WKD-F: 76.53 /
+# 76.77 resnet32x4->resnet8x4, 72.49 / 72.50 ResNet34->ResNet18). The README does not say how a
+# number was chosen; its trainer (mdistiller's) keeps the best test epoch.
+_WKD_CIFAR = Source("WKD", "JiamingLv/WKD, README.md (CIFAR-100 table)",
+                    "best test epoch (its mdistiller trainer keeps the best test accuracy; the README "
+                    "does not say)", True, 240, "cifar100-crd")
+_WKD_IMAGENET = Source("WKD", "JiamingLv/WKD, README.md (ImageNet table)", _WKD_CIFAR.selection, True, 100,
+                       "imagenet")
+# Read in dvlab-research/ReviewKD ImageNet/README.md (ResNet34->ResNet18: 71.61). Its own recipe
+# (100 epochs, cosine with a 5-epoch warm-up, AMP), which no pcbench recipe reproduces: shown
+# beside no table, kept for `published_elsewhere`.
+_REVIEWKD_IMAGENET = Source("ReviewKD", "dvlab-research/ReviewKD, ImageNet/README.md",
+                            "best test epoch (its trainer saves best_prec1; the README does not say)",
+                            True, 100, "reviewkd-imagenet")
 
 # RepDistiller's train_student.py runs init() for --init_epochs (default 30) before the usual
 # 240 epochs when it distils with abound, factor or fsp (pcbench's ab, ft, fsp).
@@ -67,6 +81,15 @@ _TABLES = {
     },
     _MDISTILLER_IMAGENET: {
         ("imagenet", "resnet34", "resnet18"): dict(kd=71.03, dkd=71.70),
+    },
+    _WKD_CIFAR: {
+        ("cifar100", "resnet32x4", "resnet8x4"): dict(wkd_l=76.53, wkd_f=76.77),
+    },
+    _WKD_IMAGENET: {
+        ("imagenet", "resnet34", "resnet18"): dict(wkd_l=72.49, wkd_f=72.50),
+    },
+    _REVIEWKD_IMAGENET: {
+        ("imagenet", "resnet34", "resnet18"): dict(reviewkd=71.61),
     },
 }
 

@@ -93,6 +93,22 @@ def test_a_student_started_from_the_teacher_has_all_its_weights_but_the_classifi
     assert torch.equal(student.fc.weight, fresh_head)  # re-initialised: its own fresh weights
 
 
+@pytest.mark.parametrize("suite, scratch, finetune", [("transfer-demo.yaml", 20, 10),
+                                                      ("transfer.yaml", 240, 12)])
+def test_the_transfer_suites_fine_tune_the_pair_that_starts_from_the_teacher(suite, scratch, finetune,
+                                                                            tmp_path):
+    result = CliRunner().invoke(app, ["benchmark", str(SUITES_DIR / suite), "--dry-run", "--json",
+                                      "--data-dir", str(tmp_path), "--results", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    for entry in plan:  # the fine-tuning recipe's lr and length; the from-scratch recipe's otherwise
+        started = entry["student_init"] == "teacher"
+        assert entry["first_point"]["train.lr"] == (0.01 if started else 0.05), entry
+        # each pair searched and re-run for its own recipe's length
+        assert entry["budget"]["epochs"] == entry["final"]["epochs"] == (finetune if started else scratch)
+    assert {e["student_init"] for e in plan} == {"scratch", "teacher"}
+
+
 @pytest.mark.slow
 def test_the_transfer_demo_suite_runs_and_its_leaderboard_names_the_teachers_task(
         tmp_path, teacher_store, local_ray):
@@ -107,6 +123,7 @@ def test_the_transfer_demo_suite_runs_and_its_leaderboard_names_the_teachers_tas
     started = trials[trials.student_init == "teacher"]
     assert set(started.teacher) == {"cnn_small"} and len(started) == 2
     assert all(json.loads(c)["train"]["init_from_teacher"] for c in started.config)
+    assert {json.loads(c)["train"]["recipe"] for c in started.config} == {"finetune-digits"}
     board = pd.read_parquet(tmp_path / "results" / "report" / "leaderboard.parquet")
     assert len(board) == 2 and set(board.student_init) == {"scratch", "teacher"}
     assert board.published_acc.isna().all()  # no published number is for this setting

@@ -204,6 +204,10 @@ def test_delta_trains_the_probe_first_then_measures_attention_and_regularises():
     # the attention is kept in the method's state (saved with checkpoints), measured once
     state = method.state_dict()
     assert state["attention_measured"] and torch.equal(state["attention_stage2"], method.attention("stage2"))
+    resumed = _method("delta", student, teacher, epochs=9, beta=0.04)
+    resumed.load_state_dict(state)
+    resumed(_step(student, teacher, torch.randn(6, 1, 8, 8), y, epoch=2))  # no stage batches kept
+    assert all(torch.equal(resumed.attention(t), method.attention(t)) for t in ("stage1", "stage2", "stage3"))
 
 
 def _embedding(model, x):

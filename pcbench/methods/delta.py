@@ -114,6 +114,7 @@ class DELTA(InitStageMethod):
             channels = teacher.tap_shapes[tap][0]
             self.register_buffer(self._attention_name(tap), torch.full((channels,), 1.0 / channels))
         self.register_buffer("attention_measured", torch.zeros((), dtype=torch.bool))
+        self._measured = False  # the buffer, read once: no device sync at every step
         self._recent: list[tuple[torch.Tensor, torch.Tensor]] = []  # the stage's last batches
 
     @staticmethod
@@ -152,8 +153,10 @@ class DELTA(InitStageMethod):
         self.attention_measured.fill_(True)
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
-        if not self.attention_measured:
-            self._measure_attention(step)
+        if not self._measured:
+            if not self.attention_measured:  # measured already where a trial resumes
+                self._measure_attention(step)
+            self._measured = True
         loss = sum(delta_distance(step.student_feats[t], step.teacher_feats[t], self.attention(t))
                    for t in self.tap_list)
         new = head_prefix(step.student)

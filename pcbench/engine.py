@@ -289,6 +289,9 @@ class _Cohort:
             self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
         members = [_Member(c, r, self.data, teacher_info if t else None, self.device, self.memory_format,
                            self.compile_mode, self.world) for c, r, t in zip(cfgs, reporters, needs_teacher)]
+        for member in members:
+            if member.needs_teacher:
+                member.distiller.method.prepare(self.teacher, self.data)
         if any(diagnosing):
             wanted = set().union(*(m.diagnose(self.teacher.TAP_NODES, split)
                                    for m, on in zip(members, diagnosing) if on))

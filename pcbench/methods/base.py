@@ -198,6 +198,11 @@ class Method(nn.Module):
         when no member of a cohort does)."""
         return self.needs_teacher
 
+    def prepare(self, teacher: TapModel, data) -> None:
+        """Called once before the first step, with the frozen teacher (on the trial's device)
+        and the trial's data (a DataSource): for what a method computes from the whole training
+        split before it trains, as WKD-L's class cost. Default: nothing."""
+
     @classmethod
     def teacher_in_train_mode(cls, config: MethodConfig) -> bool:
         """Whether the teacher runs with BatchNorm on batch statistics (default: eval mode)."""

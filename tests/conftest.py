@@ -4,6 +4,7 @@ import torch
 torch.set_num_threads(2)
 
 
+
 @pytest.fixture(scope="session")
 def teacher_store(tmp_path_factory):
     """A digits teacher trained once for the whole session with the fixed recipe."""

@@ -2,6 +2,7 @@
 teacher forward per batch, each member ending exactly as it would have alone."""
 
 import pytest
+from pairs import starts_from_teacher
 
 from pcbench.config import build_config
 from pcbench.engine import LocalReporter, train_cohort, train_trial
@@ -24,11 +25,13 @@ def _same(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def members(teacher_store):
-    """Every registered method but fsp (which needs a pair of one width), and different knobs:
-    CRD draws random negatives, FCFD samples paths, CE reads no teacher, AB and FT start with
-    their initialisation stage."""
+    """Every registered method but fsp (which needs a pair of one width) and those that start
+    from the teacher's weights (the teacher's architecture), and different knobs: CRD draws
+    random negatives, FCFD samples paths, CE reads no teacher, AB and FT start with their
+    initialisation stage."""
     return [_config(teacher_store, "kd"),
-            *(_config(teacher_store, m) for m in method_names() if m not in ("kd", "fsp")),
+            *(_config(teacher_store, m) for m in method_names()
+              if m not in ("kd", "fsp") and not starts_from_teacher(m)),
             _config(teacher_store, "pc", **{"train.lr": 0.02})]
 
 

@@ -2,6 +2,7 @@
 
 import optuna
 import pytest
+from pairs import started_from_teacher, starts_from_teacher
 
 from pcbench.config import build_config
 from pcbench.errors import UserError
@@ -58,13 +59,14 @@ def test_unknown_method_lists_the_registered_ones():
 
 @pytest.mark.parametrize("method", method_names())
 def test_every_space_loads_starts_at_the_default_and_samples_valid_configs(method):
-    template, space = prepare_search({"method": method}, {})
+    base, started = started_from_teacher(method)
+    template, space = prepare_search(base, started)
     first = space.first_point(template)
-    assert build_config({"method": method}, first).hash == template.hash  # defaults first
+    assert build_config(base, {**started, **first}).hash == template.hash  # defaults first
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     for _ in range(5):
         trial = study.ask(space.distributions)
-        build_config({"method": method}, trial.params)  # every sample is a valid trial
+        build_config(base, {**started, **trial.params})  # every sample is a valid trial
         study.tell(trial, 0.5)
 
 
@@ -78,7 +80,9 @@ def test_spaces_differ_only_in_their_own_method_knobs(teacher, student):
     and nothing else but its own method.* knobs."""
     shared = {}
     for method in method_names():
-        _, space = prepare_search({"method": method, "teacher": teacher, "student": student}, {})
+        started = starts_from_teacher(method)  # then the teacher's architecture, from its weights
+        _, space = prepare_search({"method": method, "teacher": student if started else teacher,
+                                   "student": student}, {"train.init_from_teacher": True} if started else {})
         others = {k: d for k, d in space.distributions.items() if not k.startswith("method.")}
         shared[method] = others
     reference = shared["ce"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pairs import starts_from_teacher
 from typer.testing import CliRunner
 
 from pcbench.cli import app
@@ -25,6 +26,10 @@ def empty_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def _started(method: str) -> list[str]:
+    return ["--init-from-teacher"] if starts_from_teacher(method) else []  # l2sp, delta
 
 
 def _plan(*args) -> list[dict]:
@@ -56,13 +61,13 @@ def _check_one_objective_per_row(entries: list[dict]) -> None:
 
 @pytest.mark.parametrize("method", method_names() + VARIANTS)
 def test_a_search_plan_has_a_kd_term_only_for_kd_and_the_kd_variants(method):
-    entries = _plan("search", "--method", method, *PAIR)
+    entries = _plan("search", "--method", method, *PAIR, *_started(method))
     _check_one_objective_per_row(entries)
     assert entries[0]["fixed"].get("method.name") is None  # every knob, not the name
 
 
 def test_every_kd_variant_adds_the_same_kd_knobs():
-    entries = [e for m in VARIANTS for e in _plan("search", "--method", m, *PAIR)]
+    entries = [e for m in VARIANTS for e in _plan("search", "--method", m, *PAIR, *_started(m))]
     assert len(entries) == len(VARIANTS) >= 15
     _check_one_objective_per_row(entries)
     first = {(e["first_point"]["method.w_kd"], e["first_point"]["method.kd_temperature"])

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from pairs import starts_from_teacher
 
 from pcbench.config import build_config
 from pcbench.data import cifar
@@ -34,10 +35,11 @@ def test_every_method_trains_on_the_gpu(method, speed, cifar_setup):
     if method == "ot" and not HAVE_POT:
         pytest.skip("POT is not installed")
     root, teacher = cifar_setup
+    student = "resnet32x4" if starts_from_teacher(method) else "resnet8x4"  # l2sp, delta: from its weights
     config = build_config(
         {"data": {"name": "cifar100", "root": str(root), "batch_size": 64, "val_fraction": 0.0},
-         "teacher": "resnet32x4", "student": "resnet8x4", "method": method,
-         "train": {"epochs": 2, "device": "cuda", **speed}}, {})
+         "teacher": "resnet32x4", "student": student, "method": method,
+         "train": {"epochs": 2, "device": "cuda", "init_from_teacher": student == "resnet32x4", **speed}}, {})
     config = config.model_copy(update={"teacher_weights": teacher})
     reporter = LocalReporter()
     final = train_trial(config, reporter)

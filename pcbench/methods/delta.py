@@ -8,7 +8,7 @@ classifier (the probe) is trained on the starting model's embedding for the firs
 `init_share` of the epochs (an initialisation stage: the student does not train meanwhile);
 then, on the last ATTENTION_BATCHES training batches of that stage, each channel j of each
 tap is zeroed and the rise of the probe's cross-entropy is its importance; per tap,
-a = softmax(zscore(importance) / temperature). The loss, as the authors' train.py:
+a = softmax(zscore(importance) / attention_temperature). The loss, as the authors' train.py:
     delta = weight * sum over taps of 1/2 * sum_j C * a_j * mean over positions (s_j - t_j)^2
     head  = beta / 2 * ||classifier||^2     (the new layer's weight and bias)
 averaged over the batch where the authors sum it: their alpha 0.01 on a sum over 64 images is
@@ -37,7 +37,7 @@ class DELTAConfig(InitStageConfig):
     name: Literal["delta"] = "delta"
     weight: NonNegativeFloat = 0.64  # the authors' alpha 0.01, summed over their batch of 64
     beta: NonNegativeFloat = 0.01  # the new classifier towards zero
-    temperature: PositiveFloat = 5.0  # of the softmax over z-scored channel importances
+    attention_temperature: PositiveFloat = 5.0  # of the softmax over z-scored channel importances
     taps: TapList = ["all_stages"]  # the authors: the last block of each of ResNet's stages
 
 
@@ -149,7 +149,7 @@ class DELTA(InitStageMethod):
             if dist.is_available() and dist.is_initialized():  # one attention on every rank
                 dist.all_reduce(importance[tap])
                 importance[tap] /= dist.get_world_size()
-            self.attention(tap).copy_(attention_weights(importance[tap], self.config.temperature))
+            self.attention(tap).copy_(attention_weights(importance[tap], self.config.attention_temperature))
         self.attention_measured.fill_(True)
 
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:

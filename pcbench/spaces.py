@@ -5,6 +5,12 @@ the trial it searches before the search starts: layer roles become the pair's ta
 relative ranges become absolute ones. The trial's own settings (the method's defaults, the
 suite's per-pair published setting, --set) are the first point tried.
 
+A variant (`pc+kd`, `kd+ls`, `dkd+ctkd`, `pc+kd+ls`) searches its method's space plus one shared
+block per plug-in: search_spaces/kd_term.yaml (+kd), ls_term.yaml (+ls), ctkd_term.yaml
+(+ctkd). Every method that takes a plug-in searches the same knobs over the same ranges, and no
+method's own file may hold them. A `+ctkd` variant learns its temperature, so the method's
+temperature knob (`kd_temperature` for a +kd variant) is left out of its search.
+
     knobs:
       method.tau: {type: float, low: 0.05, high: 2.0, log: true}
       method.tap: {type: categorical, choices: [embedding, last_stage, "stage[-2]"]}
@@ -22,13 +28,26 @@ from pcbench import bundled
 from pcbench.config import TrialConfig, build_config, load_yaml
 from pcbench.errors import UserError
 from pcbench.methods import base_method, get_method
-from pcbench.methods.base import KD_TERM_KNOBS
+from pcbench.methods.base import (
+    CTKD_SUFFIX,
+    CTKD_TERM_KNOBS,
+    KD_SUFFIX,
+    KD_TERM_KNOBS,
+    LS_SUFFIX,
+    LS_TERM_KNOBS,
+)
 from pcbench.models import stage_taps
 from pcbench.models.roles import common_stages, resolve_taps
 
 SPACES_DIR = bundled("search_spaces")
 TRAINING_SPACE = SPACES_DIR / "training.yaml"
 KD_TERM_SPACE = SPACES_DIR / "kd_term.yaml"  # what every `<method>+kd` variant adds, alike
+LS_TERM_SPACE = SPACES_DIR / "ls_term.yaml"  # ... every `+ls` variant
+CTKD_TERM_SPACE = SPACES_DIR / "ctkd_term.yaml"  # ... every `+ctkd` variant
+# plug-in: (the class flag of a variant that has it, its knobs, its shared space)
+PLUGIN_SPACES = {KD_SUFFIX: ("adds_kd", KD_TERM_KNOBS, KD_TERM_SPACE),
+                 LS_SUFFIX: ("adds_ls", LS_TERM_KNOBS, LS_TERM_SPACE),
+                 CTKD_SUFFIX: ("adds_ctkd", CTKD_TERM_KNOBS, CTKD_TERM_SPACE)}
 TAP_KNOBS = ("method.tap", "method.taps")
 
 
@@ -44,7 +63,7 @@ class DeclaredSpace:
 
 
 def default_space_path(method: str) -> "Path | DeclaredSpace":
-    """A method's own space; a `+kd` variant's is its method's (the KD term comes on top). A
+    """A method's own space; a variant's is its method's (the plug-ins' blocks come on top). A
     plug-in's: the `space` its class declares, else `<name>.yaml` beside its module."""
     cls = get_method(base_method(method))
     if cls.__module__.startswith("pcbench."):
@@ -186,12 +205,20 @@ def load_space(source: "str | Path | DeclaredSpace", template: TrialConfig) -> S
     own = read_knobs(source, allowed_prefix="method.")
     alone = get_method(base_method(method.name)).Config.model_fields
     for key in own:
-        if key.removeprefix("method.") in KD_TERM_KNOBS and key.removeprefix("method.") not in alone:
-            raise UserError(f"{path}: '{key}' belongs to the KD term, which every <method>+kd variant "
-                            f"searches alike from {KD_TERM_SPACE.relative_to(SPACES_DIR.parent)}; "
-                            f"drop it here")
+        knob = key.removeprefix("method.")
+        for suffix, (_, plugin_knobs, shared) in PLUGIN_SPACES.items():
+            if knob in plugin_knobs and knob not in alone:
+                raise UserError(f"{path}: '{key}' belongs to the {suffix} plug-in, which every "
+                                f"<method>{suffix} variant searches alike from "
+                                f"{shared.relative_to(SPACES_DIR.parent)}; drop it here")
     # the shared blocks last: a method's file cannot narrow or widen them
-    knobs = {**own, **(read_knobs(KD_TERM_SPACE) if method.adds_kd else {}), **read_knobs(TRAINING_SPACE)}
+    knobs = dict(own)
+    for flag, _, shared in PLUGIN_SPACES.values():
+        if getattr(method, flag):
+            knobs.update(read_knobs(shared))
+    if method.adds_ctkd:  # the learnt temperature replaces the method's
+        knobs.pop(f"method.{method.temperature_knob}", None)
+    knobs.update(read_knobs(TRAINING_SPACE))
     flat = template.flat()
     for key in knobs:
         if key not in flat:

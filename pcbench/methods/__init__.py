@@ -1,17 +1,37 @@
 """Method registry. A method is one module in this package decorated with `@register`;
-every module here is imported on first use, so adding a method touches one file. Every
-method with a teacher also exists as `<name>+kd` (base.with_kd): the method plus the KD term,
-with the same KD knobs for all."""
+every module here is imported on first use, so adding a method touches one file.
+
+Variants (base.py's docstring has their contract): a registered name followed by plug-ins in
+the order `<method>[+kd][+ls][+ctkd]`, each with the same knobs for every method that takes it:
+- `+kd` (base.with_kd), the KD term: every method with a teacher but those that are KD on the
+  logits themselves (kd, dkd, dist, nkd, wttm: `takes_kd` False);
+- `+ls` (base.with_ls, logit standardisation) and `+ctkd` (base.with_ctkd, curriculum
+  temperature), the logit plug-ins: every method with `logit_hooks` (kd, dkd, dist, nkd, wttm)
+  and every `+kd` variant (on its KD term): `kd+ls`, `dkd+ctkd`, `pc+kd+ls`, `kd+ls+ctkd`.
+A name that cannot take a plug-in is refused with one line naming the fix."""
 
 import importlib
 import pkgutil
 
 from pcbench import plugins
 from pcbench.errors import UserError
-from pcbench.methods.base import KD_SUFFIX, DataInfo, Method, MethodConfig, Step, with_kd
+from pcbench.methods.base import (
+    CTKD_SUFFIX,
+    KD_SUFFIX,
+    LS_SUFFIX,
+    VARIANT_SUFFIXES,
+    DataInfo,
+    Method,
+    MethodConfig,
+    Step,
+    with_ctkd,
+    with_kd,
+    with_ls,
+)
 
-__all__ = ["KD_SUFFIX", "DataInfo", "Method", "MethodConfig", "Step", "base_method", "get_method",
-           "is_method", "method_names", "method_origin", "register"]
+__all__ = ["CTKD_SUFFIX", "KD_SUFFIX", "LS_SUFFIX", "VARIANT_SUFFIXES", "DataInfo", "Method", "MethodConfig",
+           "Step", "base_method", "get_method", "is_method", "method_names", "method_origin", "register",
+           "split_variant"]
 
 # A trial config's own sections and settings: a method of one of these names would take over
 # `--set <name>.KNOB` (config.build_config reads a method's name there as a scope).
@@ -67,39 +87,88 @@ def method_origin(name: str) -> str:
 
 
 def method_names() -> list[str]:
-    """The registered methods (their `+kd` variants not listed)."""
+    """The registered methods (their variants not listed)."""
     _discover()
     return sorted(_REGISTRY)
 
 
+def split_variant(name: str) -> tuple[str, tuple[str, ...]]:
+    """("pc", ("+kd", "+ls")) for `pc+kd+ls`: the registered name and the plug-ins after it (a
+    method's name has no "+")."""
+    base, *plugins_ = name.split("+")
+    return base, tuple(f"+{p}" for p in plugins_)
+
+
 def base_method(name: str) -> str:
-    """`pc` for `pc+kd`; a method's own name otherwise."""
-    return name.removesuffix(KD_SUFFIX)
+    """`pc` for `pc+kd` and `pc+kd+ls`; a method's own name otherwise."""
+    return split_variant(name)[0]
 
 
 def is_method(name: str) -> bool:
     _discover()
-    base = base_method(name)
-    return base in _REGISTRY and (base == name or _takes_kd(_REGISTRY[base]))
+    return split_variant(name)[0] in _REGISTRY and _refusal(name) is None
 
 
 def _takes_kd(method: type[Method]) -> bool:
     return method.needs_teacher and method.takes_kd
 
 
+def _logit_variants(suffix: str) -> str:
+    return ", ".join(m + suffix for m in method_names() if _REGISTRY[m].logit_hooks)
+
+
+def _refusal(name: str) -> str | None:
+    """Why `name` (a registered method's variant) cannot be built, naming the fix; None if it can."""
+    base, suffixes = split_variant(name)
+    unknown = [s for s in suffixes if s not in VARIANT_SUFFIXES]
+    if unknown:
+        return (f"{name}: unknown plug-in '{unknown[0]}'; the variants are {', '.join(VARIANT_SUFFIXES)}, "
+                f"written in that order (<method>{''.join(VARIANT_SUFFIXES)})")
+    ordered = [s for s in VARIANT_SUFFIXES if s in suffixes]
+    if list(suffixes) != ordered:
+        return (f"{name}: write each plug-in once, in the order {', '.join(VARIANT_SUFFIXES)}: "
+                f"{base}{''.join(ordered)}")
+    method = _REGISTRY[base]
+    hooks, done = method.logit_hooks, base  # a +kd variant's KD term reads the hooks
+    for suffix in suffixes:
+        if suffix == KD_SUFFIX:
+            if not _takes_kd(method):
+                why = "has no teacher" if not method.needs_teacher else "is itself KD on the logits"
+                return (f"{name}: {base} {why}, so it takes no added KD term; use --method kd "
+                        f"(its own w_kd and temperature) or another method{KD_SUFFIX}")
+            hooks = True
+        elif not hooks:
+            if not method.needs_teacher:
+                why = "has no teacher"
+            elif method.reads_teacher_logits:
+                why = "compares logits only inside its own terms, out of the plug-in's reach"
+            else:
+                why = "compares no logits"
+            fix = (f"{base}{KD_SUFFIX}{suffix} (the plug-in on the added KD term) or "
+                   if _takes_kd(method) else "")
+            return (f"{name}: {done} {why}, so it takes no {suffix}; use {fix}a logit method's: "
+                    f"{_logit_variants(suffix)}")
+        done += suffix
+    return None
+
+
+_WRAP = {KD_SUFFIX: with_kd, LS_SUFFIX: with_ls, CTKD_SUFFIX: with_ctkd}
+
+
 def get_method(name: str) -> type[Method]:
     _discover()
-    base = base_method(name)
+    base, suffixes = split_variant(name)
     if base not in _REGISTRY:
         raise UserError(f"unknown method '{name}': choose one of {', '.join(method_names())} "
-                        f"(or <method>{KD_SUFFIX} for one with the KD term)")
-    if base == name:
+                        f"(or a variant: <method>{KD_SUFFIX} for one with the KD term, "
+                        f"<method>{LS_SUFFIX} or {CTKD_SUFFIX} for a logit method's plug-ins)")
+    if not suffixes:
         return _REGISTRY[name]
-    method = _REGISTRY[base]
-    if not _takes_kd(method):
-        why = "has no teacher" if not method.needs_teacher else "is itself KD on the logits"
-        raise UserError(f"{name}: {base} {why}, so it takes no added KD term; use --method kd "
-                        f"(its own w_kd and temperature) or another method{KD_SUFFIX}")
     if name not in _VARIANTS:
-        _VARIANTS[name] = with_kd(method)
+        problem = _refusal(name)
+        if problem is not None:
+            raise UserError(problem)
+        # each variant subclasses the one before it (pc+kd+ls of pc+kd), built once
+        prefix = base + "".join(suffixes[:-1])
+        _VARIANTS[name] = _WRAP[suffixes[-1]](get_method(prefix))
     return _VARIANTS[name]

@@ -1,6 +1,20 @@
 """The method contract: a module built from its config and the models' tap shapes, returning
-named, already-weighted loss terms. Plain PyTorch: no Ray, no MLflow."""
+named, already-weighted loss terms. Plain PyTorch: no Ray, no MLflow.
 
+Variants: a registered method's name followed by plug-ins, in this order,
+`<method>[+kd][+ls][+ctkd]` (`pc+kd`, `kd+ls`, `dkd+ctkd`, `pc+kd+ls`, `kd+ls+ctkd`). Each is a
+subclass of the name before it, whose config adds the plug-in's knobs, the same for every method:
+- `+kd` (with_kd): Hinton's KD term, for a method with a teacher that is not itself KD on the
+  logits (`takes_kd`). Knobs: KDTermConfig.
+- `+ls` (with_ls) and `+ctkd` (with_ctkd), the logit plug-ins, for a method whose logit terms
+  read z^S, z^T and their temperature through the hooks `distill_logits` and `temperature`
+  (`logit_hooks`: kd, dkd, dist, nkd, wttm, and every `+kd` variant's KD term). `+ls` z-scores
+  both logits per sample before those terms (the label term keeps the raw logits) and scales
+  them by `ls_weight`; `+ctkd` replaces their temperature by a learnt one. Knobs: LSTermConfig,
+  CTKDTermConfig.
+"""
+
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Sequence
 
@@ -63,6 +77,28 @@ class KDTermConfig(BaseModel):
 
 KD_TERM_KNOBS = tuple(KDTermConfig.model_fields)
 
+LS_SUFFIX = "+ls"
+CTKD_SUFFIX = "+ctkd"
+VARIANT_SUFFIXES = (KD_SUFFIX, LS_SUFFIX, CTKD_SUFFIX)  # the order a variant's name writes them
+# LS's base temperature (sunshangquan/logit-standardization-KD, tools/train.py --base-temp 2): the
+# first point of an `+ls` variant's temperature knob, which then divides z-scored logits.
+LS_TEMPERATURE = 2.0
+
+
+class LSTermConfig(BaseModel):
+    """What a `<method>+ls` variant adds, the same for every method: a factor on the terms that
+    compare the z-scored logits. z-scores have unit spread, so the softened distributions are
+    flatter and their gradients smaller than on raw logits; LS compensates with a larger weight:
+    its KD runs weigh the KD term 9 instead of 0.9 (x10, CE 0.1), its DKD runs multiply alpha and
+    beta by 9. The default 10 is the KD runs' factor (kd+ls starts at w_kd 0.9 x 10 = 9)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    ls_weight: PositiveFloat = 10.0
+
+
+LS_TERM_KNOBS = tuple(LSTermConfig.model_fields)
+
 
 @dataclass(frozen=True)
 class DataInfo:
@@ -96,6 +132,70 @@ def ramp(epoch: int, share: float, epochs: int) -> float:
     """min(1, epoch / warm-up), the epoch counted from 1 (mdistiller's, FCFD's), over a warm-up
     of `share` of the trial's `epochs`."""
     return min(1.0, (epoch + 1) / max(1.0, share * epochs))
+
+
+class CTKDTermConfig(BaseModel):
+    """What a `<method>+ctkd` variant adds, the same for every method: CTKD's global learnt
+    temperature T = ctkd_t_min + (ctkd_t_max - ctkd_t_min) * sigmoid(p) (zhengli97/CTKD: t_start 1,
+    t_end 20, so T in (1, 21)), trained adversarially: a gradient-reversal layer before the
+    sigmoid multiplies p's gradient by -lambda, lambda rising as a half cosine from 0 to
+    `ctkd_lambda` over the first `ctkd_share` of the trial's epochs (CTKD's 10 of 240, its
+    CosineDecay from 0 to -1), so p ascends the distillation loss while the student descends it."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    ctkd_t_min: PositiveFloat = 1.0
+    ctkd_t_max: PositiveFloat = 21.0
+    ctkd_share: WarmupShare = 10 / 240
+    ctkd_lambda: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _a_range(self) -> "CTKDTermConfig":
+        if self.ctkd_t_max <= self.ctkd_t_min:
+            raise ValueError(f"ctkd_t_max ({self.ctkd_t_max}) must be above ctkd_t_min ({self.ctkd_t_min}): "
+                             f"the learnt temperature lies between them")
+        return self
+
+
+CTKD_TERM_KNOBS = tuple(CTKDTermConfig.model_fields)
+
+
+def reversal_strength(epoch: int, share: float, epochs: int, top: float) -> float:
+    """CTKD's lambda, as a magnitude: (1 - cos(pi * ramp)) / 2 * top, with ramp's epoch count, so
+    (1 - cos(pi * e / 10)) / 2 at epoch e counted from 1 over CTKD's 10 of 240 epochs."""
+    return top * (1 - math.cos(math.pi * ramp(epoch, share, epochs))) / 2
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """The identity forward; backward multiplies the gradient by -strength."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, strength: float) -> torch.Tensor:
+        ctx.strength = strength
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.strength * grad, None
+
+
+class CurriculumTemperature(nn.Module):
+    """CTKD's Global_T: one learnt parameter p (starting at 1, as CTKD's), a temperature in
+    (t_min, t_max) whose gradient is reversed with the given strength."""
+
+    def __init__(self, t_min: float, t_max: float):
+        super().__init__()
+        self.t_min, self.t_max = t_min, t_max
+        self.logit = nn.Parameter(torch.ones(()))
+
+    def forward(self, strength: float) -> torch.Tensor:
+        p = _ReverseGradient.apply(self.logit, strength)
+        return self.t_min + (self.t_max - self.t_min) * torch.sigmoid(p)
+
+
+def standardise(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's z-score, as LS's `normalize`: (z - mean) / (unbiased std + 1e-7)."""
+    return (logits - logits.mean(1, keepdim=True)) / (logits.std(1, keepdim=True) + 1e-7)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -136,6 +236,8 @@ class Method(nn.Module):
     # or has no teacher (ce).
     takes_kd: ClassVar[bool] = True
     adds_kd: ClassVar[bool] = False  # True for the `+kd` variants (with_kd)
+    adds_ls: ClassVar[bool] = False  # True for the `+ls` variants (with_ls)
+    adds_ctkd: ClassVar[bool] = False  # True for the `+ctkd` variants (with_ctkd)
     # Knobs that change what a cohort's members share (the teacher's forward): a search over
     # them runs one trial per process, and configurations that differ in them are no cohort.
     cohort_shared_knobs: ClassVar[tuple[str, ...]] = ()
@@ -241,6 +343,73 @@ def with_kd(method: type[Method]) -> type[Method]:
                 {"name": name, "Config": config, "reads_teacher_logits": True, "adds_kd": True,
                  "takes_kd": False, "logit_hooks": True, "temperature_knob": "kd_temperature",
                  "__module__": method.__module__})
+
+
+class _LogitStandardisation(Method):
+    """The `+ls` behaviour, placed before the method in a variant's bases."""
+
+    def distill_logits(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(standardise(z) for z in super().distill_logits(step))
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        terms = super().forward(step)
+        # the terms that read distill_logits: a +kd variant's KD term; a logit method's own terms
+        compared = {"kd"} if self.adds_kd else set(terms) - {"ce"}
+        return {k: self.config.ls_weight * v if k in compared else v for k, v in terms.items()}
+
+
+def with_ls(method: type[Method]) -> type[Method]:
+    """`<method>+ls`, logit standardisation (Sun et al., CVPR 2024): the terms that compare logits
+    read both models' logits z-scored per sample (`standardise`), are multiplied by `ls_weight`,
+    and the method's temperature knob (`temperature_knob`) starts at LS's base temperature 2.
+    The label term keeps the raw logits. For a method with `logit_hooks`."""
+    name = method.name + LS_SUFFIX
+    knob = method.temperature_knob
+    config = create_model(f"{method.Config.__name__}PlusLS", __base__=(method.Config, LSTermConfig),
+                          name=(Literal[name], name), **{knob: (PositiveFloat, LS_TEMPERATURE)},
+                          __validators__={"_ls_temperature": _ls_temperature_first(knob)})
+    return type(f"{method.__name__}PlusLS", (_LogitStandardisation, method),
+                {"name": name, "Config": config, "adds_ls": True, "__module__": method.__module__})
+
+
+def _ls_temperature_first(knob: str):
+    """The `+ls` temperature's default wins over KDTermConfig's (fcfd+kd+ls: the KD term on
+    z-scores starts at LS's 2, not at FCFD's own temperature)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ls_temperature(cls, data: Any) -> Any:
+        if isinstance(data, dict) and knob not in data:
+            return {**data, knob: LS_TEMPERATURE}
+        return data
+    return _ls_temperature
+
+
+class _CurriculumTemperature(Method):
+    """The `+ctkd` behaviour, placed before the method in a variant's bases."""
+
+    def __init__(self, config, student, teacher, data: DataInfo):
+        super().__init__(config, student, teacher, data)
+        self.ctkd_epochs = data.epochs
+        # a trainable extra module: the optimizer steps it with the student (weight decay too,
+        # as CTKD's optimizer does)
+        self.curriculum = CurriculumTemperature(self.config.ctkd_t_min, self.config.ctkd_t_max)
+
+    def temperature(self, step: Step) -> torch.Tensor:
+        cfg = self.config
+        strength = reversal_strength(step.epoch, cfg.ctkd_share, self.ctkd_epochs, cfg.ctkd_lambda)
+        return self.curriculum(strength)
+
+
+def with_ctkd(method: type[Method]) -> type[Method]:
+    """`<method>+ctkd`, curriculum temperature (Li et al., AAAI 2023): the `temperature` hook
+    returns CTKD's learnt temperature (CurriculumTemperature; CTKDTermConfig), so the method's
+    temperature knob is not read and not searched. For a method with `logit_hooks`."""
+    name = method.name + CTKD_SUFFIX
+    config = create_model(f"{method.Config.__name__}PlusCTKD", __base__=(method.Config, CTKDTermConfig),
+                          name=(Literal[name], name))
+    return type(f"{method.__name__}PlusCTKD", (_CurriculumTemperature, method),
+                {"name": name, "Config": config, "adds_ctkd": True, "__module__": method.__module__})
 
 
 class InitStageConfig(MethodConfig):

@@ -31,8 +31,15 @@ def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor,
     tckd = F.kl_div(binary_s.log(), binary_t, reduction="batchmean") * t * t
     # Non-target classes only: the target logit pushed to -inf (mdistiller uses -1000).
     log_q_s = F.log_softmax(z_s / t - 1000.0 * gt, 1)
-    q_t = F.softmax(z_t / t - 1000.0 * gt, 1)
-    nckd = F.kl_div(log_q_s, q_t, reduction="batchmean") * t * t
+    if isinstance(t, torch.Tensor) and t.requires_grad:
+        # A learnt temperature (+ctkd) is differentiated through the teacher's side too, where the
+        # target class's probability is exactly 0 and kl_div's target gradient log(0) x 0 is NaN;
+        # the log-space target has none. A fixed temperature keeps mdistiller's form.
+        log_q_t = F.log_softmax(z_t / t - 1000.0 * gt, 1)
+        nckd = F.kl_div(log_q_s, log_q_t, reduction="batchmean", log_target=True) * t * t
+    else:
+        q_t = F.softmax(z_t / t - 1000.0 * gt, 1)
+        nckd = F.kl_div(log_q_s, q_t, reduction="batchmean") * t * t
     return tckd, nckd
 
 

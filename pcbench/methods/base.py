@@ -9,9 +9,10 @@ subclass of the name before it, whose config adds the plug-in's knobs, the same 
 - `+ls` (with_ls) and `+ctkd` (with_ctkd), the logit plug-ins, for a method whose logit terms
   read z^S, z^T and their temperature through the hooks `distill_logits` and `temperature`
   (`logit_hooks`: kd, dkd, dist, nkd, wttm, and every `+kd` variant's KD term). `+ls` z-scores
-  both logits per sample before those terms (the label term keeps the raw logits) and scales
-  them by `ls_weight`; `+ctkd` replaces their temperature by a learnt one. Knobs: LSTermConfig,
-  CTKDTermConfig.
+  both logits per sample before those terms (the label term keeps the raw logits), scales
+  them by `ls_weight` and starts the temperature knob at LS's 2; `+ctkd` replaces their
+  temperature by a learnt one (the temperature knob is then unused, and not searched). Knobs:
+  LSTermConfig, CTKDTermConfig.
 """
 
 import math

@@ -33,7 +33,7 @@ def test_cifar100_plan_resolves_layers_and_starts_from_the_published_settings(em
     assert "this machine has no CUDA GPU" in stderr or "CUDA" not in stderr
     assert "cifar100 not found" in stderr and "no vgg13 teacher for cifar100" in stderr
     by = {(e["teacher"], e["student"], e["method"]): e for e in entries}
-    assert len(by) == 4 * 18
+    assert len(by) == 4 * 25
     # equal budgets: the same trials x epochs for every method and pair
     assert {(e["budget"]["trials"], e["budget"]["epochs"]) for e in entries} == {(16, 60)}
     assert {json.dumps(e["final"]) for e in entries} == {json.dumps({"seeds": [1, 2, 3], "epochs": 240})}
@@ -52,6 +52,9 @@ def test_cifar100_plan_resolves_layers_and_starts_from_the_published_settings(em
                          ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")]}
     assert fcfd == {("wrn_40_2", "wrn_16_2"): (5.0, 0.2, 4.0), ("resnet56", "resnet20"): (0.02, 1.0, 4.0),
                     ("resnet32x4", "resnet8x4"): (5.0, 1.0, 4.0), ("vgg13", "vgg8"): (5.0, 1.0, 4.0)}
+    assert {pair: by[(*pair, "reviewkd")]["first_point"]["method.weight"] for pair in fcfd} == {
+        ("wrn_40_2", "wrn_16_2"): 5.0, ("resnet56", "resnet20"): 0.6, ("resnet32x4", "resnet8x4"): 5.0,
+        ("vgg13", "vgg8"): 5.0}  # ReviewKD's script/reviewKD.sh
     beta = {pair: by[(*pair, "dkd")]["first_point"]["method.beta"] for pair in fcfd}
     assert beta == {("wrn_40_2", "wrn_16_2"): 6.0, ("resnet56", "resnet20"): 2.0,
                     ("resnet32x4", "resnet8x4"): 8.0, ("vgg13", "vgg8"): 6.0}

@@ -66,7 +66,8 @@ def test_the_tutorials_method_is_searched_on_ray_from_its_own_folder(folder, tea
     assert len(mine) == 2 and mine.val_acc.notna().all() and (mine.status != "error").all()
     assert all(str(folder / "mymethod.py") in config for config in mine.config)  # what it needs
     listed = _invoke("methods", "--plugin", "./mymethod.py")
-    assert listed.exit_code == 0 and "mine  plugin mymethod" in " ".join(listed.stdout.split("  "))
+    assert listed.exit_code == 0
+    assert any(line.split() == ["mine", "plugin", "mymethod"] for line in listed.stdout.splitlines())
 
 
 def test_the_python_api_searches_a_plugin_and_reads_its_trials(folder, teacher_store, local_ray):

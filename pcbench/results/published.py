@@ -47,6 +47,20 @@ _WKD_IMAGENET = Source("WKD", "JiamingLv/WKD, README.md (ImageNet table)", _WKD_
 _REVIEWKD_IMAGENET = Source("ReviewKD", "dvlab-research/ReviewKD, ImageNet/README.md",
                             "best test epoch (its trainer saves best_prec1; the README does not say)",
                             True, 100, "reviewkd-imagenet")
+# Read in each method's authors' README, CIFAR-100 table. None says how its number was chosen;
+# each trainer keeps the best test epoch (DIST's "±" implies several runs, counts unstated).
+_DIST = Source("DIST", "hunto/DIST_KD, README.md (CIFAR-100 table)",
+               "best test epoch (its trainer keeps the best checkpoint; the README does not say)",
+               True, 240, "cifar100-crd")
+_WTTM = Source("WTTM", "zkxufo/TTM, README.md (CIFAR-100 table 1)",
+               "best test epoch (train_student.py logs best_acc; the README does not say)", True, 240,
+               "cifar100-crd")
+_LS = Source("LS", "sunshangquan/logit-standardization-KD, README.md (table 1, KD/DKD/CTKD + Ours)",
+             "best test epoch, averaged over runs (its logs end with best_acc; the README says its "
+             "numbers are averages)", True, 240, "cifar100-crd")
+_CTKD = Source("CTKD", "zhengli97/CTKD, README.md (Main Results)",
+               "best test epoch (train_student.py keeps best_acc; the README does not say)", True, 240,
+               "cifar100-crd")
 
 # RepDistiller's train_student.py runs init() for --init_epochs (default 30) before the usual
 # 240 epochs when it distils with abound, factor or fsp (pcbench's ab, ft, fsp).
@@ -82,6 +96,27 @@ _TABLES = {
     _MDISTILLER_IMAGENET: {
         ("imagenet", "resnet34", "resnet18"): dict(kd=71.03, dkd=71.70),
     },
+    _DIST: {
+        ("cifar100", "resnet56", "resnet20"): dict(dist=71.75),
+        ("cifar100", "resnet32x4", "resnet8x4"): dict(dist=76.31),
+    },
+    _WTTM: {
+        ("cifar100", "wrn_40_2", "wrn_16_2"): dict(wttm=76.37),
+        ("cifar100", "resnet56", "resnet20"): dict(wttm=71.92),
+        ("cifar100", "resnet32x4", "resnet8x4"): dict(wttm=76.06),
+        ("cifar100", "vgg13", "vgg8"): dict(wttm=74.44),
+    },
+    _LS: {  # kd+ls is LS's "KD+Ours", dkd+ls "DKD+Ours", kd+ls+ctkd "CTKD+Ours"
+        ("cifar100", "resnet32x4", "resnet8x4"): {"kd+ls": 76.62, "dkd+ls": 77.01, "kd+ls+ctkd": 76.67},
+        ("cifar100", "vgg13", "vgg8"): {"kd+ls": 74.36, "dkd+ls": 74.81, "kd+ls+ctkd": 74.47},
+        ("cifar100", "wrn_40_2", "wrn_16_2"): {"kd+ls": 76.11, "dkd+ls": 76.39, "kd+ls+ctkd": 76.08},
+        ("cifar100", "resnet56", "resnet20"): {"kd+ls": 71.43, "dkd+ls": 72.32, "kd+ls+ctkd": 71.34},
+    },
+    _CTKD: {
+        ("cifar100", "resnet56", "resnet20"): {"kd+ctkd": 71.19},
+        ("cifar100", "wrn_40_2", "wrn_16_2"): {"kd+ctkd": 75.45},
+        ("cifar100", "vgg13", "vgg8"): {"kd+ctkd": 73.52},
+    },
     _WKD_CIFAR: {
         ("cifar100", "resnet32x4", "resnet8x4"): dict(wkd_l=76.53, wkd_f=76.77),
     },
@@ -96,7 +131,8 @@ _TABLES = {
 
 def published(dataset: str, teacher: str, student: str, method: str) -> Published | None:
     """The published number for this pair and method, whatever its protocol, or None where none
-    was checked. A method with the KD term added ("pc+kd") was published by nobody."""
+    was checked. A feature method with the KD term added ("pc+kd") was published by nobody;
+    the logit plug-ins' papers published theirs (kd+ls, dkd+ls, kd+ctkd, ...)."""
     for source, table in _TABLES.items():
         value = table.get((dataset, teacher, student), {}).get(method)
         if value is not None:

@@ -8,7 +8,8 @@ Tune experiment in the same folder, rebuilt from:
 - the trials' folders: params.json (JSON) and the last checkpoint, which the engine loads with
   torch.load(weights_only=True).
 A trial in flight when the driver died goes on from its last checkpoint under its first id, so
-its MLflow run and its Parquet rows stay one."""
+its MLflow run and its Parquet rows stay one: a search's trial marked so in its config (RESUMES,
+by the searcher), a run (a final run's plan and seed) found by its config."""
 
 import json
 from dataclasses import dataclass, field
@@ -30,54 +31,56 @@ def trial_folder(trial) -> str:
 @dataclass
 class Resumption:
     """The killed drivers' trials of one experiment: each trial's (first) id and the folder of
-    its newest checkpoint, and which grid run (a final run's plan and seed) each was."""
+    its newest checkpoint, and for runs (no search) which run each was: its plan and seed."""
 
     checkpoints: dict[str, str | None] = field(default_factory=dict)
-    runs: dict[str, str] = field(default_factory=dict)  # grid key -> trial id
+    runs: dict[str, str] = field(default_factory=dict)  # a run's config -> its first trial id
 
     def continued(self, config: dict[str, Any]) -> str | None:
-        """The id of the trial that a Tune trial of this config continues, if any."""
-        return config.get(RESUMES)
+        """The id of the killed driver's trial that a Tune trial of this config continues: the
+        searcher's mark, or the run of the same plan and seed."""
+        return config.get(RESUMES) or self.runs.get(run_key(config))
 
     def checkpoint(self, config: dict[str, Any]) -> str | None:
         trial_id = self.continued(config)
         return self.checkpoints.get(trial_id) if trial_id else None
 
-    def grid_point(self, point: dict[str, Any]) -> dict[str, Any]:
-        """A grid run's config, marked with the trial it continues where one ran it."""
-        trial_id = self.runs.get(grid_key(point))
-        return {**point, RESUMES: trial_id} if trial_id else point
 
-
-def grid_key(config: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in config.items() if k != RESUMES}, sort_keys=True)
+def run_key(config: dict[str, Any]) -> str:
+    return json.dumps(without_mark(config), sort_keys=True)
 
 
 def without_mark(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != RESUMES}
 
 
-def read_experiment(experiment: str) -> Resumption:
-    """The trials a killed driver left in `experiment` (a folder or a URI): read from each trial
-    folder's params.json and checkpoint_* folders, newest first; no other file is opened."""
+def read_experiment(experiment: str, runs: bool) -> Resumption:
+    """The trials a killed driver left in `experiment` (a folder or a URI), read from each trial
+    folder's params.json and checkpoint_* folders; no other file is opened. `runs`: the
+    experiment's trials are runs (a grid of plans and seeds), each continued by the trial of
+    its config; the first trial of a config is the one that started earliest."""
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
-    resumption, written = Resumption(), {}
+    found = []  # (started, folder, config, newest checkpoint or None)
     for folder in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
         if folder.type != pyarrow.fs.FileType.Directory:
             continue
+        params = fs.get_file_info(f"{folder.path}/{_PARAMS}")
+        if params.type != pyarrow.fs.FileType.File:
+            continue  # not a trial's folder, or one that never started
         try:
-            with fs.open_input_stream(f"{folder.path}/{_PARAMS}") as f:
+            with fs.open_input_stream(params.path) as f:
                 config = json.loads(f.read())
         except (OSError, ValueError):
-            continue  # not a trial's folder, or one that never started
-        first = config.get(RESUMES) or folder.base_name
-        resumption.runs.setdefault(grid_key(config), first)
+            continue
         checkpoints = [c for c in fs.get_file_info(pyarrow.fs.FileSelector(folder.path))
                        if c.type == pyarrow.fs.FileType.Directory and c.base_name.startswith("checkpoint_")]
         newest = max(checkpoints, key=lambda c: c.mtime_ns or 0, default=None)
+        found.append((params.mtime_ns or 0, folder.base_name, config, newest))
+    resumption, written = Resumption(), {}
+    for _, name, config, newest in sorted(found, key=lambda f: f[0]):
+        first = config.get(RESUMES) or (resumption.runs.setdefault(run_key(config), name) if runs else name)
+        resumption.checkpoints.setdefault(first, None)
         if newest is not None and (newest.mtime_ns or 0) >= written.get(first, -1):
             written[first] = newest.mtime_ns or 0
-            resumption.checkpoints[first] = f"{experiment.rstrip('/')}/{folder.base_name}/{newest.base_name}"
-        else:
-            resumption.checkpoints.setdefault(first, None)
+            resumption.checkpoints[first] = f"{experiment.rstrip('/')}/{name}/{newest.base_name}"
     return resumption

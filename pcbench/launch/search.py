@@ -12,7 +12,6 @@ import optuna
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
@@ -51,13 +50,19 @@ class _Relay(tune.Callback):
     members (SearchPlan.members), one but for paired finals. A Tune trial that continues a killed
     driver's trial is that trial for the listeners (its id, its MLflow run)."""
 
-    def __init__(self, name: str, templates: list[list[dict[str, Any]]], cohorts: bool):
+    def __init__(self, name: str, templates: list[list[dict[str, Any]]], cohorts: bool,
+                 resumption: Resumption):
         self.name, self.templates = name, templates  # each plan's members
         self.cohorts = cohorts  # trained by tune_cohort: its members report by index
+        self.resumption = resumption
         self.started: set[str] = set()
 
     def __getstate__(self):
-        return {"name": self.name, "templates": self.templates, "cohorts": self.cohorts, "started": set()}
+        return {**self.__dict__, "started": set()}
+
+    def _first_id(self, trial) -> str:
+        """The trial's id for the listeners: the killed driver's trial it continues, or its own."""
+        return self.resumption.continued(trial.config) or trial.trial_id
 
     @property
     def listeners(self) -> Sequence[TrialListener]:
@@ -79,7 +84,7 @@ class _Relay(tune.Callback):
         plan = trial.config.get(PLAN, 0)
         stages, templates = _LISTENERS[self.name][0][plan], self.templates[plan]
         knobs = {k: v for k, v in without_mark(trial.config).items() if k != PLAN}
-        trial_id = _first_id(trial)
+        trial_id = self._first_id(trial)
         members = knobs.get(MEMBERS)
         if members is not None:
             stage = dataclasses.replace(stages[0], cohort=len(members))
@@ -92,7 +97,7 @@ class _Relay(tune.Callback):
         return [(trial_id, templates[0], knobs, stages[0])]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        trial_id = _first_id(trial)
+        trial_id = self._first_id(trial)
         reports = ({member_id(trial_id, int(i)): m for i, m in result[COHORT].items()}
                    if COHORT in result else {trial_id: result})
         for trial_id, reported in reports.items():
@@ -119,11 +124,6 @@ class _Relay(tune.Callback):
         for trial_id, *_ in self._trials(trial):
             for listener in self.listeners:
                 listener.trial_finished(trial_id, error)
-
-
-def _first_id(trial) -> str:
-    """The trial's id for the listeners: the killed driver's trial it continues, or its own."""
-    return trial.config.get(RESUMES) or trial.trial_id
 
 
 class _OptunaSearch(OptunaSearch):
@@ -208,7 +208,7 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
         raise ValueError("side by side run only cohort searches, or final runs of the same seeds")
     name = name or plan.name
     path = f"{plan.storage.rstrip('/')}/{name}"
-    resumption = read_experiment(path) if plan.resume else Resumption()
+    resumption = read_experiment(path, runs=plan.space is None) if plan.resume else Resumption()
     members = [p.members() for p in plans]
     templates = [[template.to_dict() for template, _ in m] for m in members]
     cohorts = _searched_in_cohorts(plan) or len(plans) > 1 or len(members[0]) > 1
@@ -219,16 +219,22 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
         else tune.with_parameters(tune_trial, template=templates[0][0], **shared),
         trial_resources(plan.template.train.workers, plan.cpus_per_trial, plan.gpus_per_trial))
     if plan.space is None:
-        tune_config = _runs_config(plans, resumption)
+        tune_config = _runs_config(plan)
     else:
         tune_config = _cohort_config(plans) if _searched_in_cohorts(plan) else _tune_config(plan)
+    grid = {}  # runs (no space): each plan, each seed
+    if plan.space is None and len(plans) > 1:
+        grid[PLAN] = list(range(len(plans)))
+    if plan.space is None and plan.seeds:
+        grid["seed"] = plan.seeds
     _LISTENERS[name] = ([[stage for _, stage in m] for m in members], listeners)
     try:
         results = tune.Tuner(
             trainable, tune_config=tune_config,
+            param_space={key: tune.grid_search(values) for key, values in grid.items()} or None,
             run_config=tune.RunConfig(
                 name=name, storage_path=plan.storage, verbose=0,
-                callbacks=[_Relay(name, templates, cohorts), JsonLoggerCallback()],
+                callbacks=[_Relay(name, templates, cohorts, resumption), JsonLoggerCallback()],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 # A trial that dies (a lost node, a pre-empted worker) restarts once from
                 # its last checkpoint.
@@ -269,15 +275,10 @@ def _reuse_actors(plan: SearchPlan) -> bool:
     return plan.template.train.workers == 1
 
 
-def _runs_config(plans: list[SearchPlan], resumption: Resumption) -> tune.TuneConfig:
-    """A run, or final runs (one trial, or paired cohort, per seed; with several plans, per plan
-    and seed), each marked with the killed driver's trial it continues, if one ran it."""
-    plan = plans[0]
-    points = [{**({PLAN: index} if len(plans) > 1 else {}), **({"seed": seed} if seed is not None else {})}
-              for index in range(len(plans)) for seed in (plan.seeds or [None])]
-    points = [resumption.grid_point(point) for point in points]
-    return tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points),
-                           num_samples=len(points), max_concurrent_trials=plan.concurrent,
+def _runs_config(plan: SearchPlan) -> tune.TuneConfig:
+    """A run, or final runs: one trial (or paired cohort) per seed, with several plans per plan
+    and seed (the grid of run_search's param_space)."""
+    return tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.concurrent,
                            reuse_actors=_reuse_actors(plan), trial_dirname_creator=trial_folder)
 
 

@@ -272,6 +272,10 @@ class _Cohort:
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed,
                                  cfg.data.loader_workers).to(device)
+        samples = self.data.size("train")
+        if cfg.data.batch_size // self.world > samples // self.world:  # no full batch: no step
+            raise UserError(f"data.batch_size={cfg.data.batch_size} is more than the {samples} training "
+                            f"samples of {cfg.data.name} (over {self.world} workers); lower data.batch_size")
         self.teacher: TapModel | None = None
         self.teacher_taps: Tapped | None = None  # what the training steps read of the teacher
         self.teacher_mode = False

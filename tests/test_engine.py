@@ -6,6 +6,7 @@ import torch
 from pcbench.atomic import sha256_of
 from pcbench.config import build_config
 from pcbench.engine import MODEL_FILE, LocalReporter, train_trial
+from pcbench.errors import UserError
 from pcbench.teachers import attach
 
 
@@ -61,4 +62,11 @@ def test_a_trial_refuses_a_teacher_file_that_changed_since_it_was_set_up(teacher
     next(iter(state["model"].values())).add_(1.0)
     torch.save(state, copy)
     with pytest.raises(RuntimeError, match="changed since this trial was set up"):
+        train_trial(config, LocalReporter())
+
+
+def test_a_batch_larger_than_the_training_split_is_one_line_not_an_empty_epoch():
+    config = build_config({"method": "ce"}, {"data.batch_size": 100_000, "train.epochs": 1})
+    with pytest.raises(UserError, match=r"^data.batch_size=100000 is more than the 1221 training samples of "
+                                        r"digits \(over 1 workers\); lower data.batch_size$"):
         train_trial(config, LocalReporter())

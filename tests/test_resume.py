@@ -180,5 +180,8 @@ def test_a_cohort_in_flight_goes_on_from_its_members_checkpoints(tmp_path, teach
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len([r for r in runs if r.data.tags.get("pcbench.kind") != "search"]) == 3
     epochs = pd.read_parquet(tmp_path / "results" / "epochs")
-    # every epoch recorded once: those before the kill and those after it
-    assert epochs.groupby("trial_id").epoch.apply(lambda e: sorted(e) == list(range(1, len(e) + 1))).all()
+    # no epoch recorded twice, and every epoch from the checkpoint on (an epoch whose checkpoint
+    # landed after the dead driver's last report can be missing: the gap the note names)
+    assert epochs.groupby("trial_id").epoch.apply(lambda e: e.is_unique).all()
+    longest = epochs.groupby("trial_id").epoch.apply(sorted).map(len).idxmax()
+    assert set(range(first_result["epoch"], 9)) <= set(epochs[epochs.trial_id == longest].epoch)

@@ -147,13 +147,15 @@ def check_address(address: str | None) -> None:
                         f"ray://HOST:PORT or http://HOST:8265")
     try:
         with socket.create_connection((host, int(port)), timeout=5) as connection:
-            speaks_grpc = scheme in ("http", "https") or _answers_http2(connection)
+            # a TLS GCS answers the plain preface with an alert: not probed
+            speaks_grpc = (scheme in ("http", "https") or os.environ.get("RAY_USE_TLS", "0") not in ("", "0")
+                           or _answers_http2(connection))
     except OSError as error:
         raise UserError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); "
                         f"check --address or RAY_ADDRESS") from None
     if not speaks_grpc:  # Ray would retry it for a minute: it is not Ray's GCS (or client server)
         raise UserError(f"{address} answers, but not as Ray: give the head's GCS port (ray start "
-                        f"--head prints it; 6379 by default) or ray://HOST:10001") from None
+                        f"--head prints it; 6379 by default) or ray://HOST:10001")
 
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + SETTINGS

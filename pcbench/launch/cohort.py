@@ -168,17 +168,28 @@ class CohortSearch(Searcher):
 
     def _take_over(self) -> None:
         """The untold trials of this search (RUNNING in the study), grouped into the cohorts
-        they were asked in, in the order they were asked."""
-        untold = [t for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                  if t.user_attrs.get(self.attr) == self.search_name]
+        they were asked in, in the order they were asked; a whole cohort untold goes on from
+        its checkpoint."""
+        mine = [t for t in self.study.get_trials(deepcopy=False)
+                if t.user_attrs.get(self.attr) == self.search_name]
         cohorts: dict[str, list[optuna.trial.FrozenTrial]] = {}
-        for frozen in sorted(untold, key=lambda t: t.number):
+        for frozen in sorted(mine, key=lambda t: t.number):
             cohorts.setdefault(frozen.user_attrs.get(COHORT_ATTR, str(frozen.number)), []).append(frozen)
+        self.asked = 0
         for frozen in cohorts.values():
-            self.queue.append(_Queued([optuna.trial.Trial(self.study, t._trial_id) for t in frozen],
-                                      frozen[0].user_attrs.get(TRIAL_ATTR),
-                                      {i: t.intermediate_values for i, t in enumerate(frozen)}))
-        self.asked = len(untold)
+            untold = [t for t in frozen if t.state == optuna.trial.TrialState.RUNNING]
+            if not untold:
+                continue
+            # a cohort told in part when the driver died: its untold members train afresh, as
+            # their indices in the checkpoint are no longer theirs
+            whole = len(untold) == len(frozen)
+            members = [optuna.trial.Trial(self.study, t._trial_id) for t in untold]
+            if whole:
+                self.queue.append(_Queued(members, untold[0].user_attrs.get(TRIAL_ATTR),
+                                          {i: t.intermediate_values for i, t in enumerate(untold)}))
+            else:
+                self.queue.append(_Queued(members))
+            self.asked += len(untold)
 
     def suggest(self, trial_id: str):
         if not self.queue:

@@ -74,13 +74,12 @@ def read_experiment(experiment: str, runs: bool) -> Resumption:
             continue
         checkpoints = [c for c in fs.get_file_info(pyarrow.fs.FileSelector(folder.path))
                        if c.type == pyarrow.fs.FileType.Directory and c.base_name.startswith("checkpoint_")]
-        newest = max(checkpoints, key=lambda c: c.mtime_ns or 0, default=None)
+        newest = max(checkpoints, key=lambda c: c.base_name, default=None)  # checkpoint_NNNNNN
         found.append((params.mtime_ns or 0, folder.base_name, config, newest))
-    resumption, written = Resumption(), {}
-    for _, name, config, newest in sorted(found, key=lambda f: f[0]):
+    resumption = Resumption()
+    for _, name, config, newest in sorted(found, key=lambda f: f[0]):  # a continuation after its first
         first = config.get(RESUMES) or (resumption.runs.setdefault(run_key(config), name) if runs else name)
         resumption.checkpoints.setdefault(first, None)
-        if newest is not None and (newest.mtime_ns or 0) >= written.get(first, -1):
-            written[first] = newest.mtime_ns or 0
+        if newest is not None:
             resumption.checkpoints[first] = f"{experiment.rstrip('/')}/{name}/{newest.base_name}"
     return resumption

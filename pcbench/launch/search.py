@@ -139,6 +139,7 @@ class _OptunaSearch(OptunaSearch):
     def __init__(self, *args, search_name: str, resumed: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.search_name, self.resumed = search_name, resumed
+        self._reported: dict[str, set[int]] = {}  # epochs reported to each running trial
 
     def suggest(self, trial_id: str):
         if self.resumed and trial_id not in self._ot_trials and (orphan := self._orphan()) is not None:
@@ -163,8 +164,15 @@ class _OptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # by epoch, not Tune's iteration count, which a continued trial starts again at 1
         super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
+        self._reported.setdefault(trial_id, set()).add(int(result["epoch"]))
 
     def on_trial_complete(self, trial_id, result=None, error=False):
+        # a trial ASHA stops is told without its last result: reported here, so the study holds
+        # the rung value a resumed search seeds its rungs with
+        if result and not result.get(DIVERGED) and trial_id in self._ot_trials:
+            if int(result["epoch"]) not in self._reported.get(trial_id, ()):
+                self._ot_trials[trial_id].report(result[METRIC], int(result["epoch"]))
+        self._reported.pop(trial_id, None)
         if result and result.get(DIVERGED):
             result, error = {k: v for k, v in result.items() if k != METRIC}, True
         super().on_trial_complete(trial_id, result, error)

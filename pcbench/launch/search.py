@@ -142,10 +142,12 @@ class _OptunaSearch(OptunaSearch):
         self._reported: dict[str, set[int]] = {}  # epochs reported to each running trial
 
     def suggest(self, trial_id: str):
-        if self.resumed and trial_id not in self._ot_trials and (orphan := self._orphan()) is not None:
-            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
-            first = orphan.user_attrs.get(TRIAL_ATTR)
-            return {**unflatten_dict(orphan.params), **({RESUMES: first} if first else {})}
+        if self.resumed and trial_id not in self._ot_trials:
+            if (orphan := self._orphan()) is not None:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
+                first = orphan.user_attrs.get(TRIAL_ATTR)
+                return {**unflatten_dict(orphan.params), **({RESUMES: first} if first else {})}
+            self.resumed = False  # all adopted: no need to read the study at every ask
         params = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(SEARCH_ATTR, self.search_name)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from pcbench.methods import DataInfo
 from pcbench.methods.base import Step
+from pcbench.methods.nkd import target_term
 from pcbench.methods.wkd_f import WKDFeature, gaussian_wasserstein
 from pcbench.methods.wkd_l import (
     WKDLogit,
@@ -18,7 +19,6 @@ from pcbench.methods.wkd_l import (
     linear_cka_distance,
     sharpened,
     sinkhorn_plan,
-    target_term,
     teacher_rows,
     wkd_logit_loss,
 )

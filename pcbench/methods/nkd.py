@@ -20,6 +20,12 @@ class NKDConfig(MethodConfig):
     temperature: PositiveFloat = 3.0  # of the non-target term; the target term is at T 1
 
 
+def target_term(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """NKD's target term, -mean_i p^T_{y_i} log p^S_{y_i} with p = softmax(z) (T 1); WKD-L adds
+    it too."""
+    return -(F.softmax(z_t, 1).gather(1, y[:, None]) * F.log_softmax(z_s, 1).gather(1, y[:, None])).mean()
+
+
 def nkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor,
               t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(target, non_target), batch means:
@@ -27,13 +33,11 @@ def nkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, target: torch.Tensor,
     non_target = -T^2 * sum_{c != y} q^T_c * log q^S_c      q = softmax over the C - 1 other
                                                             classes of z / T"""
     b, c = z_s.shape
-    y = target[:, None]
-    target_term = -(F.softmax(z_t, 1).gather(1, y) * F.log_softmax(z_s, 1).gather(1, y)).mean()
     # the target class removed: each row keeps its C - 1 other logits, renormalised
     others = ~F.one_hot(target, c).bool()
     o_s, o_t = z_s[others].view(b, c - 1), z_t[others].view(b, c - 1)
     non_target = -t * t * (F.softmax(o_t / t, 1) * F.log_softmax(o_s / t, 1)).sum(1).mean()
-    return target_term, non_target
+    return target_term(z_s, z_t, target), non_target
 
 
 @register

@@ -26,6 +26,7 @@ from torch import nn
 
 from pcbench.methods import register
 from pcbench.methods.base import DataInfo, Method, MethodConfig, Step
+from pcbench.methods.nkd import target_term
 from pcbench.models import ModelInfo, TapModel, Tapped
 
 # Features held on the device while the class cost is computed: beyond this, a clear error
@@ -55,13 +56,6 @@ def cosine_decay(epoch: int, share: float, epochs: int) -> float:
     from 1, as theirs)."""
     start, e = share * epochs, epoch + 1
     return 1.0 if e <= start else 0.5 * (1.0 + math.cos(math.pi * (e - start) / (epochs - start)))
-
-
-def target_term(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """NKD's target term: -mean_i p^T_{y_i} log p^S_{y_i}, both at T 1."""
-    log_p_s = F.log_softmax(z_s, 1).gather(1, y[:, None])
-    p_t = F.softmax(z_t, 1).gather(1, y[:, None])
-    return -(p_t * log_p_s).mean()
 
 
 def _log_kernel_times(kernel: torch.Tensor, log_x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from pydantic import (
     PositiveInt,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -23,7 +24,7 @@ from pydantic import (
 from pcbench.data import dataset_names, get_dataset
 from pcbench.errors import UserError
 from pcbench.methods import KD_SUFFIX, MethodConfig, base_method, get_method, is_method
-from pcbench.methods.base import KD_TERM_KNOBS
+from pcbench.methods.base import KD_TERM_KNOBS, refuse_bool_numbers
 from pcbench.models import PREACT, model_names, stage_taps, tap_names
 from pcbench.models.roles import common_stages
 from pcbench.plugins import load as load_plugins
@@ -33,6 +34,11 @@ MAX_SEED = 2**31 - 1  # what every seeded library here accepts (numpy's RandomSt
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no lr=.inf, no tau=.nan
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_bool_numbers(cls, value, info)
 
 
 class DataConfig(_Section):

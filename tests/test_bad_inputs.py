@@ -143,6 +143,8 @@ CASES = {
     "zero samples": (["search", "--method", "pc", "--samples", "0"],
                      "--samples 0 runs nothing; give 1 or more"),
     "malformed --set": (["run", "--method", "pc", "--set", "tau"], "is not key=value"),
+    "a boolean where a number is due": (["search", "--method", "kd", "--set", "train.lr=true", "--dry-run"],
+                                        "train.lr: a number is due, not true"),
     "more CPUs than the machine": (["search", "--method", "ce", "--cpus-per-trial", "4096"],
                                    "--cpus-per-trial 4096.0 exceeds this machine's"),
     "resume with nothing to resume": (["search", "--method", "ce", "--resume", "--samples", "1"],

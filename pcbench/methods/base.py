@@ -16,6 +16,8 @@ subclass of the name before it, whose config adds the plug-in's knobs, the same 
 """
 
 import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Sequence
 
@@ -28,7 +30,9 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     PositiveFloat,
+    ValidationInfo,
     create_model,
+    field_validator,
     model_validator,
 )
 from torch import nn
@@ -45,10 +49,31 @@ def _split_commas(value):
 TapList = Annotated[list[str], BeforeValidator(_split_commas), Field(min_length=1)]
 
 
+def _wants_number(annotation) -> bool:
+    """A field of int or float (constrained or optional), not one that also takes a bool."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return bool not in args and any(_wants_number(a) for a in args)
+    return annotation in (int, float)
+
+
+def refuse_bool_numbers(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """pydantic takes true for 1 where a number is due; a config says so instead."""
+    field = model.model_fields.get(info.field_name)
+    if isinstance(value, bool) and field is not None and _wants_number(field.annotation):
+        raise ValueError(f"a number is due, not {str(value).lower()}")
+    return value
+
+
 class MethodConfig(BaseModel):
     """Knobs shared by every method. Subclasses add theirs; unknown knobs are rejected."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_bool_numbers(cls, value, info)
 
     name: str
     w_ce: NonNegativeFloat = 1.0

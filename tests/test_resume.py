@@ -99,6 +99,10 @@ def test_a_search_killed_with_sigkill_resumes_where_it_was(tmp_path, teacher_sto
     assert landed  # recorded as it went: what finished before the kill is on disk
     marker = tmp_path / "planted-pickle-ran"
     planted = _plant_pickles(tmp_path / "results", marker)
+    # as a driver killed between Optuna's ask (parameters sampled) and the searcher's mark leaves
+    # it: a RUNNING trial of no search, which no Tune trial ran
+    optuna.load_study(study_name=f"{EXPERIMENT}-kd", storage=f"sqlite:///{tmp_path / 'optuna.db'}").ask(
+        {"method.temperature": optuna.distributions.FloatDistribution(1.0, 8.0)})
 
     resumed = _resume(tmp_path, teacher_store.root)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -116,8 +120,8 @@ def test_a_search_killed_with_sigkill_resumes_where_it_was(tmp_path, teacher_sto
                               storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     told = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(told) == len(trials)  # each trial run told once, none twice
-    # one the dead driver asked for after Tune's last save is adopted or, if none was left to
-    # run, failed: nothing stays RUNNING
+    # one the dead driver asked for is adopted or, if none was left to run or it was never
+    # marked, failed: nothing stays RUNNING
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 

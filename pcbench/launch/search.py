@@ -264,15 +264,15 @@ def _searched_in_cohorts(plan: SearchPlan) -> bool:
 
 def _fail_orphans(plan: SearchPlan, started: datetime) -> None:
     """Once the search is over, no trial of it is running, so any left RUNNING in the study is
-    failed (a resumed search adopts those it can run); and so is one killed between Optuna's
-    ask and its first mark, before it was this search's (no mark, no parameters, asked before
-    this command `started`: a live command's is newer)."""
+    failed (a resumed search adopts those it can run); and so is one whose driver was killed
+    between Optuna's ask (which samples its parameters) and the searcher's mark: never run,
+    it is no search's (unmarked, asked before this command `started`: a live command's is newer)."""
     if not plan.optuna_storage or plan.space is None:
         return
     storage = _optuna_storage(plan)
     study = optuna.load_study(study_name=plan.study_name, storage=storage)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        unmarked = (SEARCH_ATTR not in trial.user_attrs and not trial.params
+        unmarked = (SEARCH_ATTR not in trial.user_attrs
                     and trial.datetime_start is not None and trial.datetime_start < started)
         if trial.user_attrs.get(SEARCH_ATTR) == plan.name or (plan.resume and unmarked):
             storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

@@ -147,9 +147,9 @@ def benchmark(suite: str | Path, *, plugins: Iterable[str] = (), data_dir: str |
     if cpus_per_trial is not None and cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial {cpus_per_trial}: give more than 0")
     methods = _listed(methods)
-    if unknown := sorted(_names(methods) - _names(spec.methods)):
+    if unknown := sorted(_names(methods) - _names(spec.all_methods())):
         raise UserError(f"--method {', '.join(unknown)} is not in {suite_path}; "
-                        f"choose among {', '.join(spec.methods)}")
+                        f"choose among {', '.join(spec.all_methods())}")
     session = _open_session(
         results, teachers, tracking_uri, optuna_storage, address=address, resume=resume,
         concurrent=spec.concurrent if concurrent is None else concurrent,
@@ -162,6 +162,9 @@ def benchmark(suite: str | Path, *, plugins: Iterable[str] = (), data_dir: str |
         recipe_fragment(spec.recipe)
     requests = [_pair_request(spec, pair, plugin_specs, data_dir, epochs, methods, set, samples, seeds,
                               final_epochs) for pair in _chosen_pairs(spec, suite_path, pairs)]
+    if not (requests := [r for r in requests if r.methods]):
+        raise UserError(f"--method {', '.join(methods)} is on none of the pairs chosen; "
+                        f"pick a method those pairs list, or another --pair")
     outcome = _execute(session, requests, dry_run, progress, spec.name)
     if isinstance(outcome, Result):
         outcome.report = report(results)
@@ -186,14 +189,16 @@ def _pair_request(spec, pair, plugin_specs, data_dir, epochs, methods, overrides
     """One pair of a suite as a Request: the suite's settings, then the pair's, then the caller's."""
     from pcbench.session import Request
 
-    base = {"seed": spec.seed, "data": {"name": spec.dataset}, "teacher": pair.teacher,
-            "student": pair.student, "teacher_dataset": spec.teacher_dataset, "plugins": plugin_specs}
+    base = {"seed": spec.seed, "data": {"name": pair.dataset or spec.dataset}, "teacher": pair.teacher,
+            "student": pair.student, "plugins": plugin_specs,
+            "teacher_dataset": pair.teacher_dataset or (None if pair.dataset else spec.teacher_dataset)}
     if data_dir is not None:
         base["data"]["root"] = data_dir
     budget_epochs = epochs if epochs is not None else spec.budget.epochs
     if budget_epochs is not None:
         base["train"] = {"epochs": budget_epochs}
-    return Request(methods or spec.methods, base, {**spec.set, **pair.set, **_overrides(overrides)},
+    chosen = pair.methods or spec.methods
+    return Request([m for m in chosen if not methods or _names([m]) & _names(methods)], base, {**spec.set, **pair.set, **_overrides(overrides)},
                    recipe=spec.recipe, samples=spec.budget.trials if samples is None else samples,
                    seed=spec.seed, final_seeds=spec.final_seeds(seeds),
                    final_epochs=spec.final_epochs if final_epochs is None else final_epochs)
@@ -284,11 +289,11 @@ def _base(dataset, teacher, student, epochs, workers, seed, data_dir=None, teach
 
 
 def _chosen_pairs(spec, suite_path: Path, pairs: Iterable[str] | None):
-    """The suite's pairs, or those named TEACHER->STUDENT."""
+    """The suite's pairs, or those named (TEACHER->STUDENT, or as Pair.label says)."""
     pairs = _listed(pairs)
     if not pairs:
         return spec.pairs
-    named = {f"{p.teacher}->{p.student}": p for p in spec.pairs}
+    named = {p.label: p for p in spec.pairs}
     if unknown := sorted(_names(pairs) - set(named)):
         raise UserError(f"--pair {', '.join(unknown)} is not in {suite_path}; choose among "
                         f"{', '.join(named)}")

@@ -19,11 +19,26 @@ class _Strict(BaseModel):
 
 
 class Pair(_Strict):
+    """A teacher -> student pair, and what it does differently from the suite's other pairs."""
+
     teacher: str
     student: str
+    # The student's data set and the teacher's (None: the suite's). A pair on the teacher's own
+    # task in a transfer suite names its dataset: the teacher's then defaults to it as well.
+    dataset: str | None = None
+    teacher_dataset: str | None = None
+    # This pair's methods (None: the suite's). The board compares methods within a pair, so a
+    # setting with baselines of its own (fine-tuning's l2sp and delta) lists them here.
+    methods: list[str] | None = Field(None, min_length=1)
     # Dotted overrides for this pair only, usually scoped to a method (`fcfd.weight: 0.02`):
     # the authors' setting for the pair, which becomes the first point of that method's search.
     set: dict[str, Any] = {}
+    # How --pair names it (default TEACHER->STUDENT, with @DATASET where the pair names one)
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.teacher}->{self.student}" + (f"@{self.dataset}" if self.dataset else "")
 
 
 class Budget(_Strict):
@@ -41,7 +56,7 @@ class Suite(_Strict):
     # a named profile (recipes.py, or a plug-in's: checked once the suite's plug-ins are loaded)
     recipe: str | None = None  # a named profile (recipes.py); the trial defaults otherwise
     pairs: list[Pair] = Field(min_length=1)
-    methods: list[str] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)  # every pair's, but a pair that lists its own
     budget: Budget
     seeds: PositiveInt = 3  # final runs of each method's selected configuration
     final_epochs: PositiveInt | None = None  # None: as the search trials
@@ -59,11 +74,17 @@ class Suite(_Strict):
     def _each_once(self) -> "Suite":
         """A pair or method listed twice would get twice the budget, and its "seeds" would be
         copies of one another."""
-        pairs = [f"{p.teacher}->{p.student}" for p in self.pairs]
-        for what, names in (("pair", pairs), ("method", self.methods)):
+        pairs = [p.label for p in self.pairs]
+        lists = [("pair", pairs, "; give one of them a `name:` if they differ"), ("method", self.methods, "")]
+        lists += [(f"method of pair {p.label}", p.methods, "") for p in self.pairs if p.methods]
+        for what, names, fix in lists:
             if twice := sorted({n for n in names if names.count(n) > 1}):
-                raise ValueError(f"{what} {', '.join(twice)} listed twice; list each once")
+                raise ValueError(f"{what} {', '.join(twice)} listed twice; list each once{fix}")
         return self
+
+    def all_methods(self) -> list[str]:
+        """The suite's methods, then those only some pairs list."""
+        return list(dict.fromkeys([*self.methods, *(m for p in self.pairs for m in p.methods or ())]))
 
     def plugin_specs(self, path: str | Path) -> list[str]:
         """The suite's plug-ins as trials record them (files resolved from the suite's folder)."""

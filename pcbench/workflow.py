@@ -46,6 +46,22 @@ def experiment_name(template: TrialConfig) -> str:
     return name + ("-from-teacher" if template.train.init_from_teacher else "")
 
 
+def pair_slug(template: TrialConfig) -> str:
+    """A pair in names (Tune experiments, Optuna studies): its data sets and how the student
+    starts too, since a suite may hold one teacher -> student pair on two tasks."""
+    return experiment_name(template).removeprefix("pcbench-")
+
+
+def same_pair(row: dict[str, Any], template: TrialConfig) -> bool:
+    """Whether a trial row belongs to the template's pair (data sets and student start included)."""
+    # None or NaN in a part from before these columns
+    teacher_data, init = row.get("teacher_dataset"), row.get("student_init")
+    return ((row["dataset"], row["teacher"], teacher_data if isinstance(teacher_data, str) else row["dataset"],
+             row["student"], init if isinstance(init, str) else "scratch")
+            == (template.data.name, template.teacher, template.teacher_data, template.student,
+                template.student_init))
+
+
 def study_name(experiment: str, method: str) -> str:
     """One Optuna study per (experiment, method): repeated searches append to it."""
     return f"{experiment}-{method}"
@@ -216,9 +232,8 @@ class _Stages:
             for plan in plans:
                 self.run(plan, self.listeners)
             return
-        first = plans[0].template
         methods = "-".join(t.method.name for plan in plans for t, _ in plan.members())
-        name = f"{self.search_id}-{first.teacher}-{first.student}-{methods}{suffix}"
+        name = f"{self.search_id}-{pair_slug(plans[0].template)}-{methods}{suffix}"
         self.run(plans, self.listeners, name=name)
 
     def _search_plan(self, request: Request, item: Prepared, phase: str) -> SearchPlan | None:
@@ -226,7 +241,7 @@ class _Stages:
         done = len(self._rows(item.template, phase)) if self.session.resume else 0
         if done >= request.samples:
             return None
-        t, pair = item.template, f"{item.template.teacher}-{item.template.student}"
+        t, pair = item.template, pair_slug(item.template)
         if phase == SEARCH:  # selection sees the validation split only: no test metric exists
             t = t.model_copy(update={"train": t.train.model_copy(update={"report_test": False})})
         # a benchmark's study is its own (every method gets the same fresh budget, never one
@@ -258,7 +273,7 @@ class _Stages:
             (first, stage), others = group[0], group[1:]
             label = "-".join(t.method.name for t, _ in group)
             by_seeds.setdefault(tuple(seeds), []).append(
-                self._plan(f"{self.search_id}-{first.teacher}-{first.student}-{label}-final", stage, first,
+                self._plan(f"{self.search_id}-{pair_slug(first)}-{label}-final", stage, first,
                            None, samples=1, seed=request.seed, seeds=seeds, paired=others))
         for plans in by_seeds.values():
             self._run_together(plans, suffix="-final")  # one experiment: no core idles between groups
@@ -292,8 +307,7 @@ class _Stages:
     def _rows(self, template: TrialConfig, phase: str) -> list[dict[str, Any]]:
         """The trial rows of one stage of one method and pair (a resumed driver's included)."""
         return [r for r in self.recorder.rows
-                if r["phase"] == phase and r["method"] == template.method.name
-                and (r["teacher"], r["student"]) == (template.teacher, template.student)]
+                if r["phase"] == phase and r["method"] == template.method.name and same_pair(r, template)]
 
 
 def final_config(selected: TrialConfig, epochs: int | None) -> TrialConfig:

@@ -27,6 +27,11 @@ def _files(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "suite.yaml").write_text(SUITE)
     (tmp_path / "twice.yaml").write_text(SUITE.replace("methods: [ce]", "methods: [ce, kd, ce]"))
+    (tmp_path / "pairtwice.yaml").write_text(SUITE.replace(
+        "pairs: [{teacher: cnn_large, student: cnn_small}]",
+        "pairs: [{teacher: cnn_large, student: cnn_small}, {teacher: cnn_large, student: cnn_small}]"))
+    (tmp_path / "pairmethods.yaml").write_text(SUITE.replace(
+        "student: cnn_small}]", "student: cnn_small, methods: [kd, kd]}]"))
     (tmp_path / "empty.yaml").write_text("")
     (tmp_path / "bomb.yaml").write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefghijklm", "bcdefghijklmn")))
@@ -58,6 +63,14 @@ CASES = {
     "--set replacing a whole section": (["search", "--method", "ce", "--set", "train={}"],
                                         "--set train={}: set a section's keys one by one"),
     "a suite that lists a method twice": (["benchmark", "twice.yaml"], "method ce listed twice"),
+    "a suite that lists a pair twice": (["benchmark", "pairtwice.yaml"],
+                                        "pair cnn_large->cnn_small listed twice; list each once; give one "
+                                        "of them a `name:` if they differ"),
+    "a pair that lists a method twice": (["benchmark", "pairmethods.yaml"],
+                                         "method of pair cnn_large->cnn_small kd listed twice"),
+    "a method on none of the pairs chosen": (
+        ["benchmark", "transfer-demo", "--method", "l2sp", "--pair", "cnn_large->cnn_small"],
+        "--method l2sp is on none of the pairs chosen"),
     "an empty space file": (["search", "--method", "pc", "--space", "empty.yaml"],
                             "a space file holds one key, 'knobs:'"),
     "a space file with its knobs at the top level": (

@@ -107,6 +107,17 @@ def test_the_transfer_suites_fine_tune_the_pair_that_starts_from_the_teacher(sui
         # each pair searched and re-run for its own recipe's length
         assert entry["budget"]["epochs"] == entry["final"]["epochs"] == (finetune if started else scratch)
     assert {e["student_init"] for e in plan} == {"scratch", "teacher"}
+    # OT's three settings: the teacher's architecture on a new task (from its weights), a smaller
+    # student on the teacher's task, a smaller student on a new task
+    settings = {(e["teacher"], e["student"], e["dataset"] == e["teacher_dataset"], e["student_init"])
+                for e in plan}
+    assert len(settings) == 3 and {(same, init) for *_, same, init in settings} == {
+        (False, "teacher"), (True, "scratch"), (False, "scratch")}
+    methods = {(e["dataset"] == e["teacher_dataset"], e["student_init"]): set() for e in plan}
+    for e in plan:
+        methods[e["dataset"] == e["teacher_dataset"], e["student_init"]].add(e["method"])
+    assert {"ce", "l2sp", "delta"} <= methods[False, "teacher"]  # fine-tuning's own baselines
+    assert not {"l2sp", "delta"} & (methods[True, "scratch"] | methods[False, "scratch"])
 
 
 @pytest.mark.slow
@@ -118,15 +129,20 @@ def test_the_transfer_demo_suite_runs_and_its_leaderboard_names_the_teachers_tas
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--teachers", teacher_store.root)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     trials = pd.read_parquet(tmp_path / "results" / "trials")
-    assert len(trials) == 2 * 2 and (trials.status == "completed").all()  # pairs x (search + final)
-    assert (trials.dataset == "digits-5to9").all() and (trials.teacher_dataset == "digits-0to4").all()
+    assert len(trials) == 3 * 2 and (trials.status == "completed").all()  # pairs x (search + final)
+    assert (trials.teacher_dataset == "digits-0to4").all()
     started = trials[trials.student_init == "teacher"]
     assert set(started.teacher) == {"cnn_small"} and len(started) == 2
+    assert (started.dataset == "digits-5to9").all()
     assert all(json.loads(c)["train"]["init_from_teacher"] for c in started.config)
     assert {json.loads(c)["train"]["recipe"] for c in started.config} == {"finetune-digits"}
+    # the teacher's own task and a new one: the same teacher -> student pair, two studies, two rows
+    scratch = trials[trials.student_init == "scratch"]
+    assert sorted(scratch.dataset) == ["digits-0to4"] * 2 + ["digits-5to9"] * 2
     board = pd.read_parquet(tmp_path / "results" / "report" / "leaderboard.parquet")
-    assert len(board) == 2 and set(board.student_init) == {"scratch", "teacher"}
-    assert board.published_acc.isna().all()  # no published number is for this setting
+    assert len(board) == 3 and set(board.student_init) == {"scratch", "teacher"}
+    assert set(board.dataset) == {"digits-0to4", "digits-5to9"}
+    assert board.published_acc.isna().all()  # no published number is for these settings
     markdown = (tmp_path / "results" / "report" / "leaderboard.md").read_text()
     assert "cnn_large (digits-0to4) -> cnn_small" in markdown
     assert "cnn_small (digits-0to4) -> cnn_small, from the teacher's weights" in markdown

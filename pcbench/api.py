@@ -330,8 +330,8 @@ def _execute(session, requests: list, dry_run: bool, progress: Progress | None,
 def methods(plugins: Iterable[str] = ()) -> list[tuple[str, str]]:
     """(name, origin) of every registered method, the plug-ins' included: origin is "pcbench"
     or "plugin <module>". Variants are not listed: every method with a teacher that is not KD on
-    the logits itself (kd, dkd, dist, nkd, wttm are) is also <name>+kd, and every logit method
-    (kd, dkd, dist, nkd, wttm) and every +kd variant also takes the logit plug-ins +ls (logit
+    the logits itself (kd, dkd, dist, nkd, wttm, mlkd are) is also <name>+kd, and every logit method
+    (kd, dkd, dist, nkd, wttm, mlkd) and every +kd variant also takes the logit plug-ins +ls (logit
     standardisation) and +ctkd (curriculum temperature), in that order: kd+ls, pc+kd+ls+ctkd."""
     from pcbench.methods import method_names, method_origin
     from pcbench.plugins import load, resolve

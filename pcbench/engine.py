@@ -6,6 +6,7 @@ Ray-specific sits behind the `Reporter` it is handed. No Ray or MLflow import he
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -101,12 +102,19 @@ class Distiller(nn.Module):
         self.method = method
         self.precision = precision
 
-    def forward(self, x, y, index, epoch: int, teacher_feats, teacher: TapModel | None):
+    def forward(self, x, y, index, epoch: int, teacher_feats, teacher: TapModel | None, strong=None):
+        """`strong`: (the strong view's images, the teacher's taps of them), for a method of
+        two views."""
+        step = Step(x, y, index, epoch, self._student(x), teacher_feats, self.student.model, teacher)
+        if strong is not None:
+            step.strong = dataclasses.replace(step, x=strong[0], student_feats=self._student(strong[0]),
+                                              teacher_feats=strong[1])
+        return self.method(step)
+
+    def _student(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(x.device, self.precision):
             feats = self.student(x)
-        feats = {k: v.float() for k, v in feats.items()}  # losses are computed in float32
-        return self.method(Step(x, y, index, epoch, feats, teacher_feats, self.student.model,
-                                teacher))
+        return {k: v.float() for k, v in feats.items()}  # losses are computed in float32
 
 
 def autocast(device: torch.device, precision: str):
@@ -282,6 +290,11 @@ class _Cohort:
 
     def set_up(self, cfgs: list[TrialConfig], reporters: list[Reporter]) -> list["_Member"]:
         needs_teacher = [get_method(c.method.name).needs_teacher for c in cfgs]
+        two_views = [c.method.name for c in cfgs if get_method(c.method.name).views == 2]
+        if two_views and not getattr(self.data, "has_strong_view", False):
+            raise UserError(f"{two_views[0]} learns from a second, strongly augmented view of each batch, "
+                            f"which data set {self.cfg.data.name} does not give (its source needs "
+                            f"has_strong_view and batches(strong_view=True)); pick another method or data set")
         split = diagnostic_split(self.data)
         # a CE member measures against the teacher when the driver attached one
         diagnosing = [c.train.diagnostics and c.teacher_weights is not None and split is not None
@@ -322,16 +335,23 @@ class _Cohort:
         reading = {id(m) for m in live if m.needs_teacher and m.distiller.method.reads_teacher(epoch)}
         per_rank_batch = max(1, cfg.data.batch_size // self.world)  # data.batch_size is the global batch
         # the same order on every rank, and on a resumed trial
+        two_views = {id(m) for m in live if m.views == 2}  # a strong view too, which only they read
         batches = self.data.batches("train", per_rank_batch, self.rank, self.world,
-                                    shuffle_seed=cfg.seed * 100_003 + epoch, augment=cfg.data.augment)
-        for steps, (x, y, index) in enumerate(batches, start=1):
+                                    shuffle_seed=cfg.seed * 100_003 + epoch, augment=cfg.data.augment,
+                                    **({"strong_view": True} if two_views else {}))
+        for steps, (x, y, index, *strong_x) in enumerate(batches, start=1):
             x = x.contiguous(memory_format=self.memory_format)
             teacher_feats = (teacher_features(self.teacher_taps, x, self.precision)
                              if self.teacher_taps and reading else None)
+            strong = None
+            if strong_x:
+                strong_x = strong_x[0].contiguous(memory_format=self.memory_format)
+                strong = (strong_x, teacher_features(self.teacher_taps, strong_x, self.precision)
+                          if self.teacher_taps and reading & two_views else None)
             for member in live:
                 if member.bad_step is None:
                     member.step(x, y, index, epoch, teacher_feats if id(member) in reading else None,
-                                self.teacher)
+                                self.teacher, strong if id(member) in two_views else None)
             if steps % DIVERGENCE_CHECK_STEPS == 0 and _check_divergence(live):
                 break
         _check_divergence(live)
@@ -340,9 +360,10 @@ class _Cohort:
                 member.end_diverged(epoch, device)
         live = [m for m in live if m.running]
         train_seconds = time.perf_counter() - started
+        views = sum(m.views for m in live)  # a member of two views did twice the forwards
         for member in live:
             member.end_epoch(epoch, self.data, self.rank, self.world, self.precision, self.memory_format,
-                             train_seconds / len(live), device)
+                             train_seconds * member.views / views, device)
         return live
 
 
@@ -383,7 +404,7 @@ class _Member:
         self.setup_seconds: float | None = None  # reported with the first epoch trained here
         torch.manual_seed(cfg.seed)  # identical initial models and path sampling on every rank
         method_class = get_method(cfg.method.name)
-        self.needs_teacher = method_class.needs_teacher
+        self.needs_teacher, self.views = method_class.needs_teacher, method_class.views
         student = create_model(cfg.student, data.num_classes, data.input_shape[0])
         if cfg.train.init_from_teacher:
             init_from_teacher(student, cfg)
@@ -434,9 +455,9 @@ class _Member:
         self.first_bad = torch.full((), _NEVER, dtype=torch.long, device=device)
         self.bad_step: int | None = None
 
-    def step(self, x, y, index, epoch, teacher_feats, teacher) -> None:
+    def step(self, x, y, index, epoch, teacher_feats, teacher, strong=None) -> None:
         with self.random.active():
-            terms = self.trainer(x, y, index, epoch, teacher_feats, teacher)
+            terms = self.trainer(x, y, index, epoch, teacher_feats, teacher, strong)
             loss = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

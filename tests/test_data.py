@@ -110,6 +110,15 @@ def test_imagenet_style_folders_stream_through_torchvision_transforms(tmp_path):
     assert x.shape == (6, 3, 224, 224) and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
     # class 2's images are brighter than class 0's after the same normalisation
     assert x[y == 2].mean() > x[y == 0].mean()
+    # MLKD's strong view: a fourth tensor of the same images; the weak view stays as it was
+    # (without DataLoader workers the transforms draw on torch's global generator)
+    torch.manual_seed(0)
+    batches = list(data.batches("train", 4, shuffle_seed=0, augment=True))
+    torch.manual_seed(0)
+    both = list(data.batches("train", 4, shuffle_seed=0, augment=True, strong_view=True))
+    for (x, y, idx), (weak, weak_y, weak_idx, strong) in zip(batches, both):
+        assert torch.equal(x, weak) and torch.equal(idx, weak_idx) and strong.shape == x.shape
+        assert not torch.equal(strong, x)
 
 
 def test_an_empty_image_folder_is_a_one_line_error(tmp_path):

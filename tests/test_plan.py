@@ -33,7 +33,7 @@ def test_cifar100_plan_resolves_layers_and_starts_from_the_published_settings(em
     assert "this machine has no CUDA GPU" in stderr or "CUDA" not in stderr
     assert "cifar100 not found" in stderr and "no vgg13 teacher for cifar100" in stderr
     by = {(e["teacher"], e["student"], e["method"]): e for e in entries}
-    assert len(by) == 4 * 25
+    assert len(by) == 4 * 29
     # equal budgets: the same trials x epochs for every method and pair
     assert {(e["budget"]["trials"], e["budget"]["epochs"]) for e in entries} == {(16, 60)}
     assert {json.dumps(e["final"]) for e in entries} == {json.dumps({"seeds": [1, 2, 3], "epochs": 240})}

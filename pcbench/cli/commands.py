@@ -134,7 +134,7 @@ def methods(
     names: Annotated[bool, typer.Option("--names", help="Names only, one per line (for scripts).")] = False,
 ) -> None:
     """List the registered methods and where each comes from (pcbench, or a plug-in); each with a
-    teacher but the logit methods (kd, dkd, dist, nkd, wttm) is also <method>+kd, and the logit
+    teacher but the logit methods (kd, dkd, dist, nkd, wttm, mlkd) is also <method>+kd, and the logit
     methods and every <method>+kd also take +ls and +ctkd (kd+ls, dkd+ctkd, pc+kd+ls+ctkd)."""
     from pcbench import api
     listed = api.methods(plugin or ())

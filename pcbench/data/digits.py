@@ -25,4 +25,4 @@ def load(val_fraction: float, split_seed: int, classes: range = range(10)) -> Sp
     norm = lambda p: ((p[0] - mean) / std, p[1])  # noqa: E731
     # a one-pixel random translation is the augmentation (no flips: digits are not symmetric)
     return Splits(norm(train), norm(val), norm((x[test_idx], y[test_idx])), num_classes=len(classes),
-                  transform=BatchTransform(crop_pad=1))
+                  transform=BatchTransform(crop_pad=1, stored=(float(mean), float(std))))

@@ -32,21 +32,40 @@ def _transforms(train: bool, size: int):
     return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
-class _Indexed(torch.utils.data.Dataset):
-    """Yields (image, label, index in the split): CRD's memory bank keys on the index."""
+def _strong_transforms(size: int):
+    """The strong view (strong.py) of a training image: its own crop and flip, two operations,
+    the cutout."""
+    from torchvision import transforms as T
 
-    def __init__(self, dataset, transform):
-        self.dataset, self.transform = dataset, transform
+    from pcbench.data.strong import TwoRandomOperations, cutout
+    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), TwoRandomOperations(),
+                      T.ToTensor(), cutout(), T.Normalize(MEAN, STD)])
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Yields (image, label, index in the split): CRD's memory bank keys on the index; with a
+    `strong` transform, (image, label, index, strong view), the strong view drawn from a seed of
+    its own (`strong_seed`, the image's index), so the weak view is the same as without it."""
+
+    def __init__(self, dataset, transform, strong=None, strong_seed: int = 0):
+        self.dataset, self.transform, self.strong, self.strong_seed = dataset, transform, strong, strong_seed
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
         image, label = self.dataset[i]
-        return self.transform(image), label, i
+        if self.strong is None:
+            return self.transform(image), label, i
+        weak = self.transform(image)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(self.strong_seed * 1_000_003 + i)
+            return weak, label, i, self.strong(image)
 
 
 class FolderSplits:
+    has_strong_view = True
+
     def __init__(self, root: str | Path, val_fraction: float, split_seed: int, image_size: int = IMAGE_SIZE,
                  loader_workers: int = 8, device: torch.device | str = "cpu"):
         from torchvision.datasets import ImageFolder
@@ -74,14 +93,17 @@ class FolderSplits:
         self.device = torch.device(device)
         return self
 
-    def batches(self, split, batch_size, rank=0, world=1, shuffle_seed=None, augment=False):
-        dataset = _Indexed(self._splits[split], _transforms(augment, self.image_size))
+    def batches(self, split, batch_size, rank=0, world=1, shuffle_seed=None, augment=False,
+                strong_view=False):
+        from pcbench.data.strong import strong_seed
+        dataset = _Indexed(self._splits[split], _transforms(augment, self.image_size),
+                           _strong_transforms(self.image_size) if strong_view else None,
+                           strong_seed(shuffle_seed or 0, rank))
         order = rank_order(len(dataset), rank, world, shuffle_seed)
         loader = DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks(
                                 order, batch_size, drop_last=shuffle_seed is not None)],
                             num_workers=self.loader_workers, pin_memory=self.device.type == "cuda",
                             # workers' augmentation: this epoch's and this rank's own
                             generator=torch.Generator().manual_seed(augment_seed(shuffle_seed or 0, rank)))
-        for x, y, index in loader:
-            yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
-                   index.to(self.device, non_blocking=True))
+        for batch in loader:
+            yield tuple(t.to(self.device, non_blocking=True) for t in batch)

@@ -17,6 +17,9 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, y, sample indices
 
 class DataSource(Protocol):
     num_classes: int
+    # whether batches(..., strong_view=True) works (a source without it: no method that reads
+    # two views, such as MLKD, can train on it)
+    has_strong_view: bool
 
     @property
     def input_shape(self) -> tuple[int, ...]: ...
@@ -26,29 +29,60 @@ class DataSource(Protocol):
     def to(self, device: torch.device) -> "DataSource": ...
 
     def batches(self, split: str, batch_size: int, rank: int = 0, world: int = 1,
-                shuffle_seed: int | None = None, augment: bool = False) -> Iterator[Batch]:
+                shuffle_seed: int | None = None, augment: bool = False,
+                strong_view: bool = False) -> Iterator[Batch]:
         """This rank's batches. With a seed (training) the order is shuffled identically on
-        every rank and the last partial batch dropped; otherwise every sample, in order."""
+        every rank and the last partial batch dropped; otherwise every sample, in order.
+        `strong_view` (training, where `has_strong_view`): each batch is (x, y, indices,
+        x_strong), x_strong the same images augmented harder (strong.py), from a stream of
+        its own, so x is the same with or without it."""
 
 
 @dataclass(frozen=True)
 class BatchTransform:
     """Augmentation and normalisation of a whole batch on its device: random crop of the
-    zero-padded image, horizontal flip, then uint8 -> float and per-channel normalisation."""
+    zero-padded image, horizontal flip, then uint8 -> float and per-channel normalisation.
+    `strong`: the strong view of the same batch (strong.py)."""
 
     crop_pad: int = 0
     flip: bool = False
     mean: tuple[float, ...] | None = None  # in [0, 1] units; None: already normalised
     std: tuple[float, ...] | None = None
+    # Float images stored already standardised: the (mean, std) of that, so the strong view can
+    # work on pixels. None: uint8 images (or floats with no strong view).
+    stored: tuple[float, float] | None = None
     _stats: dict = field(default_factory=dict, compare=False, repr=False)  # per device: no copy a batch
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is not None:  # training: augment
-            if self.crop_pad:
-                x = random_crop(x, self.crop_pad, generator)
-            if self.flip:
-                flipped = torch.rand(len(x), generator=generator, device=generator.device) < 0.5
-                x = torch.where(flipped.to(x.device)[:, None, None, None], x.flip(3), x)
+            x = self._geometric(x, generator)
+        return self._normalised(x)
+
+    @property
+    def has_strong_view(self) -> bool:
+        return self.stored is not None or self.mean is not None
+
+    def strong(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The strong view of a raw batch (its own crop and flip, then strong.py's operations
+        on pixels in [0, 1]), normalised as the batch is; `generator`: a CPU one of its own."""
+        from pcbench.data.strong import augment_pixels
+
+        x = self._geometric(x, generator)
+        if self.stored is not None:
+            mean, std = self.stored
+            pixels = augment_pixels((x * std + mean).clamp(0, 1), generator)
+            return (pixels - mean) / std
+        return self._normalised(augment_pixels(x.float().div(255), generator))
+
+    def _geometric(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.crop_pad:
+            x = random_crop(x, self.crop_pad, generator)
+        if self.flip:
+            flipped = torch.rand(len(x), generator=generator, device=generator.device) < 0.5
+            x = torch.where(flipped.to(x.device)[:, None, None, None], x.flip(3), x)
+        return x
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         if self.mean is not None:
@@ -119,11 +153,23 @@ class Splits:
         return Splits(move(self.train), move(self.val), move(self.test), self.num_classes,
                       self.transform)
 
-    def batches(self, split, batch_size, rank=0, world=1, shuffle_seed=None, augment=False):
+    @property
+    def has_strong_view(self) -> bool:
+        return self.transform.has_strong_view
+
+    def batches(self, split, batch_size, rank=0, world=1, shuffle_seed=None, augment=False,
+                strong_view=False):
         x, y = getattr(self, split)
         generator = None
         if shuffle_seed is not None:  # batch-relational losses (PC, RKD, CRD) never see a batch of one
             generator = torch.Generator(device=x.device).manual_seed(augment_seed(shuffle_seed, rank))
+        if strong_view:
+            from pcbench.data.strong import strong_seed
+            strong = torch.Generator().manual_seed(strong_seed(shuffle_seed or 0, rank))
         order = rank_order(len(x), rank, world, shuffle_seed, x.device)
         for idx in chunks(order, batch_size, drop_last=shuffle_seed is not None):
-            yield self.transform(x[idx], generator if augment else None), y[idx], idx
+            weak = self.transform(x[idx], generator if augment else None)
+            if strong_view:
+                yield weak, y[idx], idx, self.transform.strong(x[idx], strong)
+            else:
+                yield weak, y[idx], idx

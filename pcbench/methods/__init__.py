@@ -4,9 +4,9 @@ every module here is imported on first use, so adding a method touches one file.
 Variants (base.py's docstring has their contract): a registered name followed by plug-ins in
 the order `<method>[+kd][+ls][+ctkd]`, each with the same knobs for every method that takes it:
 - `+kd` (base.with_kd), the KD term: every method with a teacher but those that are KD on the
-  logits themselves (kd, dkd, dist, nkd, wttm: `takes_kd` False);
+  logits themselves (kd, dkd, dist, nkd, wttm, mlkd: `takes_kd` False);
 - `+ls` (base.with_ls, logit standardisation) and `+ctkd` (base.with_ctkd, curriculum
-  temperature), the logit plug-ins: every method with `logit_hooks` (kd, dkd, dist, nkd, wttm)
+  temperature), the logit plug-ins: every method with `logit_hooks` (kd, dkd, dist, nkd, wttm, mlkd)
   and every `+kd` variant (on its KD term): `kd+ls`, `dkd+ctkd`, `pc+kd+ls`, `kd+ls+ctkd`.
 A name that cannot take a plug-in is refused with one line naming the fix."""
 

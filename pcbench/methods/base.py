@@ -8,7 +8,7 @@ subclass of the name before it, whose config adds the plug-in's knobs, the same 
   logits (`takes_kd`). Knobs: KDTermConfig.
 - `+ls` (with_ls) and `+ctkd` (with_ctkd), the logit plug-ins, for a method whose logit terms
   read z^S, z^T and their temperature through the hooks `distill_logits` and `temperature`
-  (`logit_hooks`: kd, dkd, dist, nkd, wttm, and every `+kd` variant's KD term). `+ls` z-scores
+  (`logit_hooks`: kd, dkd, dist, nkd, wttm, mlkd, and every `+kd` variant's KD term). `+ls` z-scores
   both logits per sample before those terms (the label term keeps the raw logits), scales
   them by `ls_weight` and starts the temperature knob at LS's 2; `+ctkd` replaces their
   temperature by a learnt one (the temperature knob is then unused, and not searched). Knobs:
@@ -147,6 +147,9 @@ class Step:
     teacher_feats: dict[str, torch.Tensor] | None
     student: TapModel
     teacher: TapModel | None
+    # The strong view of the same images (a method with `views` 2, such as MLKD): this Step's
+    # fields for it, with the student's and the teacher's taps of it.
+    strong: "Step | None" = None
 
 
 # A warm-up as the papers run it, in epochs of their recipe (mdistiller's and FCFD's 20 of 240
@@ -275,6 +278,13 @@ class Method(nn.Module):
     space: ClassVar[dict[str, Any] | None] = None
     # The smallest per-rank training batch the loss is defined on (batch-relational losses).
     min_batch: ClassVar[int] = 1
+    # Views of each batch the loss reads: 2 for a method that also learns from a strongly
+    # augmented view of the same images (MLKD; Step.strong). Its forwards count twice in a
+    # cohort's cost.
+    views: ClassVar[int] = 1
+    # The terms that compare the student with the labels, not with the teacher (`+ls` leaves
+    # them as they are).
+    label_terms: ClassVar[tuple[str, ...]] = ("ce",)
     # Epochs of an initialisation stage before distillation (InitStageMethod): the engine
     # starts the optimizer afresh when it ends.
     init_epochs: int = 0
@@ -380,7 +390,7 @@ class _LogitStandardisation(Method):
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         terms = super().forward(step)
         # the terms that read distill_logits: a +kd variant's KD term; a logit method's own terms
-        compared = {"kd"} if self.adds_kd else set(terms) - {"ce"}
+        compared = {"kd"} if self.adds_kd else set(terms) - set(self.label_terms)
         return {k: self.config.ls_weight * v if k in compared else v for k, v in terms.items()}
 
 

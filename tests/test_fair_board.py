@@ -362,3 +362,11 @@ def test_published_numbers_stand_only_beside_final_runs_of_the_papers_recipe():
 def test_an_interrupted_benchmark_counts_the_seeds_it_planned():
     rows = _benchmark("kd", (0.70, 0.71), seeds_planned=3)  # the third seed never recorded
     assert leaderboard(pd.DataFrame(rows)).iloc[0][["seeds_ok", "seeds_planned"]].tolist() == [2, 3]
+
+
+def test_ce_from_the_teachers_weights_is_named_fine_tuning_on_the_board():
+    rows = [_row("c1", "ce", val=0.5, search="t", teacher_dataset="imagenet", student_init="teacher"),
+            _row("c2", "ce", val=0.4, search="s")]
+    markdown = to_markdown(leaderboard(pd.DataFrame(rows)))
+    assert "| ce (fine-tuning) |" in markdown  # the transfer setting's baseline
+    assert "| ce |" in markdown  # the student alone, from scratch

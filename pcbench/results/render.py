@@ -70,11 +70,16 @@ def _accuracy_cells(rows: pd.DataFrame, column: str) -> list[str]:
             for v, s, d in zip(rows[column], std, rows["diverged"])]
 
 
+def _method_label(method: str, student_init: str) -> str:
+    """ce started from the teacher's weights is plain fine-tuning, the baseline of that setting."""
+    return "ce (fine-tuning)" if method == "ce" and student_init == "teacher" else str(method)
+
+
 def _table(rows: pd.DataFrame) -> pd.DataFrame:
     """The group's rows as shown: a benchmark's test accuracy over seeds with its test against
     the best, or a search's chosen trial's validation accuracy; `published` only where there
     is a published number of the table's protocol."""
-    shown = pd.DataFrame({"method": rows["method"].astype(str)})
+    shown = pd.DataFrame({"method": [_method_label(m, init) for m, init in zip(rows["method"], rows["student_init"])]})
     if rows["protocol"].iloc[0] == "final":
         leader = _leader(rows)
         best = rows.loc[leader] if leader is not None else None

@@ -413,12 +413,13 @@ def stored_teachers(teachers: str | Path = DEFAULT_TEACHERS) -> list:
 
 
 def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000, *,
-       insecure: bool = False, on_start=lambda uri, address: None,
+       insecure: bool = False, auth: bool = False, on_start=lambda uri, address: None,
        on_experiment=lambda name, url: None, on_warning=lambda line: None) -> None:
     """Replace this process with MLflow's UI on the tracking store (`pcbench ui`), after telling
     `on_start` where it will be and `on_experiment` each pcbench experiment's runs page. It
-    listens on the loopback interface unless `insecure`: MLflow's UI has no login here, and
-    anyone who reaches it can read and change every run. One web worker; only the names it is
+    listens on the loopback interface unless `auth` (MLflow's basic auth, its admin's login
+    taken from MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) or `insecure` (no login:
+    anyone who reaches it can read and change every run). One web worker; only the names it is
     served under are accepted as Host (no DNS rebinding)."""
     import os
     import socket
@@ -428,21 +429,28 @@ def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 500
 
     check_port(port, host)
     local = is_loopback(host)
-    if not local and not insecure:
-        raise UserError(f"--host {host} opens the tracking store to anyone who can reach this machine "
-                        f"(the UI has no login); keep 127.0.0.1 and use an SSH tunnel (ssh -L "
-                        f"{port}:127.0.0.1:{port} this-machine), or pass --insecure to accept that")
+    if not local and not (insecure or auth):
+        raise UserError(f"--host {host} opens the tracking store to anyone who can reach this machine; "
+                        f"pass --auth (a login, from MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), "
+                        f"keep 127.0.0.1 behind an SSH tunnel (ssh -L {port}:127.0.0.1:{port} this-machine), "
+                        f"or pass --insecure to accept that")
     uri = tracking_uri or default_tracking_uri()
     check_tracking_uri(uri)
+    environment, app = dict(os.environ), []
+    if auth:
+        environment.update(_basic_auth(uri))
+        app = ["--app-name", "basic-auth"]
     from mlflow.tracking import MlflowClient
 
     from pcbench.tracking import runs_page
 
     names = {host, "localhost", "127.0.0.1"} if local else {
         host, socket.gethostname(), socket.getfqdn(), *socket.gethostbyname_ex(socket.gethostname())[2]}
-    names.discard("0.0.0.0")
+    if host in ("0.0.0.0", "::"):  # every interface: the loopback one, which on_start names, too
+        names |= {"localhost", "127.0.0.1"}
+    names -= {"0.0.0.0", "::"}
     allowed = sorted({f"{name}:{port}" for name in names} | names)
-    if not local:
+    if not local and not auth:
         on_warning(f"the UI on {host}:{port} has no login: anyone who reaches it can read and change "
                    f"every run (--insecure)")
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -451,9 +459,41 @@ def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 500
     for experiment in experiments:
         if experiment.tags.get("mlflow.experimentKind") == "custom_model_development":
             on_experiment(experiment.name, runs_page(base, experiment.experiment_id))
-    os.execv(sys.executable, [sys.executable, "-W", "ignore", "-m", "mlflow", "ui",
-                              "--backend-store-uri", uri, "--host", host, "--port", str(port),
-                              "--workers", "1", "--allowed-hosts", ",".join(allowed)])
+    os.execve(sys.executable, [sys.executable, "-W", "ignore", "-m", "mlflow", "ui",
+                               "--backend-store-uri", uri, "--host", host, "--port", str(port),
+                               "--workers", "1", "--allowed-hosts", ",".join(allowed), *app], environment)
+
+
+def _basic_auth(uri: str) -> dict[str, str]:
+    """The environment of MLflow's basic-auth app for `pcbench ui --auth`: its users in the
+    tracking store's own database, the admin's login from the environment (MLflow creates that
+    admin on the first start; later starts keep the users it has), a Flask secret key from the
+    environment or new for this start (sessions then end with it). The configuration, which
+    holds the password, is a file only this user can read; no secret is on a command line."""
+    import importlib.util
+    import os
+    import secrets
+    import tempfile
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise UserError("--auth needs MLflow's basic-auth app: pip install 'mlflow[auth]'")
+    username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not username or not password or len(password) < 12:
+        raise UserError("--auth takes the admin's login from the environment: set MLFLOW_TRACKING_USERNAME "
+                        "and MLFLOW_TRACKING_PASSWORD (12 characters or more), as the clients will")
+    if uri.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql", "mssql"):
+        raise UserError(f"--auth keeps its users in the tracking store's database, and {uri} is not one; "
+                        f"pass --tracking-uri sqlite:///PATH or a database server's URI")
+    folder = tempfile.mkdtemp(prefix="pcbench-ui-auth-")  # 0700
+    ini = os.path.join(folder, "basic_auth.ini")
+    descriptor = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as f:
+        f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {uri}\nadmin_username = {username}\n"
+                f"admin_password = {password}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return {"MLFLOW_AUTH_CONFIG_PATH": ini,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
+            or secrets.token_hex(24)}
 
 
 def stop_ray() -> None:

@@ -1,10 +1,14 @@
 """`pcbench ui` serves the tracking store: a real MLflow server process, queried over HTTP."""
 
+import base64
 import json
+import os
+import stat
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from servers import free_ports, http_server
@@ -62,3 +66,59 @@ def test_ui_refuses_a_port_taken_on_its_own_host_and_an_open_host_without_insecu
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 2 and len(lines) == 1 and line in lines[0], done.stderr
     assert not list(tmp_path.iterdir())  # no mlflow.db left behind
+
+
+def _status(url: str, login: tuple[str, str] | None = None, host: str | None = None) -> int:
+    headers = {"Host": host} if host else {}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_ui_with_auth_opens_to_the_network_behind_a_login_from_the_environment(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Tracker(uri, "auth-test")
+    login = ("pcbench-admin", "a-long-enough-password")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login[1])
+    [port] = free_ports()
+    command = [sys.executable, "-m", "pcbench", "ui", "--tracking-uri", uri, "--host", "0.0.0.0",
+               "--port", str(port), "--auth"]
+    log = tmp_path / "ui.log"
+    with http_server(command, port, log=log) as base:
+        api = f"{base}/api/2.0/mlflow/experiments/search?max_results=5"
+        assert _status(api) == 401
+        assert _status(api, (login[0], "not-the-password")) == 401
+        assert _status(api, login) == 200
+        assert _status(api, login, host=f"attacker.example:{port}") in (400, 403)  # DNS rebinding
+        assert "has no login" not in log.read_text()
+        # the password is in no command line, and its configuration readable by its user alone
+        servers = [p for p in Path("/proc").glob("[0-9]*") if _reads(p / "cmdline", f"--port\0{port}\0")]
+        assert servers
+        for process in servers:
+            assert login[1] not in (process / "cmdline").read_bytes().decode(errors="replace")
+            environ = (process / "environ").read_bytes().split(b"\0")
+            [ini] = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"MLFLOW_AUTH_CONFIG_PATH=")]
+            assert stat.S_IMODE(os.stat(ini).st_mode) == 0o600
+
+
+def _reads(path: Path, text: str) -> bool:
+    try:
+        return text in path.read_bytes().decode(errors="replace")
+    except OSError:  # a process that ended meanwhile
+        return False
+
+
+def test_ui_with_auth_wants_a_login_in_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    [port] = free_ports()
+    done = subprocess.run([sys.executable, "-m", "pcbench", "ui", "--host", "0.0.0.0", "--port", str(port),
+                           "--auth"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "set MLFLOW_TRACKING_USERNAME" in lines[0], done.stderr
+    assert not list(tmp_path.iterdir())

@@ -354,14 +354,17 @@ def ui(
     tracking_uri: opt.TrackingUri = None,
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on (loopback unless "
-                                                     "--insecure).")] = "127.0.0.1",
+                                                     "--auth or --insecure).")] = "127.0.0.1",
+    auth: Annotated[bool, typer.Option(
+        "--auth", help="A login (MLflow's basic auth): the admin's from MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD; needs mlflow[auth].")] = False,
     insecure: Annotated[bool, typer.Option(
-        "--insecure", help="Allow a host other than loopback: the UI has no login, so anyone who "
+        "--insecure", help="Allow a host other than loopback without --auth: no login, so anyone who "
         "reaches it can read and change every run.")] = False,
 ) -> None:
     """Start the MLflow UI on the tracking store; print each pcbench experiment's runs page."""
     from pcbench import api
-    api.ui(tracking_uri, host, port, insecure=insecure,
+    api.ui(tracking_uri, host, port, insecure=insecure, auth=auth,
            on_start=lambda uri, address: console.print(f"MLflow UI for {uri} at {address}", highlight=False),
            on_experiment=lambda name, url: console.print(f"  {name}: {url}", highlight=False, soft_wrap=True),
            on_warning=lambda line: console.print(f"[yellow]warning:[/yellow] {line}", highlight=False,

@@ -23,6 +23,10 @@ def _key(config) -> str:
     return f"{config.method.name:>6} {config.teacher}->{config.student}"
 
 
+def _restarted(key: str, trial_id: str, reason: str) -> str:
+    return f"{key.strip()} trial {trial_id} lost its process ({reason}); it goes on from its last checkpoint"
+
+
 class ProgressBars:
     """One bar per method search (the trials of its search and final runs)."""
 
@@ -48,6 +52,9 @@ class ProgressBars:
             return
         self.best[key] = max(self.best.get(key, 0.0), metrics["val_acc"])
         self.progress.update(self.tasks[key], description=f"{key}  best val {100 * self.best[key]:.1f}%")
+
+    def trial_restarted(self, trial_id, reason):
+        self.say(_restarted(self.trial_key.get(trial_id, ""), trial_id, reason))
 
     def trial_finished(self, trial_id, error):
         key = self.trial_key.pop(trial_id)
@@ -81,6 +88,9 @@ class PlainLog:
 
     def trial_epoch(self, trial_id, metrics):
         self.running[trial_id]["last"] = metrics
+
+    def trial_restarted(self, trial_id, reason):
+        self.say(_restarted(self.running.get(trial_id, {}).get("key", ""), trial_id, reason))
 
     def trial_finished(self, trial_id, error):
         trial = self.running.pop(trial_id)

@@ -189,3 +189,40 @@ def test_a_cohort_in_flight_goes_on_from_its_members_checkpoints(tmp_path, teach
     assert epochs.groupby("trial_id").epoch.apply(lambda e: e.is_unique).all()
     longest = epochs.groupby("trial_id").epoch.apply(sorted).map(len).idxmax()
     assert set(range(first_result["epoch"], 9)) <= set(epochs[epochs.trial_id == longest].epoch)
+
+
+def _trial_processes() -> list[int]:
+    """Tune's trial actors on this machine (function trainables run in `ray::ImplicitFunc`)."""
+    found = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if (process / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                found.append(int(process.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_is_killed_goes_on_from_its_checkpoint_with_one_line(tmp_path, teacher_store):
+    log = tmp_path / "search.log"
+    search = _start(_command(tmp_path, teacher_store.root, "--samples", "1", epochs=8), log)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "results" / "ray").glob("*/*/checkpoint_*")):
+            assert search.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        workers = _trial_processes()
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)  # as the OOM killer or a pre-empted node would
+        assert search.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert output.count("lost its process") == 1, output
+    assert "Traceback" not in output and "ActorDiedError" not in output.replace(
+        output[output.index("lost its process"):].splitlines()[0], ""), output
+    trials = pd.read_parquet(tmp_path / "results" / "trials")
+    assert len(trials) == 1 and trials.status.iloc[0] == "completed" and trials.epochs_run.iloc[0] == 8

@@ -99,6 +99,8 @@ def _start_local(num_cpus: int | None, dashboard: bool) -> None:
     own = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}
     saved = {name: os.environ.get(name) for name in own}
     os.environ.update(own)  # read by the GCS and the raylet as ray.init spawns them
+    # Ray warns at every start that it turned token auth on; pcbench's instances always have it
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
                  log_to_driver=False, logging_level=logging.WARNING)

@@ -22,7 +22,7 @@ from ray.tune.utils.util import unflatten_dict
 
 from pcbench.config import build_config
 from pcbench.engine import DIVERGED, SuccessiveHalving, train_cohort
-from pcbench.launch.resume import COHORT_ATTR, RESUMES, TRIAL_ATTR, Resumption, without_mark
+from pcbench.launch.resume import COHORT_ATTR, RESUMES, TRIAL_ATTR, Resumption, StudyState, without_mark
 from pcbench.launch.trial import run_ddp, tune_checkpoint
 from pcbench.selection import METRIC
 
@@ -143,7 +143,7 @@ class _Queued:
     values: dict[int, dict[int, float]] = field(default_factory=dict)
 
 
-class CohortSearch(Searcher):
+class CohortSearch(StudyState, Searcher):
     """Optuna (seeded TPE) asked for a generation at a time: GENERATION_TRIALS configurations
     (at least one cohort of `size`), all asked before any is run, all told before the next
     generation is asked. A member stopped at a rung is told its last accuracy (as Ray tells ASHA's stopped
@@ -246,7 +246,7 @@ class CohortSearch(Searcher):
                 self.study.tell(trial, value)
 
 
-class SideBySide(Searcher):
+class SideBySide(StudyState, Searcher):
     """Several methods' cohort searches of one pair in one Tune experiment, so the trial
     processes start once for all of them. Each keeps its own study, budget, generations and
     rungs, and so the trials it would run alone; a free slot goes to the first search with a

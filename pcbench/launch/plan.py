@@ -74,3 +74,6 @@ class TrialListener(Protocol):
     def trial_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None: ...
 
     def trial_finished(self, trial_id: str, error: str | None) -> None: ...
+
+    # Optional: `trial_restarted(trial_id, reason)`, told when a trial lost its process and goes
+    # on from its last checkpoint (listeners that show progress say so; the others need not).

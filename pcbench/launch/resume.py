@@ -23,6 +23,14 @@ COHORT_ATTR = "pcbench.cohort"  # on an Optuna trial of a cohort search: the coh
 _PARAMS = "params.json"  # written by Tune's JsonLoggerCallback: the trial's config
 
 
+class StudyState:
+    """For a Searcher whose state is the Optuna study: Tune saves nothing of it, and so never
+    finds a searcher pickle of pcbench's to load back."""
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        pass
+
+
 def trial_folder(trial) -> str:
     """Tune's trial_dirname_creator: a trial's folder is its id, so a resumed search finds it."""
     return trial.trial_id

@@ -4,6 +4,7 @@ Driver-side callbacks hand every trial event, a cohort's per member, to the list
 MLflow/Parquet recorder, the progress display)."""
 
 import dataclasses
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +29,15 @@ from pcbench.launch.cohort import (
 )
 from pcbench.launch.plan import RUN, SearchPlan, Stage, TrialListener
 from pcbench.launch.resources import trial_resources
-from pcbench.launch.resume import RESUMES, TRIAL_ATTR, Resumption, read_experiment, trial_folder, without_mark
+from pcbench.launch.resume import (
+    RESUMES,
+    TRIAL_ATTR,
+    Resumption,
+    StudyState,
+    read_experiment,
+    trial_folder,
+    without_mark,
+)
 from pcbench.launch.trial import tune_trial
 from pcbench.selection import METRIC, MODE
 from pcbench.storage import sqlite_lock
@@ -109,13 +118,17 @@ class _Relay(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(iteration, trials, trial, None)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A trial that lost its process (a worker killed, a node gone) and restarts from its
+        last checkpoint: one line for the listeners that show it, not Tune's traceback."""
+        reason = _last_line(trial.error_file) or "its process died"
+        for trial_id, *_ in self._trials(trial):
+            for listener in self.listeners:
+                if restarted := getattr(listener, "trial_restarted", None):
+                    restarted(trial_id, reason)
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = str(trial.error_file or "trial failed")
-        try:
-            error = Path(trial.error_file).read_text().strip().splitlines()[-1]
-        except (OSError, TypeError, IndexError):
-            pass
-        self._finish(iteration, trials, trial, error)
+        self._finish(iteration, trials, trial, _last_line(trial.error_file) or str(trial.error_file or "trial failed"))
 
     def _finish(self, iteration, trials, trial, error: str | None) -> None:
         if trial.trial_id not in self.started:
@@ -126,7 +139,15 @@ class _Relay(tune.Callback):
                 listener.trial_finished(trial_id, error)
 
 
-class _OptunaSearch(OptunaSearch):
+def _last_line(error_file: str | None) -> str | None:
+    """The exception line of a trial's error file (Tune's traceback of it)."""
+    try:
+        return Path(error_file).read_text().strip().splitlines()[-1]
+    except (OSError, TypeError, IndexError):
+        return None
+
+
+class _OptunaSearch(StudyState, OptunaSearch):
     """Ray's OptunaSearch, and what a benchmark needs:
     - a diverged trial is told to Optuna as FAIL (its NaN accuracy is no result; Ray's searcher
       would log a warning and leave the Optuna trial RUNNING);
@@ -179,8 +200,6 @@ class _OptunaSearch(OptunaSearch):
             result, error = {k: v for k, v in result.items() if k != METRIC}, True
         super().on_trial_complete(trial_id, result, error)
 
-    def save(self, checkpoint_path: str):
-        raise NotImplementedError  # Tune then writes no state of it: the study is the state
 
 
 class _ASHA(ASHAScheduler):
@@ -238,6 +257,8 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
     if plan.space is None and plan.seeds:
         grid["seed"] = plan.seeds
     _LISTENERS[name] = ([[stage for _, stage in m] for m in members], listeners)
+    # Tune would log each trial failure's traceback, a recovered one's too; _Relay says it in a line
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
     try:
         results = tune.Tuner(
             trainable, tune_config=tune_config,

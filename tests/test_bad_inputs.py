@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -201,6 +202,17 @@ def test_report_skips_a_damaged_part_with_a_warning(tmp_path):
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "bad.parquet" in warnings[0]
     assert (tmp_path / "report" / "leaderboard.parquet").exists()
+    # a copy of a part (a sync tool's, a backup) is read once, with a warning naming it
+    trials = tmp_path / "results" / "trials"
+    (trials / "good-copy.parquet").write_bytes((trials / "good.parquet").read_bytes())
+    result = CliRunner().invoke(app, ["report", "--results", str(tmp_path / "results"),
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and any("good" in w and "counted once" in w for w in warnings), warnings
+    assert len(ResultsStore(tmp_path / "results").read("trials", [])) == 1
+    board = pd.read_parquet(tmp_path / "report" / "leaderboard.parquet")
+    assert board.trials.tolist() == [1]
 
 
 def test_an_empty_ray_address_means_a_local_instance(tmp_path, monkeypatch):

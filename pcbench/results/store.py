@@ -83,6 +83,11 @@ ADDED = {"trials": {"cohort_size": 1, "cka": None, "rank_agreement": None,
          "epochs": {"cka": None, "cka_taps": None, "rank_agreement": None}}
 
 
+# What identifies a row: a part copied beside itself (a sync tool's copy, a manual backup) or an
+# overlapping compaction must not count a trial or an epoch twice.
+KEYS = {"trials": ("search_id", "trial_id"), "epochs": ("search_id", "trial_id", "epoch")}
+
+
 class ResultsStore:
     def __init__(self, root: "str | Path | Location"):
         self.location = resolve(root)
@@ -105,9 +110,10 @@ class ResultsStore:
     def read(self, table: str, skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
         """Every readable part of `table`. A part that cannot be read (truncated, not Parquet,
         another schema) is left out and, with a `skipped` list, reported there as (path,
-        reason); without one it is an error."""
+        reason); without one it is an error. Rows are read once: a row whose key (KEYS) an
+        earlier part (in name order) already gave is left out, and noted in `skipped`."""
         schema = SCHEMAS[table]
-        tables = []
+        tables, seen = [], set()
         for part in self.parts(table):
             try:
                 found = pq.read_table(part, filesystem=self.location.fs)
@@ -118,11 +124,22 @@ class ResultsStore:
                 missing = [name for name in schema.names if name not in found.column_names]
                 if missing:
                     raise ValueError(f"not a pcbench {table} table: no column {missing[0]}")
-                tables.append(found.select(schema.names).cast(schema))
+                found = found.select(schema.names).cast(schema)
             except (OSError, ValueError, pa.ArrowException) as error:
                 if skipped is None:
                     raise
                 skipped.append((part, str(error).splitlines()[0] if str(error) else type(error).__name__))
+                continue
+            fresh = []
+            for key in zip(*(found.column(name).to_pylist() for name in KEYS[table])):
+                fresh.append(key not in seen)
+                seen.add(key)
+            if not all(fresh):
+                found = found.filter(pa.array(fresh))
+                if skipped is not None:
+                    skipped.append((part, f"{fresh.count(False)} of its rows repeat rows already read "
+                                          f"(a copy of another part?): counted once"))
+            tables.append(found)
         if not tables:
             return schema.empty_table().to_pandas()
         return pa.concat_tables(tables).to_pandas()

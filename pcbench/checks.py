@@ -2,6 +2,7 @@
 starts: each failure is a UserError, one line that names the fix. Light: no PyTorch, no Ray,
 no MLflow import."""
 
+import contextlib
 import errno
 import importlib.util
 import ipaddress
@@ -52,9 +53,25 @@ def check_results(value: "str | Path", flag: str = "--results") -> Location:
     return location
 
 
+# Tables that make a database one tool's store: the other must not write into it (both keep
+# their schema version in `alembic_version`, so each would take the other's for its own).
+_STORE_TABLES = {"--tracking-uri": ("an Optuna study database", {"studies", "trials"}),
+                 "--optuna-storage": ("an MLflow tracking store", {"experiments", "runs"})}
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return set()  # locked or damaged: the store's own open says so
+
+
 def _check_sqlite(uri: str, flag: str) -> None:
     """A SQLite URI names a file that is a SQLite database or does not exist yet, in a
-    folder that can be written."""
+    folder that can be written, and not the other tool's store."""
     path = sqlite_path(uri)
     if path is None or not path.name:
         raise UserError(f"{flag} {uri}: write a SQLite store as sqlite:////absolute/path.db or "
@@ -68,6 +85,9 @@ def _check_sqlite(uri: str, flag: str) -> None:
         if path.is_dir() or (header and header != SQLITE_HEADER):
             raise UserError(f"{flag} {uri}: {path} exists and is not a SQLite database; "
                             f"pass a new file or an existing store")
+        what, tables = _STORE_TABLES[flag]
+        if header and tables <= _sqlite_tables(path):
+            raise UserError(f"{flag} {uri}: {path} is {what}; give {flag} a database of its own")
     check_writable(path.parent, flag)
 
 
@@ -126,7 +146,14 @@ def _check_server(uri: str, timeout_s: float = 5.0) -> None:
                         f"one or fix the URI") from None
 
 
-def check_optuna_storage(uri: str) -> None:
+def check_optuna_storage(uri: str, tracking_uri: str | None = None) -> None:
+    """Optuna's database: a usable scheme and driver, a SQLite file that is one, and never the
+    MLflow store (`tracking_uri`) itself."""
+    same_file = sqlite_path(uri) and sqlite_path(tracking_uri or "") and \
+        sqlite_path(uri).resolve() == sqlite_path(tracking_uri).resolve()
+    if tracking_uri is not None and (uri == tracking_uri or same_file):
+        raise UserError(f"--optuna-storage {uri} is also the --tracking-uri; give Optuna a database of "
+                        f"its own (by default optuna.db beside mlflow.db)")
     scheme = _scheme(uri, "--optuna-storage", OPTUNA_SCHEMES,
                      "not a database URL Optuna can use; give sqlite:///path/optuna.db or "
                      "postgresql://user@host/db")
@@ -201,4 +228,32 @@ def is_loopback(host: str) -> bool:
         return all(ipaddress.ip_address(info[4][0]).is_loopback
                    for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
     except (socket.gaierror, UnicodeError, ValueError):
+        return False
+
+
+def check_environment(local_ray: bool) -> None:
+    """The folders the environment names: TMPDIR (Ray's session folders; an empty one would put
+    them in the working directory) and, where a local Ray instance starts, HOME (Ray keeps its
+    auth token in ~/.ray)."""
+    tmpdir = os.environ.get("TMPDIR")
+    if tmpdir is not None and not _can_write_in(tmpdir):
+        raise UserError(f"TMPDIR={tmpdir!r} is not a writable folder; unset it or point it at one")
+    home = os.environ.get("HOME")
+    if local_ray and not _can_write_in(os.path.join(home, ".ray") if home and os.path.isdir(
+            os.path.join(home, ".ray")) else home):
+        raise UserError(f"HOME={home!r} is not a writable folder, where Ray keeps the local instance's "
+                        f"auth token (~/.ray); set HOME to one, or pass --address of a running cluster")
+
+
+def _can_write_in(folder: str | None) -> bool:
+    """By trying (a folder made and removed at once): permission bits do not bind root, and
+    /proc or a read-only mount refuse whatever they say."""
+    import tempfile
+
+    if not folder or not os.path.isdir(folder):
+        return False
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".pcbench-probe-"):
+            return True
+    except OSError:
         return False

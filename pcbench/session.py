@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from pcbench.checks import (
     check_address,
+    check_environment,
     check_optuna_storage,
     check_results,
     check_tracking_uri,
@@ -86,7 +87,7 @@ class Session:
         if search:
             session.optuna_storage = optuna_storage or default_optuna_storage(
                 session.tracking_uri, session.results)
-            check_optuna_storage(session.optuna_storage)
+            check_optuna_storage(session.optuna_storage, session.tracking_uri)
         return session
 
     @property
@@ -184,6 +185,7 @@ def validate(session: Session, request: Request, missing: list[str] | None = Non
     needed(lambda: _check_teachers(session.teachers, prepared))
     if session.ray:
         needed(lambda: check_address(session.cluster_address))
+    needed(lambda: check_environment(local_ray=session.ray and session.cluster_address is None))
     return prepared
 
 

@@ -3,6 +3,7 @@ In-process (CliRunner) for speed; tests/test_cli_errors.py runs the classic case
 processes and checks that Ray never starts."""
 
 import http.server
+import sqlite3
 import os
 import threading
 import time
@@ -33,6 +34,10 @@ def _files(tmp_path):
         "pairs: [{teacher: cnn_large, student: cnn_small}, {teacher: cnn_large, student: cnn_small}]"))
     (tmp_path / "pairmethods.yaml").write_text(SUITE.replace(
         "student: cnn_small}]", "student: cnn_small, methods: [kd, kd]}]"))
+    for name, tables in (("mlflowlike.db", ("experiments", "runs")), ("optunalike.db", ("studies", "trials"))):
+        with sqlite3.connect(tmp_path / name) as db:  # the tables that make each tool's store
+            for table in tables:
+                db.execute(f"CREATE TABLE {table} (id INTEGER)")
     (tmp_path / "empty.yaml").write_text("")
     (tmp_path / "bomb.yaml").write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefghijklm", "bcdefghijklmn")))
@@ -163,13 +168,30 @@ CASES = {
                                    "--cpus-per-trial 4096.0 exceeds this machine's"),
     "resume with nothing to resume": (["search", "--method", "ce", "--resume", "--samples", "1"],
                                       "no unfinished search with these settings"),
+    "the MLflow store given to Optuna": (
+        ["search", "--method", "ce", "--optuna-storage", "sqlite:///mlflowlike.db"],
+        "mlflowlike.db is an MLflow tracking store; give --optuna-storage a database of its own"),
+    "the Optuna store given to MLflow": (
+        ["search", "--method", "ce", "--tracking-uri", "sqlite:///optunalike.db"],
+        "optunalike.db is an Optuna study database; give --tracking-uri a database of its own"),
+    "one database for both": (
+        ["search", "--method", "ce", "--tracking-uri", "sqlite:///both.db", "--optuna-storage",
+         "sqlite:///./both.db"], "is also the --tracking-uri; give Optuna a database of its own"),
+    "an unusable TMPDIR": (["search", "--method", "ce", "--samples", "1"],
+                           "TMPDIR='/proc' is not a writable folder", {"TMPDIR": "/proc"}),
+    "an empty TMPDIR": (["search", "--method", "ce", "--samples", "1"],
+                        "TMPDIR='' is not a writable folder", {"TMPDIR": ""}),
+    "a HOME Ray cannot write in": (["search", "--method", "ce", "--samples", "1"],
+                                   "HOME='/proc' is not a writable folder", {"HOME": "/proc"}),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeypatch):
-    args, expected = CASES[case]
+    args, expected, *environment = CASES[case]
     _files(tmp_path)
+    for name, value in (environment[0] if environment else {}).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

@@ -591,6 +591,8 @@ def accuracy_on_test(model_name: str, state_dict: dict[str, torch.Tensor], datas
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
-        raise UserError(f"the checkpoint does not fit {model_name}: {str(error).splitlines()[1].strip()}; "
-                        f"check --model") from None
+        shape = "x".join(map(str, data.input_shape))
+        raise UserError(f"the checkpoint does not fit {model_name} on {dataset} ({shape} images, "
+                        f"{data.num_classes} classes): {str(error).splitlines()[1].strip()}; a model of "
+                        f"another data set or architecture? check --dataset and --model") from None
     return evaluate(Tapped(model.to(device), {"logits"}), data, "test", 0, 1)["acc"]

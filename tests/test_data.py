@@ -158,3 +158,17 @@ def test_a_corrupt_cifar_file_is_one_line_before_anything_runs(tmp_path, content
     with pytest.raises(UserError) as error:
         check_dataset("cifar10", str(tmp_path), download=False)
     assert "test_batch is not a CIFAR batch file" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_cifar_file_with_labels_past_its_classes_is_one_line_before_anything_runs(tmp_path):
+    import pickle
+
+    folder = cifar.write("cifar10", tmp_path, per_class=3, test_per_class=1)
+    with open(folder / "test_batch", "rb") as f:
+        batch = pickle.load(f)
+    batch["labels"][0] = 10  # CIFAR-10's classes are 0 to 9: a CIFAR-100 label, or a shifted one
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(UserError, match=r"test_batch is not a CIFAR batch file \(ValueError: labels from "
+                                        r"0 to 10, where 10 classes are labelled 0 to 9\)"):
+        check_dataset("cifar10", str(tmp_path), download=False)

@@ -66,7 +66,7 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _read(path: Path, label_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="latin1").load()
@@ -74,6 +74,9 @@ def _read(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if len(labels) and not 0 <= labels.min() <= labels.max() < classes:  # would index past the logits
+            raise ValueError(f"labels from {labels.min()} to {labels.max()}, where {classes} classes "
+                             f"are labelled 0 to {classes - 1}")
     except (pickle.UnpicklingError, EOFError, OSError, KeyError, ValueError, TypeError,
             AttributeError, IndexError) as error:
         raise UserError(f"{path} is not a CIFAR batch file ({type(error).__name__}: {error}); "
@@ -81,8 +84,8 @@ def _read(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _concat(folder: Path, files, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    parts = [_read(folder / name, label_key) for name, _ in files]
+def _concat(folder: Path, files, fmt: CifarFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [_read(folder / name, fmt.label_key, fmt.num_classes) for name, _ in files]
     return (torch.from_numpy(np.concatenate([p[0] for p in parts])),
             torch.from_numpy(np.concatenate([p[1] for p in parts])))
 
@@ -107,7 +110,7 @@ def check(name: str, root: str | Path, download: bool = True) -> None:
     from torchvision.datasets.utils import check_integrity
     altered = [n for n, md5 in fmt.files() if not check_integrity(str(folder / n), md5)]
     for file in altered:  # not the official bytes: they must at least read as CIFAR
-        _read(folder / file, fmt.label_key)
+        _read(folder / file, fmt.label_key, fmt.num_classes)
     if altered:
         warnings.warn(f"{folder}: {', '.join(altered)} differ from the official {name} files "
                       f"(MD5); results are not comparable with published numbers", stacklevel=2)
@@ -139,8 +142,8 @@ def load(name: str, root: str | Path, val_fraction: float, split_seed: int) -> S
         with FileLock(str(folder.parent / f".{fmt.folder}.lock")):
             if _missing(fmt, folder):
                 _download(name, folder.parent)
-    x, y = _concat(folder, fmt.train_files, fmt.label_key)
-    test = _concat(folder, fmt.test_files, fmt.label_key)
+    x, y = _concat(folder, fmt.train_files, fmt)
+    test = _concat(folder, fmt.test_files, fmt)
     train, val = carve(x, y, val_fraction, split_seed)
     transform = BatchTransform(crop_pad=4, flip=True, mean=fmt.mean, std=fmt.std)
     return Splits(train, val, test, fmt.num_classes, transform)

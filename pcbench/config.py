@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from pcbench.data import dataset_names, get_dataset
+from pcbench.data import dataset_names, get_dataset, is_dataset
 from pcbench.errors import UserError
 from pcbench.methods import KD_SUFFIX, MethodConfig, base_method, get_method, is_method
 from pcbench.methods.base import KD_TERM_KNOBS, refuse_bool_numbers
@@ -55,8 +55,9 @@ class DataConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in dataset_names():
-            raise ValueError(f"unknown data set '{name}'; choose one of {', '.join(dataset_names())}")
+        if not is_dataset(name):
+            raise ValueError(f"unknown data set '{name}'; choose one of {', '.join(dataset_names())}, "
+                             f"or folder:NAME for image folders of your own")
         return name
 
 
@@ -116,8 +117,9 @@ class TrialConfig(_Section):
     @field_validator("teacher_dataset")
     @classmethod
     def _known_teacher_dataset(cls, name: str | None) -> str | None:
-        if name is not None and name not in dataset_names():
-            raise ValueError(f"unknown data set '{name}'; choose one of {', '.join(dataset_names())}")
+        if name is not None and not is_dataset(name):
+            raise ValueError(f"unknown data set '{name}'; choose one of {', '.join(dataset_names())}, "
+                             f"or folder:NAME for image folders of your own")
         return name
 
     @property
@@ -149,6 +151,10 @@ class TrialConfig(_Section):
                              f"train.init_from_teacher=true with the teacher's architecture")
         if not self.transfer:
             return self
+        if get_dataset(self.teacher_data).num_classes is None:
+            raise ValueError(f"a teacher of {self.teacher_data} cannot teach another task: that data set "
+                             f"counts its classes from its own folders, which the student's data are not; "
+                             f"register it as a data set of your own (a plug-in) to name its classes")
         teacher_shape = get_dataset(self.teacher_data).input_shape
         student_shape = get_dataset(self.data.name).input_shape
         if teacher_shape != student_shape:

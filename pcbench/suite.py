@@ -33,12 +33,14 @@ class Pair(_Strict):
     # Dotted overrides for this pair only, usually scoped to a method (`fcfd.weight: 0.02`):
     # the authors' setting for the pair, which becomes the first point of that method's search.
     set: dict[str, Any] = {}
-    # How --pair names it (default TEACHER->STUDENT, with @DATASET where the pair names one)
+    # How --pair names it (default TEACHER->STUDENT, as TEACHER(ITS DATA SET)->STUDENT@DATA SET
+    # where the pair names them)
     name: str | None = None
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.teacher}->{self.student}" + (f"@{self.dataset}" if self.dataset else "")
+        teacher = f"{self.teacher}({self.teacher_dataset})" if self.teacher_dataset else self.teacher
+        return self.name or f"{teacher}->{self.student}" + (f"@{self.dataset}" if self.dataset else "")
 
 
 class Budget(_Strict):

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from pcbench.atomic import sha256_of, write_atomic
 from pcbench.config import TrialConfig, build_config
+from pcbench.data import FOLDER_PREFIX
 from pcbench.engine import MODEL_FILE, LocalReporter, train_trial
 from pcbench.errors import UserError
 from pcbench.methods import get_method
@@ -34,8 +35,10 @@ def teacher_config(model: str, dataset: str, data_dir: str | None = None,
     """The `ce` trial that trains a teacher (`plugins`: where its model or data set come from)."""
     base = {"data": {"name": dataset, "root": data_dir}, "student": model, "method": "ce",
             "seed": RECIPE_SEED, "plugins": list(plugins)}
-    if dataset in TEACHER_RECIPES:
-        base = with_recipe(base, TEACHER_RECIPES[dataset], overrides)
+    # image folders of your own (folder:NAME) train as ImageNet's folders do
+    recipe = TEACHER_RECIPES.get("imagenet" if dataset.startswith(FOLDER_PREFIX) else dataset)
+    if recipe is not None:
+        base = with_recipe(base, recipe, overrides)
         base["data"]["val_fraction"] = 0.0
     else:
         base["train"] = dict(DIGITS_RECIPE)

@@ -172,3 +172,22 @@ def test_a_cifar_file_with_labels_past_its_classes_is_one_line_before_anything_r
     with pytest.raises(UserError, match=r"test_batch is not a CIFAR batch file \(ValueError: labels from "
                                         r"0 to 10, where 10 classes are labelled 0 to 9\)"):
         check_dataset("cifar10", str(tmp_path), download=False)
+
+
+def test_image_folders_of_your_own_are_folder_name_with_classes_counted_from_them(tmp_path):
+    _write_jpeg_folders(tmp_path, classes=4)
+    check_dataset("folder:birds", str(tmp_path))
+    data = load_dataset("folder:birds", str(tmp_path), 0.25, split_seed=0, loader_workers=0)
+    assert data.num_classes == 4 and data.input_shape == (3, 224, 224)
+    with pytest.raises(UserError, match="folder:dogs: expected class folders under"):
+        check_dataset("folder:dogs", str(tmp_path / "nothing"))
+    with pytest.raises(UserError, match="or folder:NAME for image folders of your own"):
+        check_dataset("folder:Bad Name", str(tmp_path))
+
+
+def test_a_teacher_of_image_folders_cannot_teach_another_task():
+    from pcbench.config import build_config
+
+    with pytest.raises(UserError, match="a teacher of folder:birds cannot teach another task"):
+        build_config({"method": "fitnet", "teacher": "resnet34", "student": "resnet18",
+                      "data": {"name": "folder:dogs"}, "teacher_dataset": "folder:birds"}, {})

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from pcbench.cli import app
 from pcbench.config import build_config
-from pcbench.methods import KD_SUFFIX, base_method, get_method, method_names
+from pcbench.methods import KD_SUFFIX, base_method, get_method, method_names, split_variant
 from pcbench.methods.base import KD_TERM_KNOBS
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
@@ -47,7 +47,8 @@ def _kd_weight(entry: dict) -> float | None:
 
 def _check_one_objective_per_row(entries: list[dict]) -> None:
     for e in entries:
-        has_kd = e["method"] == "kd" or e["method"].endswith(KD_SUFFIX)
+        base, plugins = split_variant(e["method"])  # kd+ls is kd's own objective, standardised
+        has_kd = base == "kd" or KD_SUFFIX in plugins
         assert (_kd_weight(e) is not None and _kd_weight(e) > 0) == has_kd, e["method"]
         own = set(get_method(base_method(e["method"])).Config.model_fields)
         searched = {k.removeprefix("method.") for k in e["knobs"] if k.startswith("method.")}
@@ -76,12 +77,12 @@ def test_every_kd_variant_adds_the_same_kd_knobs():
 
 
 @pytest.mark.parametrize("suite", ["cifar100.yaml", "cifar100-kd.yaml", "imagenet.yaml", "transfer.yaml",
-                                   "demo.yaml"])
+                                   "transfer-demo.yaml", "transfer-folder.yaml", "demo.yaml"])
 def test_every_suite_compares_one_objective_per_row(suite):
     entries = _plan("benchmark", str(SUITES / suite))
     _check_one_objective_per_row(entries)
     methods = {e["method"] for e in entries}
-    assert not any(m.endswith(KD_SUFFIX) for m in methods) or suite == "cifar100-kd.yaml"
+    assert not any(KD_SUFFIX in split_variant(m)[1] for m in methods) or suite == "cifar100-kd.yaml"
 
 
 def test_fcfd_with_kd_is_the_papers_objective_its_kd_temperature_starting_at_fcfds():

@@ -93,17 +93,18 @@ def test_a_student_started_from_the_teacher_has_all_its_weights_but_the_classifi
     assert torch.equal(student.fc.weight, fresh_head)  # re-initialised: its own fresh weights
 
 
-@pytest.mark.parametrize("suite, scratch, finetune", [("transfer-demo.yaml", 20, 10),
-                                                      ("transfer.yaml", 240, 12)])
+@pytest.mark.parametrize("suite, scratch, finetune, scratch_lr", [("transfer-demo.yaml", 20, 10, 0.05),
+                                                                  ("transfer.yaml", 240, 12, 0.05),
+                                                                  ("transfer-folder.yaml", 100, 48, 0.1)])
 def test_the_transfer_suites_fine_tune_the_pair_that_starts_from_the_teacher(suite, scratch, finetune,
-                                                                            tmp_path):
+                                                                            scratch_lr, tmp_path):
     result = CliRunner().invoke(app, ["benchmark", str(SUITES_DIR / suite), "--dry-run", "--json",
                                       "--data-dir", str(tmp_path), "--results", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     for entry in plan:  # the fine-tuning recipe's lr and length; the from-scratch recipe's otherwise
         started = entry["student_init"] == "teacher"
-        assert entry["first_point"]["train.lr"] == (0.01 if started else 0.05), entry
+        assert entry["first_point"]["train.lr"] == (0.01 if started else scratch_lr), entry
         # each pair searched and re-run for its own recipe's length
         assert entry["budget"]["epochs"] == entry["final"]["epochs"] == (finetune if started else scratch)
     assert {e["student_init"] for e in plan} == {"scratch", "teacher"}

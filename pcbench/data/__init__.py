@@ -1,5 +1,6 @@
 """Data sets by name. Each loads seeded splits as a `DataSource` (see `splits.py`)."""
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -8,8 +9,8 @@ from pcbench import plugins
 from pcbench.data.splits import BatchTransform, DataSource, Splits
 from pcbench.errors import UserError
 
-__all__ = ["BatchTransform", "DataSource", "Splits", "DataSet", "check_dataset", "dataset_names",
-           "get_dataset", "load_dataset", "register_dataset"]
+__all__ = ["BatchTransform", "DataSource", "Splits", "DataSet", "FOLDER_PREFIX", "check_dataset", "dataset_names",
+           "get_dataset", "is_dataset", "load_dataset", "register_dataset"]
 
 DEFAULT_ROOT = "~/.cache/pcbench/data"
 
@@ -20,7 +21,7 @@ class DataSet:
     val_fraction: float  # the default validation share of the training data
     load: Callable[..., DataSource]  # (root, val_fraction, split_seed, loader_workers)
     input_shape: tuple[int, int, int]  # one image, as the models see it
-    num_classes: int
+    num_classes: int | None  # None: counted from its files when it loads (folder:NAME)
     # files present, before any trial; (root, download): fetch what is missing where possible
     check: Callable[[str, bool], None] = lambda root, download: None
     embedded: bool = False  # ships with the installed packages: no --data-dir needed
@@ -44,18 +45,25 @@ def _cifar(name: str) -> DataSet:
                    10 if name == "cifar10" else 100, lambda root, download: cifar.check(name, root, download))
 
 
-def _imagenet() -> DataSet:
+def _image_folders(name: str, val_fraction: float, num_classes: int | None) -> DataSet:
     from pcbench.data import folder
-    return DataSet("imagenet", 0.01,
+    return DataSet(name, val_fraction,
                    lambda root, val_fraction, split_seed, loader_workers:
                    folder.FolderSplits(root, val_fraction, split_seed, loader_workers=loader_workers),
-                   (3, folder.IMAGE_SIZE, folder.IMAGE_SIZE), 1000,
-                   lambda root, download: folder.check(root))
+                   (3, folder.IMAGE_SIZE, folder.IMAGE_SIZE), num_classes,
+                   lambda root, download: folder.check(root, name))
+
+
+# `folder:NAME`: a data set of your own, as ImageNet-style folders (train/ and val/ of class
+# folders, torchvision's ImageFolder) under --data-dir, its classes counted from the folders.
+# NAME keeps two such data sets apart: their teachers, studies and experiments.
+FOLDER_PREFIX = "folder:"
+_FOLDER_NAME = re.compile(r"folder:[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 _DATASETS = {d.name: d for d in (_digits("digits", range(10)), _digits("digits-0to4", range(5)),
                                  _digits("digits-5to9", range(5, 10)), _cifar("cifar10"),
-                                 _cifar("cifar100"), _imagenet())}
+                                 _cifar("cifar100"), _image_folders("imagenet", 0.01, 1000))}
 
 
 def register_dataset(name: str, *, input_shape: tuple[int, int, int], num_classes: int,
@@ -75,12 +83,20 @@ def register_dataset(name: str, *, input_shape: tuple[int, int, int], num_classe
 
 
 def dataset_names() -> list[str]:
+    """The named data sets (any folder:NAME is one too: is_dataset)."""
     return sorted(_DATASETS)
 
 
+def is_dataset(name: str) -> bool:
+    return name in _DATASETS or bool(_FOLDER_NAME.fullmatch(name))
+
+
 def get_dataset(name: str) -> DataSet:
+    if name not in _DATASETS and _FOLDER_NAME.fullmatch(name):
+        return _image_folders(name, 0.1, None)
     if name not in _DATASETS:
-        raise UserError(f"unknown data set '{name}': choose one of {', '.join(dataset_names())}")
+        raise UserError(f"unknown data set '{name}': choose one of {', '.join(dataset_names())}, "
+                        f"or folder:NAME for image folders of your own")
     return _DATASETS[name]
 
 

@@ -15,11 +15,11 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_SIZE = 224  # the training crop
 
 
-def check(root: str | Path) -> None:
+def check(root: str | Path, name: str = "imagenet") -> None:
     for split in ("train", "val"):
         folder = Path(root).expanduser() / split
         if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
-            raise UserError(f"imagenet: expected class folders under {folder}; pass --data-dir DIR "
+            raise UserError(f"{name}: expected class folders under {folder}; pass --data-dir DIR "
                             f"holding train/ and val/ (one folder per class, as torchvision's ImageFolder)")
 
 

@@ -191,7 +191,9 @@ def _pair_request(spec, pair, plugin_specs, data_dir, epochs, methods, overrides
 
     base = {"seed": spec.seed, "data": {"name": pair.dataset or spec.dataset}, "teacher": pair.teacher,
             "student": pair.student, "plugins": plugin_specs,
-            "teacher_dataset": pair.teacher_dataset or (None if pair.dataset else spec.teacher_dataset)}
+            # a pair on another data set than the suite's: its teacher's, unless it names one
+            "teacher_dataset": pair.teacher_dataset or (
+                spec.teacher_dataset if pair.dataset in (None, spec.dataset) else None)}
     if data_dir is not None:
         base["data"]["root"] = data_dir
     budget_epochs = epochs if epochs is not None else spec.budget.epochs
@@ -315,6 +317,7 @@ def _execute(session, requests: list, dry_run: bool, progress: Progress | None,
 
     missing: list[str] = []
     work = [(request, validate(session, request, missing if dry_run else None)) for request in requests]
+    _one_setting_once(work)
     if dry_run:
         return Plan([e for request, prepared in work for e in plan(request, prepared)], missing)
     listeners = [progress] if progress is not None else []
@@ -325,6 +328,24 @@ def _execute(session, requests: list, dry_run: bool, progress: Progress | None,
         on_search=lambda item, trials: progress and progress.on_search(item, trials), suite=suite)
     return Result(outcome.search_id, outcome.trials, outcome.failed, outcome.diverged,
                   session.results.uri, session.tracking_uri, suite)
+
+
+def _one_setting_once(work) -> None:
+    """Two pairs of a suite that come to one setting (data sets, teacher, student, how it
+    starts) would share their Tune experiments, Optuna studies, finished rows and board group."""
+    from pcbench.workflow import experiment_name
+
+    seen: dict[str, str] = {}
+    for _, prepared in work:
+        if not prepared:
+            continue
+        t = prepared[0].template
+        setting, label = experiment_name(t), f"{t.teacher}->{t.student} on {t.data.name}"
+        if setting in seen:
+            raise UserError(f"two pairs are one setting ({label}, teacher of {t.teacher_data}, student "
+                            f"from {t.student_init}): they would share their searches and board rows; "
+                            f"list it once, its methods together")
+        seen[setting] = label
 
 
 def methods(plugins: Iterable[str] = ()) -> list[tuple[str, str]]:
@@ -453,6 +474,9 @@ def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 500
     if not local and not auth:
         on_warning(f"the UI on {host}:{port} has no login: anyone who reaches it can read and change "
                    f"every run (--insecure)")
+    elif not local:
+        on_warning(f"logins to {host}:{port} cross the network unencrypted (HTTP basic auth): put TLS in "
+                   f"front of it (a reverse proxy) or reach it through an SSH tunnel")
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     on_start(uri, base)
     experiments = MlflowClient(uri).search_experiments(order_by=["last_update_time DESC"], max_results=20)
@@ -468,11 +492,14 @@ def _basic_auth(uri: str) -> dict[str, str]:
     """The environment of MLflow's basic-auth app for `pcbench ui --auth`: its users in the
     tracking store's own database, the admin's login from the environment (MLflow creates that
     admin on the first start; later starts keep the users it has), a Flask secret key from the
-    environment or new for this start (sessions then end with it). The configuration, which
-    holds the password, is a file only this user can read; no secret is on a command line."""
+    environment or new for this start (sessions then end with it). The login travels in the
+    server's environment only; its configuration file (one per store, rewritten at each start,
+    in a folder of this user's alone) holds the store's URI and no password of MLflow's."""
+    import hashlib
     import importlib.util
     import os
     import secrets
+    import stat
     import tempfile
 
     if importlib.util.find_spec("flask_wtf") is None:
@@ -484,14 +511,20 @@ def _basic_auth(uri: str) -> dict[str, str]:
     if uri.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql", "mssql"):
         raise UserError(f"--auth keeps its users in the tracking store's database, and {uri} is not one; "
                         f"pass --tracking-uri sqlite:///PATH or a database server's URI")
-    folder = tempfile.mkdtemp(prefix="pcbench-ui-auth-")  # 0700
-    ini = os.path.join(folder, "basic_auth.ini")
-    descriptor = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as f:
-        f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {uri}\nadmin_username = {username}\n"
-                f"admin_password = {password}\n"
+    folder = os.path.join(tempfile.gettempdir(), f"pcbench-ui-auth-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise UserError(f"{folder} is not a folder of this user's alone; remove it and start again")
+    ini = os.path.join(folder, hashlib.sha256(uri.encode()).hexdigest()[:16] + ".ini")
+    staging = f"{ini}.{os.getpid()}"
+    with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        # a database password in the URI may hold "%", which configparser reads as interpolation
+        f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {uri.replace('%', '%%')}\n"
                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    return {"MLFLOW_AUTH_CONFIG_PATH": ini,
+    os.replace(staging, ini)
+    return {"MLFLOW_AUTH_CONFIG_PATH": ini, "MLFLOW_AUTH_ADMIN_USERNAME": username,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
             or secrets.token_hex(24)}
 

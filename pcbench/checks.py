@@ -233,16 +233,24 @@ def is_loopback(host: str) -> bool:
 
 def check_environment(local_ray: bool) -> None:
     """The folders the environment names: TMPDIR (Ray's session folders; an empty one would put
-    them in the working directory) and, where a local Ray instance starts, HOME (Ray keeps its
-    auth token in ~/.ray)."""
+    them in the working directory) and, where a local Ray instance starts with token auth, HOME
+    (Ray writes its auth token in ~/.ray unless one is there to read)."""
     tmpdir = os.environ.get("TMPDIR")
     if tmpdir is not None and not _can_write_in(tmpdir):
         raise UserError(f"TMPDIR={tmpdir!r} is not a writable folder; unset it or point it at one")
-    home = os.environ.get("HOME")
-    if local_ray and not _can_write_in(os.path.join(home, ".ray") if home and os.path.isdir(
-            os.path.join(home, ".ray")) else home):
-        raise UserError(f"HOME={home!r} is not a writable folder, where Ray keeps the local instance's "
-                        f"auth token (~/.ray); set HOME to one, or pass --address of a running cluster")
+    if not local_ray or os.environ.get("RAY_AUTH_MODE") == "disabled":
+        return
+    try:
+        home = str(Path.home())  # HOME, else the user's entry
+    except RuntimeError:
+        home = None
+    ray_folder = os.path.join(home, ".ray") if home else None
+    token = os.path.join(ray_folder, "auth_token") if ray_folder else None
+    if token and os.path.isfile(token) and os.access(token, os.R_OK):
+        return  # Ray only reads it
+    if not _can_write_in(ray_folder if ray_folder and os.path.isdir(ray_folder) else home):
+        raise UserError(f"HOME={os.environ.get('HOME')!r} is not a writable folder, where Ray keeps the local "
+                        f"instance's auth token (~/.ray); set HOME to one, or pass --address of a running cluster")
 
 
 def _can_write_in(folder: str | None) -> bool:

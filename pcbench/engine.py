@@ -339,15 +339,19 @@ class _Cohort:
         batches = self.data.batches("train", per_rank_batch, self.rank, self.world,
                                     shuffle_seed=cfg.seed * 100_003 + epoch, augment=cfg.data.augment,
                                     **({"strong_view": True} if two_views else {}))
+        strong_seconds = 0.0  # making the strong view and the teacher's forward of it: theirs alone
         for steps, (x, y, index, *strong_x) in enumerate(batches, start=1):
             x = x.contiguous(memory_format=self.memory_format)
             teacher_feats = (teacher_features(self.teacher_taps, x, self.precision)
                              if self.teacher_taps and reading else None)
             strong = None
             if strong_x:
-                strong_x = strong_x[0].contiguous(memory_format=self.memory_format)
+                strong_started = time.perf_counter()
+                strong_x = strong_x[0]() if callable(strong_x[0]) else strong_x[0]
+                strong_x = strong_x.contiguous(memory_format=self.memory_format)
                 strong = (strong_x, teacher_features(self.teacher_taps, strong_x, self.precision)
                           if self.teacher_taps and reading & two_views else None)
+                strong_seconds += time.perf_counter() - strong_started
             for member in live:
                 if member.bad_step is None:
                     member.step(x, y, index, epoch, teacher_feats if id(member) in reading else None,
@@ -359,11 +363,15 @@ class _Cohort:
             if member.bad_step is not None:
                 member.end_diverged(epoch, device)
         live = [m for m in live if m.running]
-        train_seconds = time.perf_counter() - started
-        views = sum(m.views for m in live)  # a member of two views did twice the forwards
+        # each member's share: the shared time by its forwards (two views, twice), and the strong
+        # view's making to the members that read it
+        readers = sum(m.views == 2 for m in live)
+        shared = time.perf_counter() - started - (strong_seconds if readers else 0.0)
+        views = sum(m.views for m in live)
         for member in live:
+            own = strong_seconds / readers if member.views == 2 else 0.0
             member.end_epoch(epoch, self.data, self.rank, self.world, self.precision, self.memory_format,
-                             train_seconds * member.views / views, device)
+                             shared * member.views / views + own, device)
         return live
 
 

@@ -38,6 +38,10 @@ def _files(tmp_path):
         with sqlite3.connect(tmp_path / name) as db:  # the tables that make each tool's store
             for table in tables:
                 db.execute(f"CREATE TABLE {table} (id INTEGER)")
+    (tmp_path / "samesetting.yaml").write_text(SUITE.replace(
+        "pairs: [{teacher: cnn_large, student: cnn_small}]",
+        "pairs: [{teacher: cnn_large, student: cnn_small}, {teacher: cnn_large, student: cnn_small, "
+        "name: again, set: {train.lr: 0.1}}]"))
     (tmp_path / "empty.yaml").write_text("")
     (tmp_path / "bomb.yaml").write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefghijklm", "bcdefghijklmn")))
@@ -72,6 +76,8 @@ CASES = {
     "a suite that lists a pair twice": (["benchmark", "pairtwice.yaml"],
                                         "pair cnn_large->cnn_small listed twice; list each once; give one "
                                         "of them a `name:` if they differ"),
+    "two pairs that are one setting": (["benchmark", "samesetting.yaml"],
+                                       "two pairs are one setting (cnn_large->cnn_small on digits"),
     "a pair that lists a method twice": (["benchmark", "pairmethods.yaml"],
                                          "method of pair cnn_large->cnn_small kd listed twice"),
     "a method on none of the pairs chosen": (

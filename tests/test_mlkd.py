@@ -81,11 +81,16 @@ def test_mlkd_aligns_instances_batches_and_classes_at_five_temperatures_on_two_v
     assert samples == 0.5 and classes == pytest.approx(2 / 3)  # the "masks" are shares
 
 
-def test_mlkd_with_ls_standardises_both_views_and_leaves_the_label_terms():
+def test_mlkd_with_ls_standardises_both_views_kd_terms_and_leaves_the_others_raw():
     plain, step = _step()
     ls, _ = _step("mlkd+ls")
     terms, base = ls(step), plain(step)
     assert terms["ce"] == base["ce"] and terms["ce_strong"] == base["ce_strong"]
+    # the batch and class levels read the raw logits, as LS's MLKD; only the weight scales them
+    # (at LS's temperature 2 in place of 4: compare with plain mlkd there)
+    at_two, _ = _step(temperature=2.0)
+    for level in ("class_level", "batch_level"):
+        assert terms[level].item() == pytest.approx(10 * at_two(step)[level].item(), rel=1e-5)
     shifted = [[v * 3 + 1 for v in row] for row in S_S]  # z-scores ignore each row's scale and shift
     step.strong.student_feats["logits"] = torch.tensor(shifted)
     assert ls(step)["kd"].item() == pytest.approx(terms["kd"].item(), rel=1e-5)
@@ -99,8 +104,8 @@ def test_the_strong_view_leaves_the_batch_every_method_sees_as_it_was(name, tmp_
     assert data.has_strong_view
     kwargs = dict(shuffle_seed=7, augment=True)
     alone = list(data.batches("train", 16, **kwargs))
-    both = list(data.batches("train", 16, strong_view=True, **kwargs))
-    again = list(data.batches("train", 16, strong_view=True, **kwargs))
+    both, again = ([(*batch[:3], batch[3]()) for batch in data.batches("train", 16, strong_view=True, **kwargs)]
+                   for _ in range(2))  # the strong view made when asked for, in order
     for (x, y, i), (wx, wy, wi, strong), (*_, strong_again) in zip(alone, both, again):
         assert torch.equal(x, wx) and torch.equal(y, wy) and torch.equal(i, wi)
         assert strong.shape == x.shape and strong.dtype == x.dtype

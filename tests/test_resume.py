@@ -191,28 +191,35 @@ def test_a_cohort_in_flight_goes_on_from_its_members_checkpoints(tmp_path, teach
     assert set(range(first_result["epoch"], 9)) <= set(epochs[epochs.trial_id == longest].epoch)
 
 
-def _trial_processes() -> list[int]:
-    """Tune's trial actors on this machine (function trainables run in `ray::ImplicitFunc`)."""
+def _trial_processes(marker: str) -> list[int]:
+    """This test's Tune trial actors (function trainables run in `ray::ImplicitFunc`; Ray's
+    processes inherit the environment of the command that started the instance)."""
     found = []
     for process in Path("/proc").glob("[0-9]*"):
         try:
-            if (process / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+            if (process / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc") and \
+                    marker.encode() in (process / "environ").read_bytes():
                 found.append(int(process.name))
-        except OSError:
+        except OSError:  # ended meanwhile, or another user's
             continue
     return found
 
 
 @pytest.mark.slow
 def test_a_trial_whose_worker_is_killed_goes_on_from_its_checkpoint_with_one_line(tmp_path, teacher_store):
-    log = tmp_path / "search.log"
-    search = _start(_command(tmp_path, teacher_store.root, "--samples", "1", epochs=8), log)
+    log, marker = tmp_path / "search.log", f"PCBENCH_TEST_MARKER={tmp_path}"
+    os.environ["PCBENCH_TEST_MARKER"] = str(tmp_path)  # inherited by the command and Ray's processes
+    try:
+        # 30 epochs of about 0.3 s: the trial is still training when its first checkpoint lands
+        search = _start(_command(tmp_path, teacher_store.root, "--samples", "1", epochs=30), log)
+    finally:
+        del os.environ["PCBENCH_TEST_MARKER"]
     try:
         deadline = time.monotonic() + 240
         while not list((tmp_path / "results" / "ray").glob("*/*/checkpoint_*")):
             assert search.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        workers = _trial_processes()
+        workers = _trial_processes(marker)
         assert workers
         for pid in workers:
             os.kill(pid, signal.SIGKILL)  # as the OOM killer or a pre-empted node would
@@ -225,4 +232,4 @@ def test_a_trial_whose_worker_is_killed_goes_on_from_its_checkpoint_with_one_lin
     assert "Traceback" not in output and "ActorDiedError" not in output.replace(
         output[output.index("lost its process"):].splitlines()[0], ""), output
     trials = pd.read_parquet(tmp_path / "results" / "trials")
-    assert len(trials) == 1 and trials.status.iloc[0] == "completed" and trials.epochs_run.iloc[0] == 8
+    assert len(trials) == 1 and trials.status.iloc[0] == "completed" and trials.epochs_run.iloc[0] == 30

@@ -147,3 +147,12 @@ def test_the_transfer_demo_suite_runs_and_its_leaderboard_names_the_teachers_tas
     markdown = (tmp_path / "results" / "report" / "leaderboard.md").read_text()
     assert "cnn_large (digits-0to4) -> cnn_small" in markdown
     assert "cnn_small (digits-0to4) -> cnn_small, from the teacher's weights" in markdown
+
+
+def test_a_method_on_some_pairs_of_a_suite_runs_on_those_alone(tmp_path):
+    result = CliRunner().invoke(app, ["benchmark", str(SUITES_DIR / "transfer-demo.yaml"), "--method", "kd",
+                                      "--method", "l2sp", "--dry-run", "--json", "--results", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert {(e["method"], e["dataset"], e["student_init"]) for e in plan} == {
+        ("kd", "digits-0to4", "scratch"), ("l2sp", "digits-5to9", "teacher")}

@@ -59,7 +59,7 @@ class _Indexed(torch.utils.data.Dataset):
             return self.transform(image), label, i
         weak = self.transform(image)
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(self.strong_seed * 1_000_003 + i)
+            torch.default_generator.manual_seed((self.strong_seed * 1_000_003 + i) % 2**63)
             return weak, label, i, self.strong(image)
 
 

@@ -6,6 +6,7 @@ Every data set gives the engine the same thing: `batches(split, ...)` yields thi
 no per-sample Python work; image folders stream through a DataLoader (see `folder.py`).
 """
 
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
@@ -35,7 +36,8 @@ class DataSource(Protocol):
         every rank and the last partial batch dropped; otherwise every sample, in order.
         `strong_view` (training, where `has_strong_view`): each batch is (x, y, indices,
         x_strong), x_strong the same images augmented harder (strong.py), from a stream of
-        its own, so x is the same with or without it."""
+        its own, so x is the same with or without it; x_strong may be a callable that makes
+        it (called once, in order)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class Splits:
         order = rank_order(len(x), rank, world, shuffle_seed, x.device)
         for idx in chunks(order, batch_size, drop_last=shuffle_seed is not None):
             weak = self.transform(x[idx], generator if augment else None)
-            if strong_view:
-                yield weak, y[idx], idx, self.transform.strong(x[idx], strong)
+            if strong_view:  # made when asked for, so the engine can count its cost
+                yield weak, y[idx], idx, functools.partial(self.transform.strong, x[idx], strong)
             else:
                 yield weak, y[idx], idx

@@ -66,16 +66,18 @@ class MLKD(Method):
     def transfer(self, step: Step) -> dict[str, torch.Tensor]:
         cfg, strong = self.config, step.strong
         temperatures = (self.temperature(step), *OTHER_TEMPERATURES)
-        weak_s, weak_t = self.distill_logits(step)
+        weak_s, weak_t = self.distill_logits(step)  # the KD terms' (z-scored by +ls)
         strong_s, strong_t = self.distill_logits(strong)
-        # the masks read the teacher's raw weak-view confidences, at T 1
-        confidence = F.softmax(step.teacher_feats["logits"], 1)
+        # the batch and class levels, and the masks, read the raw logits (LS's MLKD standardises
+        # the KD terms only)
+        raw_s, raw_t = step.student_feats["logits"], step.teacher_feats["logits"]
+        confidence = F.softmax(raw_t, 1)  # the teacher's weak-view confidences, at T 1
         samples, classes = below_median(confidence.max(1).values), below_median(confidence.sum(0))
         kd_strong = (sum(kd_loss(strong_s, strong_t, t) for t in temperatures[:3])
                      + sum(kd_loss(weak_s, weak_t, t) for t in temperatures[3:]))
         return {
             "ce_strong": cfg.w_ce * F.cross_entropy(strong.student_feats["logits"], step.y),
             "kd": cfg.weight * (samples * sum(kd_loss(weak_s, weak_t, t) for t in temperatures) + kd_strong),
-            "class_level": cfg.weight * classes * sum(class_level(weak_s, weak_t, t) for t in temperatures),
-            "batch_level": cfg.weight * samples * sum(batch_level(weak_s, weak_t, t) for t in temperatures),
+            "class_level": cfg.weight * classes * sum(class_level(raw_s, raw_t, t) for t in temperatures),
+            "batch_level": cfg.weight * samples * sum(batch_level(raw_s, raw_t, t) for t in temperatures),
         }

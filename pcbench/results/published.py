@@ -58,6 +58,10 @@ _WTTM = Source("WTTM", "zkxufo/TTM, README.md (CIFAR-100 table 1)",
 _LS = Source("LS", "sunshangquan/logit-standardization-KD, README.md (table 1, KD/DKD/CTKD + Ours)",
              "best test epoch, averaged over runs (its logs end with best_acc; the README says its "
              "numbers are averages)", True, 240, "cifar100-crd")
+# LS's MLKD runs: its configs/cifar100/mlkd/*.yaml train 480 epochs (MLKD's own, 240), with KD
+# weight 9 (6 for vgg13 -> vgg8, by its log's name) and base temperature 2.
+_LS_MLKD = Source("LS", "sunshangquan/logit-standardization-KD, README.md (table 1, MLKD+Ours)",
+                  _LS.selection, True, 480, "cifar100-crd")
 # The MLKD paper's own numbers, as LS's README quotes them in the same table (MLKD's repository
 # publishes none): its trainer (mdistiller's) keeps the best test epoch.
 _MLKD = Source("MLKD", "sunshangquan/logit-standardization-KD, README.md (table 1, MLKD row, the MLKD "
@@ -111,14 +115,17 @@ _TABLES = {
         ("cifar100", "resnet32x4", "resnet8x4"): dict(wttm=76.06),
         ("cifar100", "vgg13", "vgg8"): dict(wttm=74.44),
     },
-    _LS: {  # kd+ls is LS's "KD+Ours", dkd+ls "DKD+Ours", kd+ls+ctkd "CTKD+Ours", mlkd+ls "MLKD+Ours"
-        ("cifar100", "resnet32x4", "resnet8x4"): {"kd+ls": 76.62, "dkd+ls": 77.01, "kd+ls+ctkd": 76.67,
-                                                  "mlkd+ls": 78.28},
-        ("cifar100", "vgg13", "vgg8"): {"kd+ls": 74.36, "dkd+ls": 74.81, "kd+ls+ctkd": 74.47, "mlkd+ls": 75.22},
-        ("cifar100", "wrn_40_2", "wrn_16_2"): {"kd+ls": 76.11, "dkd+ls": 76.39, "kd+ls+ctkd": 76.08,
-                                               "mlkd+ls": 76.95},
-        ("cifar100", "resnet56", "resnet20"): {"kd+ls": 71.43, "dkd+ls": 72.32, "kd+ls+ctkd": 71.34,
-                                               "mlkd+ls": 72.33},
+    _LS: {  # kd+ls is LS's "KD+Ours", dkd+ls "DKD+Ours", kd+ls+ctkd "CTKD+Ours"
+        ("cifar100", "resnet32x4", "resnet8x4"): {"kd+ls": 76.62, "dkd+ls": 77.01, "kd+ls+ctkd": 76.67},
+        ("cifar100", "vgg13", "vgg8"): {"kd+ls": 74.36, "dkd+ls": 74.81, "kd+ls+ctkd": 74.47},
+        ("cifar100", "wrn_40_2", "wrn_16_2"): {"kd+ls": 76.11, "dkd+ls": 76.39, "kd+ls+ctkd": 76.08},
+        ("cifar100", "resnet56", "resnet20"): {"kd+ls": 71.43, "dkd+ls": 72.32, "kd+ls+ctkd": 71.34},
+    },
+    _LS_MLKD: {  # "MLKD+Ours", trained 480 epochs: never beside a 240-epoch table
+        ("cifar100", "resnet32x4", "resnet8x4"): {"mlkd+ls": 78.28},
+        ("cifar100", "vgg13", "vgg8"): {"mlkd+ls": 75.22},
+        ("cifar100", "wrn_40_2", "wrn_16_2"): {"mlkd+ls": 76.95},
+        ("cifar100", "resnet56", "resnet20"): {"mlkd+ls": 72.33},
     },
     _MLKD: {
         ("cifar100", "resnet32x4", "resnet8x4"): dict(mlkd=77.08),

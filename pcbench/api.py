@@ -200,7 +200,8 @@ def _pair_request(spec, pair, plugin_specs, data_dir, epochs, methods, overrides
     if budget_epochs is not None:
         base["train"] = {"epochs": budget_epochs}
     chosen = pair.methods or spec.methods
-    return Request([m for m in chosen if not methods or _names([m]) & _names(methods)], base, {**spec.set, **pair.set, **_overrides(overrides)},
+    return Request([m for m in chosen if not methods or _names([m]) & _names(methods)], base,
+                   {**spec.set, **pair.set, **_overrides(overrides)},
                    recipe=spec.recipe, samples=spec.budget.trials if samples is None else samples,
                    seed=spec.seed, final_seeds=spec.final_seeds(seeds),
                    final_epochs=spec.final_epochs if final_epochs is None else final_epochs)
@@ -504,7 +505,8 @@ def _basic_auth(uri: str) -> dict[str, str]:
 
     if importlib.util.find_spec("flask_wtf") is None:
         raise UserError("--auth needs MLflow's basic-auth app: pip install 'mlflow[auth]'")
-    username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
     if not username or not password or len(password) < 12:
         raise UserError("--auth takes the admin's login from the environment: set MLFLOW_TRACKING_USERNAME "
                         "and MLFLOW_TRACKING_PASSWORD (12 characters or more), as the clients will")

@@ -249,8 +249,9 @@ def check_environment(local_ray: bool) -> None:
     if token and os.path.isfile(token) and os.access(token, os.R_OK):
         return  # Ray only reads it
     if not _can_write_in(ray_folder if ray_folder and os.path.isdir(ray_folder) else home):
-        raise UserError(f"HOME={os.environ.get('HOME')!r} is not a writable folder, where Ray keeps the local "
-                        f"instance's auth token (~/.ray); set HOME to one, or pass --address of a running cluster")
+        raise UserError(f"HOME={os.environ.get('HOME')!r} is not a writable folder, where Ray keeps the "
+                        f"local instance's auth token (~/.ray); set HOME to one, or pass --address of a "
+                        f"running cluster")
 
 
 def _can_write_in(folder: str | None) -> bool:

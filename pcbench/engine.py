@@ -294,7 +294,8 @@ class _Cohort:
         if two_views and not getattr(self.data, "has_strong_view", False):
             raise UserError(f"{two_views[0]} learns from a second, strongly augmented view of each batch, "
                             f"which data set {self.cfg.data.name} does not give (its source needs "
-                            f"has_strong_view and batches(strong_view=True)); pick another method or data set")
+                            f"has_strong_view and batches(strong_view=True)); pick another method or "
+                            f"data set")
         split = diagnostic_split(self.data)
         # a CE member measures against the teacher when the driver attached one
         diagnosing = [c.train.diagnostics and c.teacher_weights is not None and split is not None

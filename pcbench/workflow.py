@@ -56,8 +56,9 @@ def same_pair(row: dict[str, Any], template: TrialConfig) -> bool:
     """Whether a trial row belongs to the template's pair (data sets and student start included)."""
     # None or NaN in a part from before these columns
     teacher_data, init = row.get("teacher_dataset"), row.get("student_init")
-    return ((row["dataset"], row["teacher"], teacher_data if isinstance(teacher_data, str) else row["dataset"],
-             row["student"], init if isinstance(init, str) else "scratch")
+    teacher_data = teacher_data if isinstance(teacher_data, str) else row["dataset"]
+    return ((row["dataset"], row["teacher"], teacher_data, row["student"],
+             init if isinstance(init, str) else "scratch")
             == (template.data.name, template.teacher, template.teacher_data, template.student,
                 template.student_init))
 

@@ -3,8 +3,8 @@ In-process (CliRunner) for speed; tests/test_cli_errors.py runs the classic case
 processes and checks that Ray never starts."""
 
 import http.server
-import sqlite3
 import os
+import sqlite3
 import threading
 import time
 
@@ -34,7 +34,8 @@ def _files(tmp_path):
         "pairs: [{teacher: cnn_large, student: cnn_small}, {teacher: cnn_large, student: cnn_small}]"))
     (tmp_path / "pairmethods.yaml").write_text(SUITE.replace(
         "student: cnn_small}]", "student: cnn_small, methods: [kd, kd]}]"))
-    for name, tables in (("mlflowlike.db", ("experiments", "runs")), ("optunalike.db", ("studies", "trials"))):
+    stores = (("mlflowlike.db", ("experiments", "runs")), ("optunalike.db", ("studies", "trials")))
+    for name, tables in stores:
         with sqlite3.connect(tmp_path / name) as db:  # the tables that make each tool's store
             for table in tables:
                 db.execute(f"CREATE TABLE {table} (id INTEGER)")

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from pcbench.data import load_dataset
-from pcbench.data import cifar
+from pcbench.data import cifar, load_dataset
 from pcbench.methods import DataInfo, Step, get_method
 from pcbench.models import ModelInfo
 
@@ -104,8 +103,8 @@ def test_the_strong_view_leaves_the_batch_every_method_sees_as_it_was(name, tmp_
     assert data.has_strong_view
     kwargs = dict(shuffle_seed=7, augment=True)
     alone = list(data.batches("train", 16, **kwargs))
-    both, again = ([(*batch[:3], batch[3]()) for batch in data.batches("train", 16, strong_view=True, **kwargs)]
-                   for _ in range(2))  # the strong view made when asked for, in order
+    both, again = ([(*batch[:3], batch[3]())  # the strong view, made when asked for, in order
+                    for batch in data.batches("train", 16, strong_view=True, **kwargs)] for _ in range(2))
     for (x, y, i), (wx, wy, wi, strong), (*_, strong_again) in zip(alone, both, again):
         assert torch.equal(x, wx) and torch.equal(y, wy) and torch.equal(i, wi)
         assert strong.shape == x.shape and strong.dtype == x.dtype

@@ -71,7 +71,8 @@ def test_a_checkpoint_of_another_data_set_is_refused_naming_both(cifar_dir, tmp_
     torch.save({"model": create_model("resnet8", num_classes=100).state_dict()}, tmp_path / "ckpt.pth")
     cifar.write("cifar10", tmp_path / "c10", per_class=2, test_per_class=1)
     result = _invoke("teacher", "import", tmp_path / "ckpt.pth", "--model", "resnet8",
-                     "--dataset", "cifar10", "--data-dir", tmp_path / "c10", "--teachers", tmp_path / "teachers")
+                     "--dataset", "cifar10", "--data-dir", tmp_path / "c10",
+                     "--teachers", tmp_path / "teachers")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "does not fit resnet8 on cifar10 (3x32x32 images, 10 classes)" in result.output
     assert "check --dataset and --model" in result.output and not (tmp_path / "teachers").exists()

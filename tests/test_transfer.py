@@ -151,7 +151,8 @@ def test_the_transfer_demo_suite_runs_and_its_leaderboard_names_the_teachers_tas
 
 def test_a_method_on_some_pairs_of_a_suite_runs_on_those_alone(tmp_path):
     result = CliRunner().invoke(app, ["benchmark", str(SUITES_DIR / "transfer-demo.yaml"), "--method", "kd",
-                                      "--method", "l2sp", "--dry-run", "--json", "--results", str(tmp_path / "r")])
+                                      "--method", "l2sp", "--dry-run", "--json",
+                                      "--results", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert {(e["method"], e["dataset"], e["student_init"]) for e in plan} == {

@@ -124,5 +124,6 @@ def test_ui_with_auth_wants_a_login_in_the_environment(tmp_path, monkeypatch):
     done = subprocess.run([sys.executable, "-m", "pcbench", "ui", "--host", "0.0.0.0", "--port", str(port),
                            "--auth"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and "set MLFLOW_TRACKING_USERNAME" in lines[0], done.stderr
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "set MLFLOW_TRACKING_USERNAME" in lines[0]
     assert not list(tmp_path.iterdir())

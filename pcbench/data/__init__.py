@@ -9,8 +9,8 @@ from pcbench import plugins
 from pcbench.data.splits import BatchTransform, DataSource, Splits
 from pcbench.errors import UserError
 
-__all__ = ["BatchTransform", "DataSource", "Splits", "DataSet", "FOLDER_PREFIX", "check_dataset", "dataset_names",
-           "get_dataset", "is_dataset", "load_dataset", "register_dataset"]
+__all__ = ["BatchTransform", "DataSource", "Splits", "DataSet", "FOLDER_PREFIX", "check_dataset",
+           "dataset_names", "get_dataset", "is_dataset", "load_dataset", "register_dataset"]
 
 DEFAULT_ROOT = "~/.cache/pcbench/data"
 

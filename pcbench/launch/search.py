@@ -128,7 +128,8 @@ class _Relay(tune.Callback):
                     restarted(trial_id, reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(iteration, trials, trial, _last_line(trial.error_file) or str(trial.error_file or "trial failed"))
+        error = _last_line(trial.error_file) or str(trial.error_file or "trial failed")
+        self._finish(iteration, trials, trial, error)
 
     def _finish(self, iteration, trials, trial, error: str | None) -> None:
         if trial.trial_id not in self.started:

@@ -79,7 +79,8 @@ def _table(rows: pd.DataFrame) -> pd.DataFrame:
     """The group's rows as shown: a benchmark's test accuracy over seeds with its test against
     the best, or a search's chosen trial's validation accuracy; `published` only where there
     is a published number of the table's protocol."""
-    shown = pd.DataFrame({"method": [_method_label(m, init) for m, init in zip(rows["method"], rows["student_init"])]})
+    shown = pd.DataFrame({"method": [_method_label(method, start)
+                                     for method, start in zip(rows["method"], rows["student_init"])]})
     if rows["protocol"].iloc[0] == "final":
         leader = _leader(rows)
         best = rows.loc[leader] if leader is not None else None

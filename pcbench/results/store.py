@@ -85,7 +85,8 @@ ADDED = {"trials": {"cohort_size": 1, "cka": None, "rank_agreement": None,
 
 # What identifies a row: a part copied beside itself (a sync tool's copy, a manual backup) or an
 # overlapping compaction must not count a trial or an epoch twice.
-KEYS = {"trials": ("search_id", "phase", "method", "trial_id"), "epochs": ("search_id", "method", "trial_id", "epoch")}
+KEYS = {"trials": ("search_id", "phase", "method", "trial_id"),
+        "epochs": ("search_id", "method", "trial_id", "epoch")}
 
 
 class ResultsStore:

@@ -503,6 +503,8 @@ def _basic_auth(uri: str) -> dict[str, str]:
     import stat
     import tempfile
 
+    from pcbench.atomic import write_atomic
+
     if importlib.util.find_spec("flask_wtf") is None:
         raise UserError("--auth needs MLflow's basic-auth app: pip install 'mlflow[auth]'")
     username = os.environ.get("MLFLOW_TRACKING_USERNAME")
@@ -518,14 +520,17 @@ def _basic_auth(uri: str) -> dict[str, str]:
     info = os.lstat(folder)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
         raise UserError(f"{folder} is not a folder of this user's alone; remove it and start again")
-    ini = os.path.join(folder, hashlib.sha256(uri.encode()).hexdigest()[:16] + ".ini")
-    staging = f"{ini}.{os.getpid()}"
-    with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        # a database password in the URI may hold "%", which configparser reads as interpolation
-        f.write(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {uri.replace('%', '%%')}\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    os.replace(staging, ini)
-    return {"MLFLOW_AUTH_CONFIG_PATH": ini, "MLFLOW_AUTH_ADMIN_USERNAME": username,
+    # a database password in the URI may hold "%", which configparser reads as interpolation
+    config = (f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {uri.replace('%', '%%')}\n"
+              "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+
+    def write_private(staged) -> None:  # readable by this user alone from its first byte
+        with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(config)
+
+    ini = write_atomic(os.path.join(folder, hashlib.sha256(uri.encode()).hexdigest()[:16] + ".ini"),
+                       write_private)
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": username,
             "MLFLOW_AUTH_ADMIN_PASSWORD": password,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
             or secrets.token_hex(24)}

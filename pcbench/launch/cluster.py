@@ -23,6 +23,9 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 # Tune saves its experiment state (trials, searcher) at most this often: what `--resume`
 # restores after a killed driver. "auto" would wait 10 s or more between saves.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Tune would log every trial failure's traceback, a recovered one's too: search.py's relay says
+# each in one line (a failure's exception, a restart's reason).
+os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 import ray  # noqa: E402
 

@@ -4,7 +4,6 @@ Driver-side callbacks hand every trial event, a cohort's per member, to the list
 MLflow/Parquet recorder, the progress display)."""
 
 import dataclasses
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -258,8 +257,6 @@ def run_search(plans: SearchPlan | Sequence[SearchPlan], listeners: Sequence[Tri
     if plan.space is None and plan.seeds:
         grid["seed"] = plan.seeds
     _LISTENERS[name] = ([[stage for _, stage in m] for m in members], listeners)
-    # Tune would log each trial failure's traceback, a recovered one's too; _Relay says it in a line
-    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
     try:
         results = tune.Tuner(
             trainable, tune_config=tune_config,

@@ -1,3 +1,3 @@
-from pcbench.cli import app
+from pcbench.cli import main
 
-app(prog_name="pcbench")
+main()

@@ -18,6 +18,7 @@ from pcbench.config import TrialConfig
 from pcbench.errors import Interrupted, Terminated, UserError
 from pcbench.launch import backend, teacher_runner
 from pcbench.launch.plan import FINAL, RUN, SEARCH, SearchPlan, Stage, TrialListener
+from pcbench.packing import final_cohorts
 from pcbench.recipes import recipe, scale_milestones
 from pcbench.recording import SearchRecorder, package_versions
 from pcbench.results import ResultsStore
@@ -256,7 +257,7 @@ class _Stages:
         """A benchmark's final runs of one pair: each method's selected configuration, once per
         seed, on all the training data. In cohorts (--cohort > 1) a seed's runs of every method
         train as one cohort (paired, sharing the teacher's forward); otherwise each alone."""
-        selected = []
+        selected, costs = [], []
         for item, rows in zip(items, searched):
             best = best_trial(pd.DataFrame(rows)) if rows else None
             if best is None:
@@ -264,8 +265,9 @@ class _Stages:
             template = final_config(TrialConfig.parse(json.loads(best["config"])), request.final_epochs)
             selected.append((template, Stage(FINAL, best["trial_id"], self._gpus(template),
                                              planned_seeds=len(request.final_seeds))))
+            costs.append(_epoch_cost(rows))
         by_seeds: dict[tuple[int, ...], list[SearchPlan]] = {}
-        for group in self._paired(selected):
+        for group in self._paired(selected, costs, len(request.final_seeds)):
             # a resumed command runs the seeds not every member landed before the last driver died
             seeds = [seed for seed in request.final_seeds if not all(
                 any(row["seed"] == seed for row in self._rows(t, FINAL)) for t, _ in group)]
@@ -279,15 +281,21 @@ class _Stages:
         for plans in by_seeds.values():
             self._run_together(plans, suffix="-final")  # one experiment: no core idles between groups
 
-    def _paired(self, selected: list[tuple[TrialConfig, Stage]]) -> list[list[tuple[TrialConfig, Stage]]]:
+    def _paired(self, selected: list[tuple[TrialConfig, Stage]], costs: list[float | None],
+                seeds: int) -> list[list[tuple[TrialConfig, Stage]]]:
         """The final plans: where cohorts are on and the members can share a data stream, the
         methods in cohorts of at most the cohort size (a seed's runs of every cohort see the same
-        data order and augmentation: the seed fixes them); else one each."""
+        data order and augmentation: the seed fixes them), grouped by what their searches cost
+        so that the seeds' cohorts keep the trial slots busy (packing.py); else one each."""
         from pcbench.engine import cohort_mismatch  # torch: only once something trains
 
         size = self.session.cohort_size
         if size > 1 and len(selected) > 1 and cohort_mismatch([t for t, _ in selected]) is None:
-            return [selected[i:i + size] for i in range(0, len(selected), size)]
+            known = [c for c in costs if c is not None]
+            typical = sum(known) / len(known) if known else 1.0  # a method with no timed trial
+            groups = final_cohorts([typical if c is None else c for c in costs], size, seeds,
+                                   self.session.concurrent)
+            return [[selected[i] for i in group] for group in groups]
         return [[member] for member in selected]
 
     def _plan(self, name: str, stage: Stage, template: TrialConfig, space, **rest) -> SearchPlan:
@@ -309,6 +317,13 @@ class _Stages:
         """The trial rows of one stage of one method and pair (a resumed driver's included)."""
         return [r for r in self.recorder.rows
                 if r["phase"] == phase and r["method"] == template.method.name and same_pair(r, template)]
+
+
+def _epoch_cost(rows: list[dict[str, Any]]) -> float | None:
+    """A method's training seconds per epoch in its search (None: no trial timed)."""
+    per_epoch = [r["train_seconds"] / r["epochs_run"] for r in rows
+                 if (r.get("train_seconds") or 0) > 0 and (r.get("epochs_run") or 0) > 0]
+    return sum(per_epoch) / len(per_epoch) if per_epoch else None
 
 
 def final_config(selected: TrialConfig, epochs: int | None) -> TrialConfig:

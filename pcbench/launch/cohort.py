@@ -29,6 +29,10 @@ from pcbench.selection import METRIC
 # Trials asked of Optuna at once (at least one cohort): a protocol setting, never --concurrent,
 # which only says how many of a generation's cohorts train at the same time.
 GENERATION_TRIALS = 8
+# Trials TPE draws at random before it models any result (Optuna's default, set explicitly)
+STARTUP_TRIALS = 10
+# The trials TPE counts towards its random start-up
+_TOLD_FOR_SAMPLER = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = "running.json"  # in a cohort's checkpoint: the members still running
 MEMBERS = "members"  # a cohort trial's config: {"members": [knobs, ...]}
 COHORT = "cohort"  # a cohort trial's result: {"cohort": {index: that member's metrics}, ...}
@@ -152,9 +156,10 @@ class CohortSearch(StudyState, Searcher):
     driver's untold trials, in their cohorts, from the study alone."""
 
     def __init__(self, study: optuna.Study, distributions: dict, size: int, budget: int,
-                 first_point: dict[str, Any] | None, search_name: str, attr: str, resumed: bool = False):
+                 first_point: dict[str, Any] | None, search_name: str, attr: str, resumed: bool = False,
+                 startup: int = 0):
         super().__init__(metric=METRIC, mode="max")
-        self.study, self.distributions = study, distributions
+        self.study, self.distributions, self.startup = study, distributions, startup
         self.size, self.budget = size, budget
         self.search_name, self.attr = search_name, attr
         if first_point:
@@ -210,7 +215,14 @@ class CohortSearch(StudyState, Searcher):
         return {**config, RESUMES: cohort.continues} if cohort.continues else config
 
     def _ask_generation(self) -> None:
-        for _ in range(max(1, GENERATION_TRIALS // self.size)):
+        """The next generation's cohorts; while the sampler still draws at random (fewer than
+        `startup` trials told), the generations it would draw so are asked as one: the same
+        trials, and no wait at a generation's end, where a slot would idle and its trial
+        process be stopped (Tune keeps one idle process when no trial waits for it)."""
+        cohorts = max(1, GENERATION_TRIALS // self.size)
+        told = len(self.study.get_trials(deepcopy=False, states=_TOLD_FOR_SAMPLER))
+        at_random = math.ceil((self.startup - told) / (cohorts * self.size)) if told < self.startup else 1
+        for _ in range(cohorts * max(1, at_random)):
             count = min(self.size, self.budget - self.asked)
             if count <= 0:
                 return

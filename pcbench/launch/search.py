@@ -21,6 +21,7 @@ from pcbench.launch.cohort import (
     COHORT,
     MEMBERS,
     PLAN,
+    STARTUP_TRIALS,
     CohortSearch,
     SideBySide,
     member_id,
@@ -346,10 +347,11 @@ def _cohort_search(plan: SearchPlan) -> CohortSearch:
     earlier = _trials_in_study(storage, plan.study_name)
     study = optuna.create_study(
         study_name=plan.study_name if storage else None, storage=storage, direction="maximize",
-        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=_sampler_seed(plan, earlier)))
+        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=_sampler_seed(plan, earlier),
+                                                                n_startup_trials=STARTUP_TRIALS))
     return CohortSearch(study, plan.space.distributions, plan.cohort, plan.samples,
                         None if earlier else plan.space.first_point(plan.template), plan.name, SEARCH_ATTR,
-                        resumed=plan.resume)
+                        resumed=plan.resume, startup=STARTUP_TRIALS)
 
 
 def _optuna_storage(plan: SearchPlan) -> optuna.storages.RDBStorage | None:

@@ -6,7 +6,8 @@ process as a user would run them, split into the fixed costs and the training.
 Each command runs through the Python API (the CLI is one call into it) in a child process that
 times the stages it passes through: imports, Ray start, the teacher's training on first use,
 each method's Tune experiment (from its set-up to its first trial, the trials, and from its
-last trial to its end), the report, and the process's exit. Inside the trials it sums what the
+last trial to its end), the report, and the process's exit (Ray stopped, then ended as the
+`pcbench` executable ends). Inside the trials it sums what the
 engine reports per epoch (training, evaluation, diagnostics, loading data and teacher) and
 the driver's recording of each trial event (MLflow, Parquet). `ray` is a bare `ray.init();
 ray.shutdown()` in a fresh process, the floor every Ray command pays; `search-cli` is
@@ -148,6 +149,7 @@ def _child(command: str, scratch: Path) -> None:
     import pcbench.launch.search as search
     import pcbench.recording as recording
     import pcbench.teachers as teachers
+    from pcbench.cli import exit_now
     imported = time.time()
     clock = _Clock()
     clock.wrap(cluster, "start_ray", "Ray start")
@@ -172,6 +174,8 @@ def _child(command: str, scratch: Path) -> None:
     (scratch / "timeline.json").write_text(json.dumps({
         "imports": imported - started, "api_returned": returned, "trials": result.trials,
         **quality, **_stages(clock, trials, imported, returned)}))
+    api.stop_ray()  # then ends as the pcbench executable does
+    exit_now(0)
 
 
 def _stages(clock: _Clock, trials: _Trials, imported: float, returned: float) -> dict:

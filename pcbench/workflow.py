@@ -255,8 +255,9 @@ class _Stages:
 
     def finals(self, request: Request, items: list[Prepared], searched: list[list[dict[str, Any]]]) -> None:
         """A benchmark's final runs of one pair: each method's selected configuration, once per
-        seed, on all the training data. In cohorts (--cohort > 1) a seed's runs of every method
-        train as one cohort (paired, sharing the teacher's forward); otherwise each alone."""
+        seed, on all the training data. In cohorts (--cohort > 1) a seed's runs train in cohorts
+        of several methods (paired: the seed's data stream, the teacher's forward shared);
+        otherwise each alone."""
         selected, costs = [], []
         for item, rows in zip(items, searched):
             best = best_trial(pd.DataFrame(rows)) if rows else None
@@ -267,7 +268,7 @@ class _Stages:
                                              planned_seeds=len(request.final_seeds))))
             costs.append(_epoch_cost(rows))
         by_seeds: dict[tuple[int, ...], list[SearchPlan]] = {}
-        for group in self._paired(selected, costs, len(request.final_seeds)):
+        for group in self._paired(selected, costs):
             # a resumed command runs the seeds not every member landed before the last driver died
             seeds = [seed for seed in request.final_seeds if not all(
                 any(row["seed"] == seed for row in self._rows(t, FINAL)) for t, _ in group)]
@@ -281,20 +282,19 @@ class _Stages:
         for plans in by_seeds.values():
             self._run_together(plans, suffix="-final")  # one experiment: no core idles between groups
 
-    def _paired(self, selected: list[tuple[TrialConfig, Stage]], costs: list[float | None],
-                seeds: int) -> list[list[tuple[TrialConfig, Stage]]]:
+    def _paired(self, selected: list[tuple[TrialConfig, Stage]],
+                costs: list[float | None]) -> list[list[tuple[TrialConfig, Stage]]]:
         """The final plans: where cohorts are on and the members can share a data stream, the
         methods in cohorts of at most the cohort size (a seed's runs of every cohort see the same
-        data order and augmentation: the seed fixes them), grouped by what their searches cost
-        so that the seeds' cohorts keep the trial slots busy (packing.py); else one each."""
+        data order and augmentation: the seed fixes them), balanced by what their searches cost
+        so that the cohorts end together (packing.py); else one each."""
         from pcbench.engine import cohort_mismatch  # torch: only once something trains
 
         size = self.session.cohort_size
         if size > 1 and len(selected) > 1 and cohort_mismatch([t for t, _ in selected]) is None:
             known = [c for c in costs if c is not None]
             typical = sum(known) / len(known) if known else 1.0  # a method with no timed trial
-            groups = final_cohorts([typical if c is None else c for c in costs], size, seeds,
-                                   self.session.concurrent)
+            groups = final_cohorts([typical if c is None else c for c in costs], size)
             return [[selected[i] for i in group] for group in groups]
         return [[member] for member in selected]
 

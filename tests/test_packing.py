@@ -1,7 +1,7 @@
 """How a benchmark's final runs are grouped into cohorts (packing.py): every member once, in
-cohorts of at most the cohort size, as many per seed as keep the slots busy."""
+the fewest cohorts of at most the cohort size, balanced by cost."""
 
-from pcbench.packing import _makespan, final_cohorts
+from pcbench.packing import final_cohorts
 
 # the demo's five methods' search costs (seconds per epoch, this 2-core machine): ce, kd, pc, ot, fcfd
 DEMO = [0.19, 0.28, 0.37, 0.54, 0.68]
@@ -11,28 +11,18 @@ def _loads(costs, groups):
     return [sum(costs[i] for i in g) for g in groups]
 
 
-def test_every_member_lands_once_in_a_cohort_no_larger_than_the_size():
-    for slots in (1, 2, 3, 8):
-        groups = final_cohorts(DEMO, 4, 3, slots)
+def test_every_member_lands_once_in_the_fewest_cohorts_no_larger_than_the_size():
+    for size in (1, 2, 3, 4, 5, 8):
+        groups = final_cohorts(DEMO, size)
         assert sorted(i for g in groups for i in g) == list(range(5))
-        assert all(1 <= len(g) <= 4 for g in groups)
+        assert all(1 <= len(g) <= size for g in groups) and len(groups) == -(-5 // size)
+    assert final_cohorts(DEMO, 5) == [[0, 1, 2, 3, 4]]
 
 
-def test_three_seeds_on_two_slots_end_sooner_than_cohorts_cut_in_list_order():
-    groups = final_cohorts(DEMO, 4, 3, 2)
-    chunked = [[0, 1, 2, 3], [4]]  # what cutting the list into cohorts of 4 gives
-    assert _makespan(_loads(DEMO, groups) * 3, 2) < 0.95 * _makespan(_loads(DEMO, chunked) * 3, 2)
-    # two cohorts a seed, the costliest first, balanced: six runs fill both slots to the end
-    assert len(groups) == 2 and _loads(DEMO, groups)[0] >= _loads(DEMO, groups)[1]
-    assert max(_loads(DEMO, groups)) < 1.15 * sum(DEMO) / 2
-
-
-def test_fewest_cohorts_where_more_would_not_end_sooner():
-    # one slot: the runs end at the total cost whatever the grouping, so the teacher's forward is shared most
-    assert len(final_cohorts(DEMO, 4, 3, 1)) == 2
-    assert final_cohorts(DEMO, 5, 3, 1) == [[0, 1, 2, 3, 4]]
-    # as many slots as seeds: one cohort of every method per seed already fills them
-    assert final_cohorts(DEMO, 5, 2, 2) == [[0, 1, 2, 3, 4]]
-    # many slots: the costliest method alone bounds the end; cheaper ones still share
-    wide = final_cohorts(DEMO, 4, 3, 16)
-    assert [4] in wide and len(wide) < 5
+def test_cohorts_are_balanced_by_cost_where_list_order_would_leave_one_running_alone():
+    groups = final_cohorts(DEMO, 4)
+    chunked = [[0, 1, 2, 3], [4]]  # what cutting the list into cohorts of 4 gives: 1.38 against 0.68
+    assert max(_loads(DEMO, groups)) < 0.85 * max(_loads(DEMO, chunked))
+    assert groups == [[0, 2, 3], [1, 4]]  # 1.10 and 0.96, the costlier first
+    # one method costlier than all the others together: it is a cohort of its own
+    assert final_cohorts([0.1, 0.1, 0.1, 2.0], 3) == [[3], [0, 1, 2]]

@@ -7,9 +7,9 @@ Each command runs through the Python API (the CLI is one call into it) in a chil
 times the stages it passes through: imports, Ray start, the teacher's training on first use,
 each method's Tune experiment (from its set-up to its first trial, the trials, and from its
 last trial to its end), the report, and the process's exit (Ray stopped, then ended as the
-`pcbench` executable ends). Inside the trials it sums what the
-engine reports per epoch (training, evaluation, diagnostics, loading data and teacher) and
-the driver's recording of each trial event (MLflow, Parquet). `ray` is a bare `ray.init();
+`pcbench` executable ends). Inside the trials it sums what the engine reports per epoch
+(training, evaluation, diagnostics, loading data and teacher) and the driver's recording of
+each trial event (MLflow, Parquet). `ray` is a bare `ray.init();
 ray.shutdown()` in a fresh process, the floor every Ray command pays; `search-cli` is
 `pcbench search --method ce --samples 16 --epochs 1 --concurrent 2` as typed, its wall time
 only (`search` is the same search through the API, timed by stage).

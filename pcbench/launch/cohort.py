@@ -152,8 +152,9 @@ class CohortSearch(StudyState, Searcher):
     (at least one cohort of `size`; TPE's random start-up as one generation), all asked before
     any is run, all told before the next generation is asked. A member stopped at a rung is
     told its last accuracy (as Ray tells ASHA's stopped trials); a diverged or failed member is
-    told FAIL. Each member's accuracy per epoch is reported to its Optuna trial as it goes. A resumed search (`resumed`) first runs the killed
-    driver's untold trials, in their cohorts, from the study alone."""
+    told FAIL. Each member's accuracy per epoch is reported to its Optuna trial as it goes. A
+    resumed search (`resumed`) first runs the killed driver's untold trials, in their cohorts,
+    from the study alone."""
 
     def __init__(self, study: optuna.Study, distributions: dict, size: int, budget: int,
                  first_point: dict[str, Any] | None, search_name: str, attr: str, resumed: bool = False,

@@ -7,6 +7,7 @@ to MLflow and the Parquet store as it ends."""
 import dataclasses
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -323,7 +324,8 @@ def _epoch_cost(rows: list[dict[str, Any]]) -> float | None:
     """A method's training seconds per epoch in its search (None: no trial timed)."""
     per_epoch = [r["train_seconds"] / r["epochs_run"] for r in rows
                  if (r.get("train_seconds") or 0) > 0 and (r.get("epochs_run") or 0) > 0]
-    return sum(per_epoch) / len(per_epoch) if per_epoch else None
+    # fsum: the same in any row order (a resumed command reads them in another), so the same cohorts
+    return math.fsum(per_epoch) / len(per_epoch) if per_epoch else None
 
 
 def final_config(selected: TrialConfig, epochs: int | None) -> TrialConfig:

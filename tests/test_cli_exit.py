@@ -4,9 +4,17 @@ nothing cut short: threads still working finish, exit handlers run, output is fl
 import subprocess
 import sys
 
+import pytest
+
+import pcbench.cli
+
 PROGRAM = """
 import atexit, concurrent.futures, sys, time
 from pcbench.cli import exit_now
+class Probe:  # finalised only by the interpreter's teardown, which exit_now skips
+    def __del__(self):
+        print("torn down")
+probe = Probe()
 pool = concurrent.futures.ThreadPoolExecutor(1)
 pool.submit(lambda: (time.sleep(0.5), open(sys.argv[1], "w").write("written")))
 atexit.register(lambda: print("exit handler ran"))
@@ -23,6 +31,7 @@ def test_exit_now_finishes_the_work_in_flight_and_keeps_the_status(tmp_path):
         assert done.returncode == status
         assert probe.read_text() == "written"
         assert done.stdout.startswith("unflushed") and "exit handler ran" in done.stdout
+        assert "torn down" not in done.stdout
         assert ("a message" in done.stderr) == (code == "a message")
 
 
@@ -33,3 +42,12 @@ def test_the_executable_exits_with_the_commands_status(tmp_path):
     helped = subprocess.run([sys.executable, "-m", "pcbench", "--help"], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert helped.returncode == 0 and "benchmark" in helped.stdout
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["--help"], 0), (["no-such-command"], 2)])
+def test_the_executable_ends_through_exit_now(monkeypatch, argv, status):
+    ended = []
+    monkeypatch.setattr(pcbench.cli, "exit_now", ended.append)
+    monkeypatch.setattr(sys, "argv", ["pcbench", *argv])
+    pcbench.cli.main()
+    assert ended == [status]

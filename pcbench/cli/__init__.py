@@ -3,6 +3,7 @@ function of the API. Input is validated before Ray starts; a user error prints o
 the fix and exits with code 2."""
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -35,6 +36,7 @@ def exit_now(code: int | str | None = 0) -> None:
         print(code, file=sys.stderr)
         code = 1
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), or closed
+            stream.flush()
     os._exit(code or 0)

@@ -2,7 +2,7 @@
 (one data stream, one teacher forward per cohort), and a member ends the same in any cohort, so
 which methods share a cohort only decides when the cohorts end. Cut in list order, one cohort
 can hold the costly methods and run long after the others; balanced by what each method's
-search trials cost per epoch, the cohorts end together. The number of cohorts stays the
+search trials cost per epoch, they end closer together. The number of cohorts stays the
 fewest that hold every method: each more would compute the teacher's forward again."""
 
 import math

@@ -288,7 +288,7 @@ class _Stages:
         """The final plans: where cohorts are on and the members can share a data stream, the
         methods in cohorts of at most the cohort size (a seed's runs of every cohort see the same
         data order and augmentation: the seed fixes them), balanced by what their searches cost
-        so that the cohorts end together (packing.py); else one each."""
+        so that the cohorts end closer together (packing.py); else one each."""
         from pcbench.engine import cohort_mismatch  # torch: only once something trains
 
         size = self.session.cohort_size

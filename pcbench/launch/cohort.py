@@ -222,8 +222,8 @@ class CohortSearch(StudyState, Searcher):
         process be stopped (Tune keeps one idle process when no trial waits for it)."""
         cohorts = max(1, GENERATION_TRIALS // self.size)
         told = len(self.study.get_trials(deepcopy=False, states=_TOLD_FOR_SAMPLER))
-        at_random = math.ceil((self.startup - told) / (cohorts * self.size)) if told < self.startup else 1
-        for _ in range(cohorts * max(1, at_random)):
+        generations = max(1, math.ceil((self.startup - told) / (cohorts * self.size)))
+        for _ in range(cohorts * generations):
             count = min(self.size, self.budget - self.asked)
             if count <= 0:
                 return

@@ -4,7 +4,9 @@ method's stages on a backend (Ray, or this process): its search (or single run) 
 benchmark, its selected configuration re-run once per seed. The recorder writes every trial
 to MLflow and the Parquet store as it ends."""
 
+import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -95,13 +97,7 @@ def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (
                                         else experiment_name(prepared[0].template))
     kind = "benchmark" if suite else ("search" if request.search else "run")
     settings = fingerprint(session, work, suite)
-    # The store first: a bad URI fails before a teacher is trained or Ray started.
-    tracker, resumed = _open_tracking(session, experiment, kind, settings)
-    if session.ray:
-        from pcbench.launch.cluster import start_ray
-        start_ray(session.address,
-                  dashboard=any(p.template.train.workers > 1 for _, ps in work for p in ps),
-                  plugins=sorted({spec for _, ps in work for p in ps for spec in p.template.plugins}))
+    tracker, resumed = _open_tracking_and_ray(session, work, experiment, kind, settings)
     work = [(r, _with_teacher(session, p, on_teacher)) for r, p in work]
     if resumed:
         search_id, parent = resumed
@@ -134,6 +130,32 @@ def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (
     finally:
         tracker.end_run(parent, status)
     return Outcome(search_id, recorder.trials_seen, recorder.trials_failed, recorder.trials_diverged)
+
+
+def _open_tracking_and_ray(session: Session, work: Work, experiment: str, kind: str, settings: str):
+    """The MLflow store, then Ray (when the session uses it); a new local store is created while
+    Ray starts. Either way the store's answers about the user's input (a server's login,
+    something to resume) come before Ray starts."""
+    open_store = functools.partial(_open_tracking, session, experiment, kind, settings)
+    if not session.ray:
+        return open_store()
+    from pcbench.launch.cluster import start_ray
+    from pcbench.tracking import Tracker  # noqa: F401 - imported here, not in the thread beside Ray's
+
+    start = functools.partial(
+        start_ray, session.address,
+        dashboard=any(p.template.train.workers > 1 for _, ps in work for p in ps),
+        plugins=sorted({spec for _, ps in work for p in ps for spec in p.template.plugins}))
+    if session.resume or not sqlite_path(session.tracking_uri):
+        opened = open_store()  # the store first: a bad URI fails before Ray starts
+        start()
+        return opened
+    # checks.py already refused a SQLite file that is not MLflow's; what is left is creating the
+    # tables (2 to 3 s of SQL), which overlaps Ray's start (seconds spent waiting on its processes)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pcbench-tracking") as pool:
+        opening = pool.submit(open_store)
+        start()  # in this thread: ray.init from another one leaves the driver unable to talk to it
+        return opening.result()
 
 
 def _open_tracking(session: Session, experiment: str, kind: str, settings: str):

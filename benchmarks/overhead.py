@@ -12,12 +12,15 @@ last trial to its end), the report, and the process's exit (Ray stopped, then en
 each trial event (MLflow, Parquet). `ray` is a bare `ray.init();
 ray.shutdown()` in a fresh process, the floor every Ray command pays; `search-cli` is
 `pcbench search --method ce --samples 16 --epochs 1 --concurrent 2` as typed, its wall time
-only (`search` is the same search through the API, timed by stage).
+only (`search` is the same search through the API, timed by stage). `trial-imports` times, in a
+fresh process, what each new trial process imports before its first epoch, module by module:
+with a bare Ray start it is the floor under any Ray command that trains.
 
 Writes reports/perf/overhead-<label>.json and prints a Markdown table. Needs Ray and MLflow.
 """
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -28,14 +31,14 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "perf"
 SEARCH = {"method": ["ce"], "samples": 16, "epochs": 1, "concurrent": 2}
+COMMANDS = ("ray", "trial-imports", "search-cli", "search", "demo")
 SEARCH_ARGS = ["--method", "ce", "--samples", "16", "--epochs", "1", "--concurrent", "2"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commands", nargs="+", default=["ray", "search-cli", "search", "demo"],
-                        choices=["ray", "search-cli", "search", "demo"])
+    parser.add_argument("--commands", nargs="+", default=list(COMMANDS), choices=COMMANDS)
     parser.add_argument("--label", default="now", help="names the output file: overhead-<label>.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -69,7 +72,8 @@ def _measure(command: str, scratch: Path) -> dict:
     row = {"command": command, "wall": wall}
     if timeline.exists():
         row.update(json.loads(timeline.read_text()))
-        row["exit"] = started + wall - row.pop("api_returned")
+        if "api_returned" in row:
+            row["exit"] = started + wall - row.pop("api_returned")
     return row
 
 
@@ -144,6 +148,9 @@ def _child(command: str, scratch: Path) -> None:
         print(f"ray: import {imported - started:.1f} s, init {up - imported:.1f} s, "
               f"shutdown {down - up:.1f} s")
         return
+    if command == "trial-imports":
+        _time_imports(scratch)
+        return
     import pcbench.api as api
     import pcbench.launch.cluster as cluster
     import pcbench.launch.search as search
@@ -176,6 +183,25 @@ def _child(command: str, scratch: Path) -> None:
         **quality, **_stages(clock, trials, imported, returned)}))
     api.stop_ray()  # then ends as the pcbench executable does
     exit_now(0)
+
+
+# What a Tune trial process of pcbench imports before it trains, in the order it does: Ray (the
+# worker), Tune's function trainable, then pcbench's trial code with what it needs.
+TRIAL_IMPORTS = (("import: Ray", "ray"),
+                 ("import: Ray Tune's trainable", "ray.tune.trainable.function_trainable"),
+                 ("import: PyTorch", "torch"),
+                 ("import: torchvision (feature extraction)", "torchvision.models.feature_extraction"),
+                 ("import: pcbench's trial code", "pcbench.launch.cohort"),
+                 ("import: scikit-learn (digits' splits)", "sklearn.model_selection"))
+
+
+def _time_imports(scratch: Path) -> None:
+    seconds = {}
+    for label, module in TRIAL_IMPORTS:
+        began = time.time()
+        importlib.import_module(module)
+        seconds[label] = time.time() - began
+    (scratch / "timeline.json").write_text(json.dumps(seconds))
 
 
 def _stages(clock: _Clock, trials: _Trials, imported: float, returned: float) -> dict:
@@ -223,9 +249,9 @@ def _table(rows: list[dict]) -> str:
     head = "| stage | " + " | ".join(r["command"] for r in rows) + " |"
     lines = [head, "|---" * (len(rows) + 1) + "|",
              "| **wall time** | " + " | ".join(f"**{r['wall']:.1f} s**" for r in rows) + " |"]
-    for name in WALL + INSIDE:
+    for name in WALL + INSIDE + tuple(label for label, _ in TRIAL_IMPORTS):
         if any(name in r for r in rows):
-            label = name if name in WALL else f"&nbsp;&nbsp;{name} (trial-s)"
+            label = name if name not in INSIDE else f"&nbsp;&nbsp;{name} (trial-s)"
             lines.append(f"| {label} | " + " | ".join(
                 f"{r[name]:.1f} s" if name in r else "" for r in rows) + " |")
     for name in ("experiments", "trials", "trials: epochs", "worst_test_acc"):

@@ -133,14 +133,14 @@ def execute(session: Session, work: Work, listeners: Sequence[TrialListener] = (
 
 
 def _open_tracking_and_ray(session: Session, work: Work, experiment: str, kind: str, settings: str):
-    """The MLflow store, then Ray (when the session uses it); a new local store is created while
-    Ray starts. Either way the store's answers about the user's input (a server's login,
-    something to resume) come before Ray starts."""
+    """The MLflow store, then Ray (when the session uses it). A local SQLite store is opened
+    while Ray starts (a new one's tables take 2 to 3 s); whatever a store can answer about the
+    user's input (a server's login, something to resume) still comes before Ray starts."""
     open_store = functools.partial(_open_tracking, session, experiment, kind, settings)
     if not session.ray:
         return open_store()
     from pcbench.launch.cluster import start_ray
-    from pcbench.tracking import Tracker  # noqa: F401 - imported here, not in the thread beside Ray's
+    from pcbench.tracking import Tracker  # noqa: F401 - MLflow imported on this thread, never beside ray.init's
 
     start = functools.partial(
         start_ray, session.address,
@@ -150,8 +150,8 @@ def _open_tracking_and_ray(session: Session, work: Work, experiment: str, kind: 
         opened = open_store()  # the store first: a bad URI fails before Ray starts
         start()
         return opened
-    # checks.py already refused a SQLite file that is not MLflow's; what is left is creating the
-    # tables (2 to 3 s of SQL), which overlaps Ray's start (seconds spent waiting on its processes)
+    # checks.py already refused a SQLite file that is not MLflow's; what is left is SQL (a new
+    # store's tables), which overlaps Ray's start (seconds spent waiting on its processes)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pcbench-tracking") as pool:
         opening = pool.submit(open_store)
         start()  # in this thread: ray.init from another one leaves the driver unable to talk to it
